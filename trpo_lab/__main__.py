@@ -1,0 +1,3 @@
+from trpo_lab.app import main
+
+main()

@@ -1,0 +1,69 @@
+"""Pieces every update rule shares: the surrogate, the mean KL, guarded optimiser steps."""
+
+from __future__ import annotations
+
+import torch
+
+from trpo_lab.policies import Policy
+from trpo_lab.rollout import Batch
+
+
+def ratio(policy: Policy, batch: Batch, params: torch.Tensor | None = None) -> torch.Tensor:
+    """pi'(a|s) / pi(a|s) on the batch, pi the policy that collected it."""
+    if params is None:
+        params = policy.dist_params(batch.obs)
+    return torch.exp(policy.head.log_prob(params, batch.actions) - batch.old_log_prob)
+
+
+def surrogate(policy: Policy, batch: Batch, params: torch.Tensor | None = None) -> torch.Tensor:
+    """The policy objective sum_i w_i ratio_i A_i (A standardised if switched on)."""
+    return (batch.weights * ratio(policy, batch, params) * batch.policy_advantages).sum()
+
+
+def mean_kl(policy: Policy, batch: Batch, params: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_i w_i KL(pi_old(.|s_i) || pi'(.|s_i)): the quantity TRPO's constraint bounds."""
+    if params is None:
+        params = policy.dist_params(batch.obs)
+    return (batch.weights * policy.head.kl(batch.old_params, params)).sum()
+
+
+def predicted_improvement(policy: Policy, batch: Batch,
+                          params: torch.Tensor | None = None) -> torch.Tensor:
+    """dL_hat = sum_i dl_weights_i (ratio_i - 1) A_i with raw advantages: units of J."""
+    return (batch.dl_weights * (ratio(policy, batch, params) - 1.0) * batch.advantages).sum()
+
+
+def guarded_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                 params: list[torch.nn.Parameter]) -> bool:
+    """Backpropagate and step only if the loss and every gradient are finite."""
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return False
+    loss.backward()
+    if not all(p.grad is None or torch.isfinite(p.grad).all() for p in params):
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    optimizer.step()
+    return True
+
+
+def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def minibatch_indices(size: int, minibatches: int, generator: torch.Generator):
+    """A random partition of range(size) into ``minibatches`` near-equal parts."""
+    if minibatches == 1:
+        return [slice(None)]
+    return torch.randperm(size, generator=generator).tensor_split(minibatches)
+
+
+def subset(batch: Batch, index) -> Batch:
+    """A minibatch; weights are renormalised so means stay means."""
+    weights = batch.weights[index]
+    return Batch(batch.obs[index], batch.actions[index], batch.advantages[index],
+                 batch.returns[index], batch.values[index], weights / weights.sum(),
+                 batch.dl_weights[index], batch.old_params[index], batch.old_log_prob[index],
+                 batch.policy_advantages[index], batch.exact)

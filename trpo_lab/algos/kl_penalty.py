@@ -1,0 +1,86 @@
+"""Fixed KL penalty: the penalty form of TRPO's lower bound.
+
+    fixed beta:     maximise  sum_i w_i ratio_i A_i - beta * sum_i w_i KL(pi_old || pi')[s_i]
+    beta = theory:  maximise  dL_hat(pi') - C * max_i KL(pi_old || pi')[s_i],
+                    C = 4 eps gamma / (1 - gamma)^2,  eps = max_i |A_i|  (raw advantages)
+
+The theory form is the right-hand side of the bound J(pi') - J(pi) >= dL - C KLmax, in units of
+J, recomputed every update. With ``algo.estimator=exact`` it is Algorithm 1 of the TRPO paper:
+we keep the parameters with the best penalised objective seen (the old policy scores exactly
+0), so every accepted update has dL - C KLmax >= 0 and J can never decrease.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trpo_lab.algos.common import (
+    guarded_step,
+    make_optimizer,
+    mean_kl,
+    minibatch_indices,
+    predicted_improvement,
+    subset,
+    surrogate,
+)
+from trpo_lab.config import KLPenaltyConfig
+from trpo_lab.numerics import flat_params, set_flat_params
+from trpo_lab.policies import Policy
+from trpo_lab.rollout import Batch
+
+
+def theory_coefficient(advantages: torch.Tensor, gamma: float) -> float:
+    """C = 4 eps gamma / (1 - gamma)^2 with eps = max |A| (Schulman et al. 2015, eq. 9)."""
+    eps = float(advantages.abs().max())
+    return 4.0 * eps * gamma / (1.0 - gamma) ** 2
+
+
+def is_theory(beta) -> bool:
+    return beta == "theory"
+
+
+class KLPenalty:
+    def __init__(self, policy: Policy, cfg: KLPenaltyConfig, gamma: float,
+                 generator: torch.Generator):
+        self.policy, self.cfg, self.gamma, self.generator = policy, cfg, gamma, generator
+        self.params = policy.actor_parameters()
+        self.optimizer = make_optimizer(cfg.optimizer, self.params, cfg.lr)
+        self.theory = is_theory(cfg.beta)
+        self.beta = 0.0 if self.theory else float(cfg.beta)
+
+    def _theory_objective(self, batch: Batch) -> torch.Tensor:
+        params = self.policy.dist_params(batch.obs)
+        kl_max = self.policy.head.kl(batch.old_params, params).max()
+        return predicted_improvement(self.policy, batch, params) - self.beta * kl_max
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        if self.theory:
+            self.beta = theory_coefficient(batch.advantages, self.gamma)
+            return self._update_theory(batch) | {"penalty/beta": self.beta}
+        for _ in range(self.cfg.epochs):
+            for index in minibatch_indices(batch.size, self.cfg.minibatches, self.generator):
+                mb = subset(batch, index)
+                objective = surrogate(self.policy, mb) - self.beta * mean_kl(self.policy, mb)
+                if not guarded_step(self.optimizer, -objective, self.params):
+                    return {"guard/nonfinite": 1.0, "penalty/beta": self.beta}
+        return {"penalty/beta": self.beta}
+
+    def _update_theory(self, batch: Batch) -> dict[str, float]:
+        best_value, best = 0.0, flat_params(self.params)  # the old policy scores exactly 0
+        for _ in range(self.cfg.epochs):
+            objective = self._theory_objective(batch)
+            if not guarded_step(self.optimizer, -objective, self.params):
+                set_flat_params(self.params, best)
+                return {"guard/nonfinite": 1.0}
+            with torch.no_grad():
+                value = float(self._theory_objective(batch))
+            if value > best_value:
+                best_value, best = value, flat_params(self.params)
+        set_flat_params(self.params, best)
+        return {"penalty/objective": best_value}
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])

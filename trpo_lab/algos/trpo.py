@@ -1,0 +1,102 @@
+"""TRPO's update (Schulman et al. 2015), and the natural policy gradient with line_search=false.
+
+    maximise_theta'  L(theta') = sum_i w_i ratio_i A_i   s.t.  mean KL(pi_old || pi_theta') <= delta
+
+Direction s = F^-1 g by conjugate gradient on Fisher-vector products (double backprop of the
+mean KL at theta_old, plus damping * v); full step sqrt(2 delta / s^T F s) s, the largest step
+whose quadratic KL model equals delta. The line search shrinks it by ``backtrack_coef`` until
+the measured mean KL <= delta AND the surrogate improves; if no step passes, the old parameters
+are restored exactly and ``trpo/accepted`` = 0. Non-finite g, s, s^T F s, KL or surrogate reject
+the step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trpo_lab.algos.common import mean_kl, surrogate
+from trpo_lab.config import TRPOConfig
+from trpo_lab.numerics import conjugate_gradient, flat_grad, flat_params, set_flat_params
+from trpo_lab.policies import Policy
+from trpo_lab.rollout import Batch
+
+
+@dataclass
+class NaturalStep:
+    full_step: torch.Tensor  # sqrt(2 delta / s^T F s) s
+    gradient: torch.Tensor  # g, gradient of the surrogate at theta_old
+    shs: float  # s^T F s
+
+    @property
+    def finite(self) -> bool:
+        return bool(torch.isfinite(self.full_step).all()) and self.shs > 0
+
+
+def fisher_vector_product(policy: Policy, batch: Batch, damping: float):
+    """v -> (F + damping I) v with F the Hessian of the mean KL at the current parameters."""
+    params = policy.actor_parameters()
+    kl_grad = flat_grad(mean_kl(policy, batch), params, create_graph=True)
+
+    def fvp(v: torch.Tensor) -> torch.Tensor:
+        return flat_grad(kl_grad @ v, params, retain_graph=True) + damping * v
+
+    return fvp
+
+
+def natural_step(policy: Policy, batch: Batch, cfg: TRPOConfig) -> NaturalStep:
+    params = policy.actor_parameters()
+    g = flat_grad(surrogate(policy, batch), params)
+    if not torch.isfinite(g).all():
+        return NaturalStep(torch.full_like(g, float("nan")), g, float("nan"))
+    fvp = fisher_vector_product(policy, batch, cfg.cg_damping)
+    direction = conjugate_gradient(fvp, g, cfg.cg_iters)
+    shs = float(direction @ fvp(direction))
+    if not (shs > 0 and torch.isfinite(direction).all()):
+        return NaturalStep(torch.full_like(g, float("nan")), g, shs)
+    return NaturalStep(direction * (2.0 * cfg.delta / shs) ** 0.5, g, shs)
+
+
+class TRPO:
+    def __init__(self, policy: Policy, cfg: TRPOConfig):
+        self.policy, self.cfg = policy, cfg
+
+    def _evaluate(self, batch: Batch) -> tuple[float, float]:
+        with torch.no_grad():
+            params = self.policy.dist_params(batch.obs)
+            return float(surrogate(self.policy, batch, params)), float(
+                mean_kl(self.policy, batch, params))
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        params = self.policy.actor_parameters()
+        old = flat_params(params)
+        step = natural_step(self.policy, batch, self.cfg)
+        rejected = {"trpo/backtracks": float(self.cfg.backtrack_iters * self.cfg.line_search),
+                    "trpo/accepted": 0.0, "trpo/step_norm": 0.0}
+        if not step.finite:
+            return rejected | {"guard/nonfinite": 1.0}
+        if not self.cfg.line_search:
+            set_flat_params(params, old + step.full_step)
+            surr, kl = self._evaluate(batch)
+            if not (torch.isfinite(torch.tensor([surr, kl])).all()):
+                set_flat_params(params, old)
+                return rejected | {"guard/nonfinite": 1.0}
+            return {"trpo/backtracks": 0.0, "trpo/accepted": 1.0,
+                    "trpo/step_norm": float(step.full_step.norm())}
+        surr_old, _ = self._evaluate(batch)
+        for k in range(self.cfg.backtrack_iters + 1):
+            trial = step.full_step * self.cfg.backtrack_coef**k
+            set_flat_params(params, old + trial)
+            surr, kl = self._evaluate(batch)
+            if kl <= self.cfg.delta and surr > surr_old:  # NaN compares False: rejected
+                return {"trpo/backtracks": float(k), "trpo/accepted": 1.0,
+                        "trpo/step_norm": float(trial.norm())}
+        set_flat_params(params, old)
+        return rejected
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,135 @@
+"""The ``trpo-lab`` command: a Hydra app.
+
+Exit codes: 0 completed (or interrupted cleanly, resumable), 1 a run or a sweep job failed,
+2 the configuration was refused before any training (one line on stderr naming the key).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from trpo_lab.config import ConfigError, register_configs, to_typed, validate
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class _State:
+    task_started = False  # set once a job got past validation
+    sweep_failed = False
+
+
+def _refuse(message: str) -> None:
+    print(f"trpo-lab: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _sweep_identity(hc) -> tuple[str | None, list[str]]:
+    """W&B group (sweep name + start time) and one tag per swept override."""
+    if hc.mode != RunMode.MULTIRUN:
+        return None, []
+    sweep_dir = Path(hc.sweep.dir)
+    name = hc.job.config_name if hc.job.config_name != "config" else "sweep"
+    group = f"{name}-{'_'.join(sweep_dir.parts[-2:])}"
+    tags = [o[:64] for o in hc.overrides.task]
+    return group, tags
+
+
+def run_job(cfg: DictConfig) -> str:
+    """Validate, build and train one run; returns its status."""
+    from trpo_lab.envs import EnvError
+    from trpo_lab.policies import PolicySpaceError
+    from trpo_lab.train import StopSignal, Trainer, read_summary, write_summary
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = Path(hc.runtime.output_dir)
+    previous = read_summary(run_dir)
+    try:
+        typed = to_typed(cfg)
+        validate(typed)
+        if previous is not None and previous.get("status") == "completed" and not typed.resume:
+            print(f"trpo-lab: {run_dir} already completed; skipping (resume=true reruns it)")
+            return "completed"
+        group, tags = _sweep_identity(hc)
+        trainer = Trainer(typed, run_dir, wandb_config=OmegaConf.to_container(cfg, resolve=True),
+                          group=group, tags=tags)
+    except (ConfigError, EnvError, PolicySpaceError, OmegaConfBaseException) as error:
+        message = str(error).splitlines()[0]
+        if not multirun:
+            _refuse(message)
+        write_summary(run_dir, {"status": "failed", "error": message})
+        print(f"trpo-lab: job {hc.job.num} refused: {message}", file=sys.stderr)
+        return "failed"
+    _State.task_started = True
+    stop = StopSignal()
+    stop.install()
+    try:
+        summary = trainer.run(stop)
+    except Exception:
+        if not multirun:
+            raise
+        traceback.print_exc()
+        return "failed"
+    finally:
+        stop.restore()
+    if summary["status"] == "interrupted":
+        print(f"trpo-lab: interrupted after {summary['iterations']} updates; rerun the same "
+              f"command with hydra.run.dir={run_dir} to resume", file=sys.stderr)
+    return summary["status"]
+
+
+class SweepReport(Callback):
+    """At the end of a multirun: count completed and failed jobs from their summary.json."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        import json
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        counts: dict[str, int] = {}
+        for hydra_dir in sorted(sweep_dir.glob("**/.hydra")):
+            summary = hydra_dir.parent / "summary.json"
+            try:
+                status = json.loads(summary.read_text()).get("status", "failed")
+            except (OSError, ValueError):
+                status = "failed"
+            counts[status] = counts.get(status, 0) + 1
+        failed = counts.get("failed", 0)
+        _State.sweep_failed = failed > 0
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        print(f"trpo-lab sweep {sweep_dir}: {parts or 'no jobs'}")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> str:
+    status = run_job(cfg)
+    if HydraConfig.get().mode != RunMode.MULTIRUN and status == "failed":
+        sys.exit(1)
+    return status
+
+
+def main() -> None:
+    register_configs()
+    try:
+        _hydra_main()
+    except SystemExit as exit_:
+        # Hydra reports composition errors (unknown option, wrong type) with exit code 1
+        # before any job starts: those are refusals of the configuration.
+        if exit_.code == 1 and not _State.task_started:
+            sys.exit(2)
+        raise
+    if _State.sweep_failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+"""The configuration schema: typed dataclasses registered in Hydra's ConfigStore.
+
+YAML files in ``conf/`` hold values; these dataclasses are the schema. The entry point converts
+the composed ``DictConfig`` once into these objects (:func:`to_typed`) and validates every field
+(:func:`validate`); the rest of the package only sees typed objects.
+
+Every field carries its allowed range (checked at start, exit code 2 on violation) and advice,
+in the spirit of Spinning Up's docstrings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value outside its allowed range (reported as ``key=value: allowed``)."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        super().__init__(f"invalid value {key}={value!r}: {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+Check = Callable[[Any], str | None]  # returns None if fine, else a description of what is allowed
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def interval(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+             hi_open: bool = False, integer: bool = False) -> Check:
+    """A real (or integer) number in an interval; NaN and infinities are always refused."""
+    left = "-inf" if lo is None else f"{lo:g}"
+    right = "inf" if hi is None else f"{hi:g}"
+    kind = "an integer" if integer else "a finite number"
+    allowed = f"must be {kind} in {'(' if lo_open or lo is None else '['}{left}, {right}" \
+              f"{')' if hi_open or hi is None else ']'}"
+
+    def check(value: Any) -> str | None:
+        if not _is_real(value) or (integer and not isinstance(value, int)):
+            return allowed
+        if lo is not None and (value < lo or (lo_open and value == lo)):
+            return allowed
+        if hi is not None and (value > hi or (hi_open and value == hi)):
+            return allowed
+        return None
+
+    return check
+
+
+def one_of(*choices: str) -> Check:
+    allowed = "must be one of " + ", ".join(choices)
+    return lambda value: None if value in choices else allowed
+
+
+def positive_int_list(value: Any) -> str | None:
+    ok = all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65536 for v in value)
+    return None if ok else "must be a list of integers in [1, 65536] (may be empty)"
+
+
+def beta_value(value: Any) -> str | None:
+    if value == "theory" or (_is_real(value) and value >= 0):
+        return None
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if math.isfinite(number) and number >= 0:
+            return None
+    return "must be a finite number >= 0 or the string 'theory' (beta = C of the TRPO bound)"
+
+
+def no_check(_: Any) -> None:
+    return None
+
+
+def param(default: Any, check: Check, doc: str) -> Any:
+    """A schema field: its default, its range check, and advice for the user."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"check": check, "doc": doc})
+    return field(default=default, metadata={"check": check, "doc": doc})
+
+
+ESTIMATORS = ("sampled", "exact")
+
+
+@dataclass
+class AlgoConfig:
+    name: str = MISSING
+    estimator: str = param(
+        "sampled", one_of(*ESTIMATORS),
+        "sampled: advantages from GAE on rollouts. exact: exact advantages and visitation from "
+        "the tabular model (tabular envs only); isolates the surrogate's error from sampling.")
+
+
+@dataclass
+class TRPOConfig(AlgoConfig):
+    name: str = "trpo"
+    delta: float = param(0.01, interval(0, 10, lo_open=True),
+                         "Max mean KL(old||new) per update. 0.01 is the standard; 0.001-0.1 "
+                         "is the useful range. Larger steps learn faster until the surrogate lies.")
+    cg_iters: int = param(10, interval(1, 1000, integer=True),
+                          "Conjugate-gradient iterations for F^-1 g. 10-20 suffice.")
+    cg_damping: float = param(0.1, interval(0, 1e3),
+                              "Added to the Fisher diagonal (F + damping I). 0.1 is robust; "
+                              "1e-3 tracks the true natural gradient more closely.")
+    backtrack_iters: int = param(10, interval(0, 100, integer=True),
+                                 "Line-search steps, each shrinking the step by backtrack_coef.")
+    backtrack_coef: float = param(0.8, interval(0, 1, lo_open=True, hi_open=True),
+                                  "Shrink factor per backtrack, in (0, 1). 0.5-0.8 is typical.")
+    line_search: bool = param(True, no_check,
+                              "false: take the full natural-gradient step (the NPG baseline).")
+
+
+@dataclass
+class VPGConfig(AlgoConfig):
+    name: str = "vpg"
+    lr: float = param(3e-4, interval(0, 10, lo_open=True),
+                      "Actor learning rate. Adam: 1e-4-3e-3; SGD needs far larger values.")
+    optimizer: str = param("adam", one_of("adam", "sgd"), "adam or sgd.")
+    steps: int = param(1, interval(1, 10000, integer=True),
+                       "Gradient steps per batch on the surrogate (1 = textbook VPG).")
+
+
+@dataclass
+class KLPenaltyConfig(AlgoConfig):
+    name: str = "kl_penalty"
+    beta: Any = param(3.0, beta_value,
+                      "Penalty weight on mean KL(old||new), or 'theory' for beta = C = "
+                      "4 eps gamma/(1-gamma)^2 with the max-KL penalty (TRPO's Algorithm 1).")
+    lr: float = param(1e-3, interval(0, 10, lo_open=True), "Actor learning rate (Adam).")
+    optimizer: str = param("adam", one_of("adam", "sgd"), "adam or sgd.")
+    epochs: int = param(10, interval(1, 10000, integer=True),
+                        "Passes over the batch per update.")
+    minibatches: int = param(1, interval(1, 100000, integer=True),
+                             "Minibatches per epoch (1 = full batch).")
+
+
+@dataclass
+class PPOConfig(AlgoConfig):
+    name: str = "ppo"
+    clip: float = param(0.2, interval(0, 10, lo_open=True),
+                        "Clip range epsilon for the ratio; 0.1-0.3 is the usual range.")
+    lr: float = param(3e-4, interval(0, 10, lo_open=True), "Actor learning rate (Adam).")
+    epochs: int = param(10, interval(1, 10000, integer=True), "Passes over the batch per update.")
+    minibatches: int = param(32, interval(1, 100000, integer=True),
+                             "Minibatches per epoch; batch_steps must be divisible by it.")
+
+
+ALGO_SCHEMAS: dict[str, type[AlgoConfig]] = {
+    "trpo": TRPOConfig, "vpg": VPGConfig, "kl_penalty": KLPenaltyConfig, "ppo": PPOConfig}
+
+TABULAR_ENVS = ("garnet", "chain", "gridworld")
+
+
+@dataclass
+class EnvConfig:
+    name: str = param("custom", no_check,
+                      "Short name (cartpole, pendulum, hopper, garnet, chain, gridworld, custom).")
+    id: str = param(MISSING, no_check, "Any registered gymnasium id with Discrete or Box spaces.")
+    tabular: bool = param(False, no_check, "Set by the tabular env configs; do not override.")
+    normalize_obs: bool = param(False, no_check,
+                                "Running mean/std observation normalisation (MuJoCo: true).")
+    kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "check": no_check, "doc": "Extra keyword arguments for gymnasium.make."})
+    num_states: int = param(50, interval(2, 100000, integer=True),
+                            "garnet: number of states.")
+    num_actions: int = param(4, interval(2, 1000, integer=True), "garnet: number of actions.")
+    branching: int = param(5, interval(1, 100000, integer=True),
+                           "garnet: next states per (s, a); <= num_states.")
+    mdp_seed: int = param(0, interval(0, 2**31 - 1, integer=True),
+                          "garnet: seed of the random MDP (separate from the run's seed).")
+    horizon: int = param(0, interval(0, 10**7, integer=True),
+                         "tabular: truncation horizon H of sampled episodes; 0 = smallest H "
+                         "with gamma^H <= 1e-6, so sampled returns measure the exact J.")
+
+
+@dataclass
+class PolicyConfig:
+    name: str = param("mlp", one_of("mlp", "linear", "tabular"), "mlp, linear or tabular.")
+    hidden_sizes: list[int] = param([64, 64], positive_int_list,
+                                    "Actor hidden layers (mlp only). 64x64 is standard.")
+    activation: str = param("tanh", one_of("tanh", "relu"), "tanh is the TRPO default.")
+    init_log_std: float = param(0.0, interval(-10, 5),
+                                "Initial log std of the Gaussian head (Box actions).")
+
+
+@dataclass
+class CriticConfig:
+    hidden_sizes: list[int] = param([64, 64], positive_int_list,
+                                    "Critic hidden layers; [] gives a linear critic.")
+    lr: float = param(1e-3, interval(0, 10, lo_open=True), "Critic Adam learning rate.")
+    epochs: int = param(5, interval(0, 10000, integer=True),
+                        "Passes over the batch per update (0 = frozen critic).")
+    minibatches: int = param(4, interval(1, 100000, integer=True), "Minibatches per epoch.")
+
+
+@dataclass
+class LoggerConfig:
+    name: str = param("wandb", one_of("wandb", "none"), "wandb or none.")
+    mode: str = param("auto", one_of("auto", "offline", "online", "disabled"),
+                      "auto: online when an API key is configured, else offline.")
+    project: str = param("trpo-lab", no_check, "W&B project.")
+    entity: str | None = param(None, no_check, "W&B entity (team or user); None = default.")
+    group: str | None = param(None, no_check, "W&B group; sweeps set it to name + start time.")
+    tags: list[str] = param([], no_check, "Extra W&B tags.")
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = param(4, interval(0, 100000, integer=True),
+                          "Fresh stochastic episodes before and after each update, on paired "
+                          "seeds, for the Monte Carlo true J and dJ. 0 = off.")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = param(10, interval(0, 10**9, integer=True),
+                       "Checkpoint every N updates (and always at the end). 0 = only at the end.")
+
+
+@dataclass
+class Config:
+    algo: Any = MISSING
+    env: EnvConfig = MISSING
+    policy: PolicyConfig = MISSING
+    logger: LoggerConfig = MISSING
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    seed: int = param(0, interval(0, 2**31 - 1, integer=True), "Seeds every RNG of the run.")
+    gamma: float = param(0.99, interval(0, 1, hi_open=True),
+                         "Discount of J and of the advantages, in [0, 1).")
+    gae_lambda: float = param(0.95, interval(0, 1),
+                              "GAE lambda in [0, 1]: 0 = one-step TD, 1 = Monte Carlo.")
+    total_steps: int = param(100_000, interval(1, 10**12, integer=True),
+                             "Environment steps in total; updates = total_steps // batch_steps.")
+    batch_steps: int = param(2048, interval(1, 10**9, integer=True),
+                             "Environment steps per update (all envs together); a multiple "
+                             "of num_envs.")
+    num_envs: int = param(1, interval(1, 4096, integer=True), "Parallel (vector) environments.")
+    normalize_advantages: bool = param(True, no_check,
+                                       "Standardise advantages in the policy loss (all algos).")
+    max_bad_updates: int = param(5, interval(1, 10**6, integer=True),
+                                 "Stop as failed after this many consecutive non-finite updates.")
+    resume: bool = param(False, no_check,
+                         "Resume from checkpoint.pt in the run directory (also automatic when "
+                         "the run directory holds an unfinished run).")
+    device: str = param("cpu", one_of("cpu", "cuda"), "Torch device for updates.")
+    torch_threads: int = param(1, interval(0, 256, integer=True),
+                               "torch.set_num_threads; 1 is fastest for small nets, 0 = default.")
+    progress: bool = param(True, no_check, "Progress bar (only shown on a terminal).")
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for name, schema in ALGO_SCHEMAS.items():
+        cs.store(group="algo", name=f"{name}_schema", node=schema)
+    cs.store(group="env", name="env_schema", node=EnvConfig)
+    cs.store(group="policy", name="policy_schema", node=PolicyConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+
+
+def to_typed(cfg: DictConfig) -> Config:
+    """Convert the composed config once into dataclass instances."""
+    typed = OmegaConf.to_object(cfg)
+    assert isinstance(typed, Config)
+    return typed
+
+
+def _validate_fields(obj: Any, prefix: str) -> None:
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            _validate_fields(value, key + ".")
+            continue
+        check = f.metadata.get("check")
+        if check is not None:
+            problem = check(value)
+            if problem:
+                raise ConfigError(key, value, problem)
+
+
+def validate(cfg: Config) -> None:
+    """Check every field's range and the cross-field rules; raise ConfigError on the first."""
+    _validate_fields(cfg, "")
+    if cfg.batch_steps % cfg.num_envs:
+        raise ConfigError("batch_steps", cfg.batch_steps,
+                          f"must be a multiple of num_envs={cfg.num_envs}")
+    if cfg.total_steps < cfg.batch_steps:
+        raise ConfigError("total_steps", cfg.total_steps,
+                          f"must be >= batch_steps={cfg.batch_steps} (at least one update)")
+    algo = cfg.algo
+    if algo.estimator == "exact" and not cfg.env.tabular:
+        raise ConfigError("algo.estimator", "exact",
+                          f"exact estimation needs a tabular env ({', '.join(TABULAR_ENVS)}); "
+                          f"env={cfg.env.name} is not tabular")
+    for minibatched in (algo, cfg.critic):
+        count = getattr(minibatched, "minibatches", 1)
+        if count > cfg.batch_steps:
+            key = "algo.minibatches" if minibatched is algo else "critic.minibatches"
+            raise ConfigError(key, count, f"must be <= batch_steps={cfg.batch_steps}")
+    if cfg.env.name == "garnet" and cfg.env.branching > cfg.env.num_states:
+        raise ConfigError("env.branching", cfg.env.branching,
+                          f"must be <= env.num_states={cfg.env.num_states}")
+    if cfg.policy.name == "tabular" and not cfg.env.tabular:
+        raise ConfigError("policy", "tabular",
+                          f"a tabular policy needs a tabular env ({', '.join(TABULAR_ENVS)}) "
+                          f"with a Discrete observation space; env={cfg.env.name}")

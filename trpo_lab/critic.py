@@ -1,0 +1,35 @@
+"""The critic's training, identical for every algorithm: regression of V on the GAE returns."""
+
+from __future__ import annotations
+
+import torch
+
+from trpo_lab.algos.common import guarded_step, minibatch_indices
+from trpo_lab.config import CriticConfig
+from trpo_lab.numerics import explained_variance
+from trpo_lab.policies import Policy
+from trpo_lab.rollout import Batch
+
+
+class CriticTrainer:
+    def __init__(self, policy: Policy, cfg: CriticConfig, generator: torch.Generator):
+        self.policy, self.cfg, self.generator = policy, cfg, generator
+        self.params = policy.critic_parameters()
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """``epochs`` passes of minibatch MSE steps; explained variance is of the old values."""
+        ev = explained_variance(batch.values.double().numpy(), batch.returns.double().numpy())
+        for _ in range(self.cfg.epochs):
+            for index in minibatch_indices(batch.size, self.cfg.minibatches, self.generator):
+                loss = ((self.policy.value(batch.obs[index]) - batch.returns[index]) ** 2).mean()
+                guarded_step(self.optimizer, loss, self.params)
+        with torch.no_grad():
+            final = float(((self.policy.value(batch.obs) - batch.returns) ** 2).mean())
+        return {"value/loss": final, "value/explained_variance": ev}
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])

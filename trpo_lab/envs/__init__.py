@@ -1,0 +1,92 @@
+"""Environment construction: gymnasium ids and the exact tabular MDPs, behind one factory."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from trpo_lab.config import EnvConfig
+
+
+class EnvError(ValueError):
+    """The environment cannot be built (unknown id, missing extra, unsupported spaces)."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        super().__init__(f"invalid value {key}={value!r}: {allowed}")
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+def _register_tabular() -> None:
+    import trpo_lab.envs.tabular  # noqa: F401  (registers trpo_lab/* ids)
+
+
+def tabular_horizon(env_cfg: EnvConfig, gamma: float) -> int:
+    from trpo_lab.envs.tabular import horizon_for
+
+    return env_cfg.horizon or horizon_for(gamma)
+
+
+def make_kwargs(env_cfg: EnvConfig, gamma: float) -> dict[str, Any]:
+    kwargs = dict(env_cfg.kwargs)
+    if env_cfg.tabular:
+        kwargs["horizon"] = tabular_horizon(env_cfg, gamma)
+        if env_cfg.name == "garnet":
+            kwargs.update(num_states=env_cfg.num_states, num_actions=env_cfg.num_actions,
+                          branching=env_cfg.branching, mdp_seed=env_cfg.mdp_seed)
+    return kwargs
+
+
+def env_factory(env_cfg: EnvConfig, gamma: float) -> Callable[[], gym.Env]:
+    """A zero-argument constructor of one environment; checks the id and extras first."""
+    if env_cfg.tabular or env_cfg.id.startswith("trpo_lab/"):
+        _register_tabular()
+    try:
+        spec = gym.spec(env_cfg.id)
+    except gym.error.Error as error:
+        raise EnvError("env.id", env_cfg.id,
+                       f"not a registered gymnasium id ({error})") from None
+    entry = str(spec.entry_point)
+    if "mujoco" in entry and importlib.util.find_spec("mujoco") is None:
+        raise EnvError("env.id", env_cfg.id,
+                       'needs MuJoCo: install the extra with pip install -e ".[mujoco]"')
+    kwargs = make_kwargs(env_cfg, gamma)
+
+    def make() -> gym.Env:
+        return gym.make(env_cfg.id, disable_env_checker=True, **kwargs)
+
+    return make
+
+
+def check_spaces(env: gym.Env, env_cfg: EnvConfig) -> None:
+    for name, space in (("observation", env.observation_space), ("action", env.action_space)):
+        if not isinstance(space, gym.spaces.Discrete | gym.spaces.Box):
+            raise EnvError("env.id", env_cfg.id,
+                           f"{name} space {space} is not supported (Discrete or Box only)")
+
+
+def make_vector_env(env_cfg: EnvConfig, num_envs: int, gamma: float) -> SyncVectorEnv:
+    """``num_envs`` copies in a SyncVectorEnv that autoresets in the same step.
+
+    Same-step autoreset returns the first observation of the next episode at once and puts the
+    final observation of the finished one in ``info["final_obs"]``, which GAE needs to bootstrap
+    from V on truncation.
+    """
+    make = env_factory(env_cfg, gamma)
+    try:
+        probe = make()
+    except TypeError as error:
+        raise EnvError("env.kwargs", dict(env_cfg.kwargs),
+                       f"rejected by {env_cfg.id}: {error}") from None
+    check_spaces(probe, env_cfg)
+    probe.close()
+    return SyncVectorEnv([make for _ in range(num_envs)], copy=False,
+                         autoreset_mode=AutoresetMode.SAME_STEP)
+
+
+def tabular_model(envs: SyncVectorEnv):
+    """The TabularMDP behind a tabular vector env (the same model in every copy)."""
+    return envs.envs[0].unwrapped.mdp

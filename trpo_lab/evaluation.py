@@ -1,0 +1,73 @@
+"""Monte Carlo estimates of J and of J(pi') - J(pi) with common random numbers.
+
+Each update k draws ``episodes`` fresh episodes twice, once with pi and once with pi', on the
+same reset seeds and the same per-episode action noise (seeded by (seed, k, j)), so most of the
+randomness cancels in the paired difference. J is the discounted return sum_t gamma^t r_t at the
+run's gamma; standard errors are std / sqrt(n) (ddof = 1) of the returns and of the paired
+differences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from trpo_lab.policies import NumpyActor
+
+MAX_EVAL_STEPS = 1_000_000
+
+
+@dataclass(frozen=True)
+class MonteCarloEstimate:
+    mean: float
+    se: float
+
+    @staticmethod
+    def of(samples: np.ndarray) -> MonteCarloEstimate:
+        n = samples.shape[0]
+        se = float(samples.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+        return MonteCarloEstimate(float(samples.mean()), se)
+
+
+class PairedEvaluator:
+    def __init__(self, make_env: Callable[[], gym.Env], episodes: int, gamma: float, seed: int,
+                 encode: Callable[[np.ndarray], np.ndarray]):
+        self.envs = [make_env() for _ in range(episodes)]
+        self.episodes, self.gamma, self.seed, self.encode = episodes, gamma, seed, encode
+        space = self.envs[0].action_space
+        self.discrete = isinstance(space, gym.spaces.Discrete)
+        self.low = None if self.discrete else space.low
+        self.high = None if self.discrete else space.high
+
+    def discounted_returns(self, actor: NumpyActor, update: int) -> np.ndarray:
+        """Discounted return of each of the update's episodes under ``actor``."""
+        n = self.episodes
+        seeds = np.random.SeedSequence([self.seed, update]).generate_state(n)
+        rngs = [np.random.default_rng([self.seed, update, j]) for j in range(n)]
+        obs = np.stack([env.reset(seed=int(s))[0] for env, s in zip(self.envs, seeds)])
+        returns = np.zeros(n)
+        discount = np.ones(n)
+        active = np.ones(n, bool)
+        for _ in range(MAX_EVAL_STEPS):
+            idx = np.flatnonzero(active)
+            if idx.size == 0:
+                break
+            noise = np.stack([actor.noise(rngs[j], 1)[0] for j in idx])
+            actions = actor.sample_from_noise(self.encode(obs[idx]), noise)
+            if not self.discrete:
+                actions = np.clip(actions, self.low, self.high)
+            for a, j in zip(actions, idx):
+                next_obs, reward, terminated, truncated, _ = self.envs[j].step(a)
+                returns[j] += discount[j] * reward
+                discount[j] *= self.gamma
+                obs[j] = next_obs
+                if terminated or truncated:
+                    active[j] = False
+        return returns
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()

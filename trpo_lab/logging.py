@@ -1,0 +1,154 @@
+"""One logger for every algorithm: a crash-safe ``metrics.csv`` and the same keys to W&B."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+COLUMNS = [
+    "iteration", "env_steps", "time/wall_s", "time/sps",
+    "rollout/return_mean", "rollout/length_mean", "rollout/episodes",
+    "kl/mean", "kl/max", "kl/reverse_mean", "policy/max_ratio", "policy/entropy",
+    "surrogate/linear", "surrogate/improvement",
+    "true/J", "true/J_se", "true/improvement", "true/improvement_se",
+    "bound/trpo", "bound/cpo", "bound/C", "bound/eps",
+    "exact/surrogate_improvement", "exact/pdl_residual",
+    "mc/J", "mc/improvement", "mc/improvement_se",
+    "trpo/backtracks", "trpo/accepted", "trpo/step_norm",
+    "value/loss", "value/explained_variance",
+    # beyond DESIGN.md's table: numerical guard and the penalty actually used
+    "guard/nonfinite", "guard/bad_updates", "penalty/beta",
+]
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+class MetricsCSV:
+    """One row per update, flushed and fsynced, so a killed run leaves a readable file.
+
+    Resuming from the checkpoint of update k keeps rows with iteration <= k and drops rows that
+    a crashed run wrote after its last checkpoint (they are recomputed identically), so the file
+    never holds a duplicated or a missing iteration.
+    """
+
+    def __init__(self, path: Path, keep_through: int | None = None):
+        self.path = path
+        if keep_through is not None and path.exists():
+            kept = [row for row in csv.DictReader(path.open(newline=""))
+                    if row.get("iteration") and int(row["iteration"]) <= keep_through]
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(kept)
+            tmp = path.with_suffix(".csv.tmp")
+            tmp.write_text(buffer.getvalue())
+            os.replace(tmp, path)
+            self.file = path.open("a", newline="")
+        else:
+            self.file = path.open("w", newline="")
+            self.file.write(",".join(COLUMNS) + "\n")
+            self.file.flush()
+
+    def write(self, row: dict[str, Any]) -> None:
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise KeyError(f"metrics not in the schema: {sorted(unknown)}")
+        self.file.write(",".join(_cell(row.get(c)) for c in COLUMNS) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def wandb_api_key_configured() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE") in ("offline", "online", "disabled"):
+        return os.environ["WANDB_MODE"]
+    return "online" if wandb_api_key_configured() else "offline"
+
+
+class WandbRun:
+    """A real wandb run that never prompts and never blocks training.
+
+    The mode goes into the environment before wandb starts (an ``init(mode="offline")`` alone
+    still contacts the server at exit); an online ``init`` that fails falls back to offline with
+    a warning, and a ``log`` that raises is downgraded to a warning, since metrics.csv is the
+    record of the run.
+    """
+
+    def __init__(self, *, mode: str, project: str, entity: str | None, group: str | None,
+                 job_type: str, tags: list[str], name: str, config: dict, run_dir: Path,
+                 run_id: str):
+        os.environ["WANDB_MODE"] = mode
+        os.environ.setdefault("WANDB_SILENT", "true")
+        os.environ.setdefault("WANDB_CONSOLE", "off")
+        import wandb
+
+        self.wandb = wandb
+        self.mode = mode
+        kwargs = dict(project=project, entity=entity, group=group, job_type=job_type,
+                      tags=tags, name=name, config=config, dir=str(run_dir), id=run_id,
+                      resume="allow", reinit="finish_previous")
+        try:
+            self.run = wandb.init(settings=self._settings(mode), **kwargs)
+        except Exception as error:  # noqa: BLE001  (any failure to reach W&B: go offline)
+            if mode != "online":
+                raise
+            warnings.warn(f"W&B online init failed ({error}); logging offline instead",
+                          stacklevel=2)
+            os.environ["WANDB_MODE"] = self.mode = "offline"
+            self.run = wandb.init(settings=self._settings("offline"), **kwargs)
+        self.run.define_metric("env_steps")
+        self.run.define_metric("*", step_metric="env_steps")
+        self.pairs: list[list[float]] = []
+
+    def _settings(self, mode: str):
+        return self.wandb.Settings(mode=mode, console="off", silent=True, init_timeout=60,
+                                   x_disable_stats=True, x_disable_machine_info=True)
+
+    def log(self, row: dict[str, Any]) -> None:
+        clean = {k: v for k, v in row.items()
+                 if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        pair = (row.get("surrogate/improvement"), row.get("true/improvement"))
+        if all(v is not None and not math.isnan(v) for v in pair):
+            self.pairs.append([float(row["iteration"]), float(pair[0]), float(pair[1]),
+                               float(row.get("kl/max") or math.nan)])
+        try:
+            self.run.log(clean)
+        except Exception as error:  # noqa: BLE001  (the CSV is the record; keep training)
+            warnings.warn(f"W&B log failed ({error}); metrics.csv keeps the data", stacklevel=2)
+
+    def finish(self, status: str, summary: dict[str, Any]) -> None:
+        try:
+            if self.pairs:
+                table = self.wandb.Table(
+                    columns=["iteration", "predicted_improvement", "true_improvement", "kl_max"],
+                    data=self.pairs)
+                self.run.log({"improvement_pairs": table})
+            for key, value in summary.items():
+                if isinstance(value, int | float | str) and not isinstance(value, bool):
+                    self.run.summary[key] = value
+            self.run.finish(exit_code=0 if status == "completed" else 1)
+        except Exception as error:  # noqa: BLE001
+            warnings.warn(f"W&B finish failed ({error})", stacklevel=2)

@@ -1,0 +1,241 @@
+"""Policies: one interface for every algorithm.
+
+A :class:`Policy` holds an actor (observation -> distribution parameters) and a critic
+(observation -> V) with disjoint parameter sets, exposed explicitly by
+:meth:`Policy.actor_parameters` and :meth:`Policy.critic_parameters`. Distributions are
+represented by a single parameter tensor per state (logits for Categorical; mean and log-std
+side by side for the diagonal Gaussian), so the "old" policy of a batch is just a tensor and
+``log_prob``, ``kl`` and ``entropy`` are pure functions of such tensors.
+
+Rollouts do not call torch per step: :meth:`Policy.numpy_actor` snapshots the actor's weights
+into a :class:`NumpyActor`, which evaluates the same function in numpy (a 64x64 MLP call costs
+about a third of a torch call at these sizes) and samples with a seeded numpy Generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from trpo_lab.config import PolicyConfig
+from trpo_lab.numerics import (
+    categorical_entropy,
+    categorical_kl,
+    gaussian_entropy,
+    gaussian_kl,
+    gaussian_log_prob,
+)
+
+
+class PolicySpaceError(ValueError):
+    """The policy cannot serve the environment's observation or action space."""
+
+
+class CategoricalHead:
+    """Categorical over ``n`` actions; parameters are logits [N, n]."""
+
+    kind = "categorical"
+
+    def __init__(self, n: int):
+        self.n = n
+        self.param_dim = n
+
+    def log_prob(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        log_p = torch.log_softmax(params, dim=-1)
+        return log_p.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def kl(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return categorical_kl(p, q)
+
+    def entropy(self, params: torch.Tensor) -> torch.Tensor:
+        return categorical_entropy(params)
+
+
+class GaussianHead:
+    """Diagonal Gaussian with a state-independent log-std; parameters are [mean, log_std]."""
+
+    kind = "gaussian"
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.param_dim = 2 * dim
+
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return params[..., : self.dim], params[..., self.dim:]
+
+    def log_prob(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        mean, log_std = self.split(params)
+        return gaussian_log_prob(mean, log_std, actions)
+
+    def kl(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return gaussian_kl(*self.split(p), *self.split(q))
+
+    def entropy(self, params: torch.Tensor) -> torch.Tensor:
+        return gaussian_entropy(self.split(params)[1])
+
+
+ACTIVATIONS = {"tanh": (nn.Tanh, np.tanh), "relu": (nn.ReLU, lambda x: np.maximum(x, 0.0))}
+
+
+def _mlp(in_dim: int, hidden: list[int], out_dim: int, activation: str, out_gain: float,
+         bias: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    sizes = [in_dim, *hidden]
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        linear = nn.Linear(a, b)
+        nn.init.orthogonal_(linear.weight, gain=np.sqrt(2))
+        nn.init.zeros_(linear.bias)
+        layers += [linear, ACTIVATIONS[activation][0]()]
+    out = nn.Linear(sizes[-1], out_dim, bias=bias)
+    if out_gain == 0.0:
+        nn.init.zeros_(out.weight)
+    else:
+        nn.init.orthogonal_(out.weight, gain=out_gain)
+    if bias:
+        nn.init.zeros_(out.bias)
+    layers.append(out)
+    return nn.Sequential(*layers)
+
+
+def observation_dim(space: gym.Space) -> int:
+    """Size of the policy input: one-hot for Discrete observations, flattened for Box."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, gym.spaces.Box):
+        return int(np.prod(space.shape))
+    raise PolicySpaceError(
+        f"observation space {space} is not supported: use an env with Discrete or Box observations")
+
+
+def encode_observations(space: gym.Space, obs: np.ndarray) -> np.ndarray:
+    """Discrete observations become one-hot vectors; Box observations are flattened to float."""
+    if isinstance(space, gym.spaces.Discrete):
+        one_hot = np.zeros((obs.shape[0], int(space.n)), np.float32)
+        one_hot[np.arange(obs.shape[0]), obs.astype(np.int64) - int(space.start)] = 1.0
+        return one_hot
+    return obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
+
+
+class Policy(nn.Module):
+    """Actor and critic with disjoint parameters; see the module docstring."""
+
+    def __init__(self, obs_space: gym.Space, action_space: gym.Space, policy: PolicyConfig,
+                 critic_hidden: list[int]):
+        super().__init__()
+        obs_dim = observation_dim(obs_space)
+        if isinstance(action_space, gym.spaces.Discrete):
+            self.head: CategoricalHead | GaussianHead = CategoricalHead(int(action_space.n))
+            out_dim = int(action_space.n)
+        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            self.head = GaussianHead(int(action_space.shape[0]))
+            out_dim = int(action_space.shape[0])
+        else:
+            raise PolicySpaceError(
+                f"policy={policy.name} cannot serve action space {action_space}: "
+                "Discrete or one-dimensional Box actions are supported")
+        if policy.name == "tabular" and not isinstance(obs_space, gym.spaces.Discrete):
+            raise PolicySpaceError(
+                f"policy=tabular needs a Discrete observation space, got {obs_space}")
+        self.policy_name = policy.name
+        self.activation = policy.activation
+        if policy.name == "mlp":
+            self.actor = _mlp(obs_dim, list(policy.hidden_sizes), out_dim, policy.activation, 0.01)
+        elif policy.name == "linear":
+            self.actor = _mlp(obs_dim, [], out_dim, policy.activation, 0.01)
+        else:  # tabular: a logit table, i.e. a bias-free linear map of the one-hot state
+            self.actor = _mlp(obs_dim, [], out_dim, policy.activation, 0.0, bias=False)
+        if isinstance(self.head, GaussianHead):
+            self.log_std = nn.Parameter(torch.full((out_dim,), float(policy.init_log_std)))
+        else:
+            self.log_std = None
+        self.critic = _mlp(obs_dim, list(critic_hidden), 1, "tanh", 1.0)
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        extra = [] if self.log_std is None else [self.log_std]
+        return [*self.actor.parameters(), *extra]
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        return list(self.critic.parameters())
+
+    def dist_params(self, obs: torch.Tensor) -> torch.Tensor:
+        out = self.actor(obs)
+        if self.log_std is None:
+            return out
+        return torch.cat([out, self.log_std.expand_as(out)], dim=-1)
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.head.log_prob(self.dist_params(obs), actions)
+
+    def kl(self, obs: torch.Tensor, old_params: torch.Tensor) -> torch.Tensor:
+        """Per-state KL(old || current), old policy first as in TRPO's constraint."""
+        return self.head.kl(old_params, self.dist_params(obs))
+
+    def entropy(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head.entropy(self.dist_params(obs))
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs).squeeze(-1)
+
+    def numpy_actor(self) -> NumpyActor:
+        layers = [m for m in self.actor if isinstance(m, nn.Linear)]
+        weights = [
+            (m.weight.detach().cpu().numpy().T.astype(np.float64),
+             None if m.bias is None else m.bias.detach().cpu().numpy().astype(np.float64))
+            for m in layers
+        ]
+        log_std = None if self.log_std is None else self.log_std.detach().cpu().numpy()
+        return NumpyActor(weights, ACTIVATIONS[self.activation][1], self.head.kind,
+                          None if log_std is None else log_std.astype(np.float64))
+
+
+@dataclass
+class NumpyActor:
+    """The actor's function evaluated in numpy, for fast per-step sampling in rollouts."""
+
+    weights: list[tuple[np.ndarray, np.ndarray | None]]
+    activation: object
+    kind: str
+    log_std: np.ndarray | None
+
+    def forward(self, obs: np.ndarray) -> np.ndarray:
+        x = obs
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(self.weights):
+            x = x @ w
+            if b is not None:
+                x = x + b
+            if i < last:
+                x = self.activation(x)
+        return x
+
+    def noise(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """The random numbers one sampling step consumes, for ``n`` states."""
+        if self.kind == "categorical":
+            return rng.random(n)
+        return rng.standard_normal((n, self.log_std.shape[0]))
+
+    def sample_from_noise(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """Inverse-CDF sampling (Categorical) or mean + std * z (Gaussian) from given noise."""
+        out = self.forward(obs)
+        if self.kind == "categorical":
+            logits = out - out.max(axis=1, keepdims=True)
+            probs = np.exp(logits)
+            cdf = np.cumsum(probs, axis=1)
+            threshold = noise[:, None] * cdf[:, -1:]
+            actions = (cdf <= threshold).sum(axis=1)
+            return np.minimum(actions, out.shape[1] - 1)
+        return out + np.exp(self.log_std) * noise
+
+    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.sample_from_noise(obs, self.noise(rng, obs.shape[0]))
+
+    def probabilities(self, obs: np.ndarray) -> np.ndarray:
+        """pi(.|s) for every row of ``obs`` (Categorical only), used by exact tabular evaluation."""
+        out = self.forward(obs)
+        out = out - out.max(axis=1, keepdims=True)
+        probs = np.exp(out)
+        return probs / probs.sum(axis=1, keepdims=True)

@@ -1,0 +1,249 @@
+"""The one data path shared by every algorithm: rollouts, GAE, and the update batch.
+
+A :class:`Collector` steps a gymnasium vector env with a numpy snapshot of the actor and fills
+preallocated buffers; :func:`build_batch` adds critic values (one batched torch call), GAE and
+the weights of the estimators. :func:`exact_batch` builds the same :class:`Batch` from a tabular
+model: every (s, a) pair, weighted by d_pi(s) pi(a|s), with exact advantages.
+
+The weights of a batch:
+
+- ``weights`` (sum to 1): the distribution that the policy objective and the KL constraint
+  average over. Sampled: uniform over the batch. Exact: d_pi(s) pi(a|s), so a weighted mean of
+  per-state KL is the d_pi-weighted mean KL of TRPO's constraint.
+- ``dl_weights``: the estimator of the predicted improvement in units of J,
+  dL_hat = sum_i dl_weights_i (ratio_i - 1) A_i with raw advantages. Sampled (TRPO paper,
+  App. A): gamma^t / n, t the time since the episode's start, n the number of episodes that
+  started in the batch. Episodes that began in an earlier batch keep their true t; episodes cut
+  by the batch end contribute their observed part; over consecutive batches every step counts
+  once, so this is a ratio estimator of the per-episode mean (if no episode starts in the batch,
+  n is the number of episode segments in it). Exact: rho_pi(s) pi(a|s), which gives dL exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from trpo_lab.numerics import RunningMeanStd, gae
+from trpo_lab.policies import NumpyActor, Policy, encode_observations
+
+
+@dataclass
+class Batch:
+    obs: torch.Tensor
+    actions: torch.Tensor
+    advantages: torch.Tensor  # raw advantages, units of reward
+    returns: torch.Tensor  # critic targets (GAE advantages + old values)
+    values: torch.Tensor  # critic predictions when the batch was collected
+    weights: torch.Tensor
+    dl_weights: torch.Tensor
+    old_params: torch.Tensor  # distribution parameters of the policy that collected the batch
+    old_log_prob: torch.Tensor
+    policy_advantages: torch.Tensor  # what the policy losses use (standardised if switched on)
+    exact: bool = False
+
+    @property
+    def size(self) -> int:
+        return int(self.obs.shape[0])
+
+
+@dataclass
+class EpisodeStats:
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+
+
+def _as_tensor(array: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype)
+
+
+def weighted_standardize(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    mean = (weights * x).sum()
+    std = torch.sqrt((weights * (x - mean) ** 2).sum())
+    return (x - mean) / (std + 1e-8)
+
+
+def finish_batch(policy: Policy, obs: torch.Tensor, actions: torch.Tensor,
+                 advantages: torch.Tensor, returns: torch.Tensor, values: torch.Tensor,
+                 weights: torch.Tensor, dl_weights: torch.Tensor, normalize: bool,
+                 exact: bool) -> Batch:
+    """Record the collecting policy's distribution on the batch and the policy advantages."""
+    with torch.no_grad():
+        old_params = policy.dist_params(obs)
+        old_log_prob = policy.head.log_prob(old_params, actions)
+    policy_adv = weighted_standardize(advantages, weights) if normalize else advantages
+    return Batch(obs, actions, advantages, returns, values, weights, dl_weights, old_params,
+                 old_log_prob, policy_adv, exact)
+
+
+class Collector:
+    """Steps a vector env for ``steps_per_env`` steps per batch; keeps episodes across batches."""
+
+    def __init__(self, envs: gym.vector.VectorEnv, steps_per_env: int, seed: int,
+                 normalize_obs: bool):
+        self.envs = envs
+        self.num_envs = envs.num_envs
+        self.steps = steps_per_env
+        self.obs_space = envs.single_observation_space
+        self.action_space = envs.single_action_space
+        self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
+        self.rng = np.random.default_rng(seed)
+        self.obs_rms = RunningMeanStd(encode_observations(
+            self.obs_space, np.asarray([self.obs_space.sample()])).shape[1:]) \
+            if normalize_obs else None
+        raw_obs, _ = envs.reset(seed=seed)
+        envs.action_space.seed(seed)
+        self.raw_obs = raw_obs
+        self.episode_return = np.zeros(self.num_envs)
+        self.episode_length = np.zeros(self.num_envs, np.int64)
+        self.total_steps = 0
+
+    def encode(self, raw_obs: np.ndarray) -> np.ndarray:
+        x = encode_observations(self.obs_space, raw_obs)
+        if self.obs_rms is not None:
+            x = self.obs_rms.normalize(x).astype(np.float32)
+        return x
+
+    def collect(self, actor: NumpyActor) -> RolloutData:
+        T, N = self.steps, self.num_envs  # noqa: N806
+        obs_dim = self.encode(self.raw_obs[:1]).shape[1]
+        obs_buf = np.empty((T, N, obs_dim), np.float32)
+        raw_buf = np.empty((T, N, obs_dim), np.float32) if self.obs_rms is not None else None
+        act_shape = () if self.discrete else self.action_space.shape
+        act_buf = np.empty((T, N, *act_shape), np.int64 if self.discrete else np.float64)
+        rew_buf = np.empty((T, N))
+        term_buf = np.zeros((T, N), bool)
+        done_buf = np.zeros((T, N), bool)
+        time_buf = np.empty((T, N), np.int64)
+        final_index: list[tuple[int, int]] = []
+        final_obs: list[np.ndarray] = []
+        stats = EpisodeStats()
+        low = high = None
+        if not self.discrete:
+            low, high = self.action_space.low, self.action_space.high
+        raw_obs = self.raw_obs
+        for t in range(T):
+            x = self.encode(raw_obs)
+            obs_buf[t] = x
+            if raw_buf is not None:
+                raw_buf[t] = encode_observations(self.obs_space, raw_obs)
+            actions = actor.sample(x, self.rng)
+            act_buf[t] = actions
+            time_buf[t] = self.episode_length
+            env_actions = actions if self.discrete else np.clip(actions, low, high)
+            raw_obs, reward, terminated, truncated, info = self.envs.step(env_actions)
+            rew_buf[t] = reward
+            self.episode_return += reward
+            self.episode_length += 1
+            done = terminated | truncated
+            if done.any():
+                term_buf[t] = terminated
+                done_buf[t] = done
+                for i in np.flatnonzero(done):
+                    final_index.append((t, i))
+                    final_obs.append(info["final_obs"][i])
+                    stats.returns.append(float(self.episode_return[i]))
+                    stats.lengths.append(int(self.episode_length[i]))
+                self.episode_return[done] = 0.0
+                self.episode_length[done] = 0
+        self.raw_obs = raw_obs
+        self.total_steps += T * N
+        last = self.encode(raw_obs)
+        finals = self.encode(np.asarray(final_obs)) if final_obs else np.empty((0, obs_dim),
+                                                                                np.float32)
+        if self.obs_rms is not None:
+            self.obs_rms.update(raw_buf.reshape(T * N, obs_dim))
+        return RolloutData(obs_buf, act_buf, rew_buf, term_buf, done_buf, time_buf, last,
+                           final_index, finals, stats)
+
+    def state_dict(self) -> dict:
+        return {
+            "rng": self.rng.bit_generator.state,
+            "raw_obs": self.raw_obs,
+            "episode_return": self.episode_return,
+            "episode_length": self.episode_length,
+            "total_steps": self.total_steps,
+            "obs_rms": None if self.obs_rms is None else self.obs_rms.state_dict(),
+            "envs": [env for env in self.envs.envs],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.raw_obs = state["raw_obs"]
+        self.episode_return = state["episode_return"]
+        self.episode_length = state["episode_length"]
+        self.total_steps = state["total_steps"]
+        if self.obs_rms is not None:
+            self.obs_rms.load_state_dict(state["obs_rms"])
+        self.envs.envs = list(state["envs"])
+
+
+@dataclass
+class RolloutData:
+    obs: np.ndarray  # [T, N, obs_dim], encoded (and normalised) as the actor saw them
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    done: np.ndarray
+    episode_time: np.ndarray  # steps since each sample's episode began
+    last_obs: np.ndarray
+    final_index: list[tuple[int, int]]
+    final_obs: np.ndarray
+    stats: EpisodeStats
+
+
+def build_batch(policy: Policy, data: RolloutData, gamma: float, lam: float,
+                normalize_advantages: bool) -> Batch:
+    T, N, obs_dim = data.obs.shape  # noqa: N806
+    flat_obs = data.obs.reshape(T * N, obs_dim)
+    with torch.no_grad():
+        all_values = policy.value(_as_tensor(
+            np.concatenate([flat_obs, data.last_obs, data.final_obs]))).double().numpy()
+    values = all_values[: T * N].reshape(T, N)
+    next_values = np.empty_like(values)
+    next_values[:-1] = values[1:]
+    next_values[-1] = all_values[T * N: T * N + N]
+    for (t, i), v in zip(data.final_index, all_values[T * N + N:]):
+        next_values[t, i] = v  # terminated steps are zeroed inside gae
+    advantages = gae(data.rewards, values, next_values, data.terminated, data.done, gamma, lam)
+    starts = int((data.episode_time == 0).sum())
+    episodes = starts if starts else N  # no start: one segment per env
+    dl_weights = gamma ** data.episode_time.astype(np.float64) / episodes
+    size = T * N
+    return finish_batch(
+        policy,
+        _as_tensor(flat_obs),
+        _as_tensor(data.actions.reshape(size, *data.actions.shape[2:]),
+                   torch.long if policy.head.kind == "categorical" else torch.float32),
+        _as_tensor(advantages.reshape(size)),
+        _as_tensor((advantages + values).reshape(size)),
+        _as_tensor(values.reshape(size)),
+        torch.full((size,), 1.0 / size),
+        _as_tensor(dl_weights.reshape(size)),
+        normalize_advantages,
+        exact=False,
+    )
+
+
+def exact_batch(policy: Policy, pi: np.ndarray, advantages: np.ndarray, rho: np.ndarray,
+                gamma: float, normalize_advantages: bool) -> Batch:
+    """All (s, a) pairs of a tabular model as one batch, weighted by the exact visitation.
+
+    ``pi``, ``advantages``: [S, A]; ``rho``: the unnormalised discounted visitation of pi.
+    Then sum_i weights_i ratio_i A_i = sum_s d_pi(s) sum_a pi'(a|s) A_pi(s, a) and
+    sum_i dl_weights_i (ratio_i - 1) A_i = dL exactly.
+    """
+    S, A = pi.shape  # noqa: N806
+    obs = np.repeat(np.eye(S, dtype=np.float32), A, axis=0)
+    actions = np.tile(np.arange(A), S)
+    dl_weights = (rho[:, None] * pi).reshape(-1)
+    weights = (1.0 - gamma) * dl_weights
+    weights = weights / weights.sum()
+    adv = _as_tensor(advantages.reshape(-1))
+    nan = torch.full((S * A,), float("nan"))
+    return finish_batch(policy, _as_tensor(obs), torch.as_tensor(actions), adv, nan, nan,
+                        _as_tensor(weights), _as_tensor(dl_weights), normalize_advantages,
+                        exact=True)

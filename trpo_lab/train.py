@@ -1,0 +1,342 @@
+"""The training loop, written out once for every algorithm.
+
+Per update k: collect a batch with the current policy (or build the exact batch on a tabular
+model), estimate J(pi) by paired Monte Carlo, let the algorithm update the actor, measure the
+update (KL, ratios, predicted and true improvement, bounds), train the critic, log one row,
+and checkpoint when due. The algorithms differ only inside ``algo.update(batch)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trpo_lab.algos import algo_label, make_algorithm
+from trpo_lab.algos.common import predicted_improvement
+from trpo_lab.checkpoint import load_checkpoint, save_checkpoint
+from trpo_lab.config import Config
+from trpo_lab.critic import CriticTrainer
+from trpo_lab.envs import env_factory, make_vector_env, tabular_model
+from trpo_lab.evaluation import MonteCarloEstimate, PairedEvaluator
+from trpo_lab.logging import MetricsCSV, WandbRun, resolve_wandb_mode
+from trpo_lab.numerics import flat_grad, flat_params, set_flat_params
+from trpo_lab.policies import Policy
+from trpo_lab.rollout import Batch, build_batch, exact_batch
+
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "summary.json"
+METRICS = "metrics.csv"
+
+
+class NumericalFailure(RuntimeError):
+    """Too many consecutive updates with non-finite numbers."""
+
+
+@dataclass
+class StopSignal:
+    """Set by SIGTERM/SIGINT; the loop finishes the current update, checkpoints and stops."""
+
+    requested: bool = False
+    previous: dict[int, Any] = field(default_factory=dict)
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (some launchers): no handler
+                pass
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    tmp = run_dir / (SUMMARY + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    os.replace(tmp, run_dir / SUMMARY)
+
+
+def update_diagnostics(policy: Policy, batch: Batch) -> dict[str, float]:
+    """Size of the update on the batch's states, the same for every algorithm."""
+    with torch.no_grad():
+        params = policy.dist_params(batch.obs)
+        kl = policy.head.kl(batch.old_params, params)
+        reverse = policy.head.kl(params, batch.old_params)
+        ratio = torch.exp(policy.head.log_prob(params, batch.actions) - batch.old_log_prob)
+        w = batch.weights
+        return {
+            "kl/mean": float((w * kl).sum()),
+            "kl/max": float(kl.max()),
+            "kl/reverse_mean": float((w * reverse).sum()),
+            "policy/max_ratio": float(ratio[w > 0].max()),
+            "policy/entropy": float((w * policy.head.entropy(params)).sum()),
+            "surrogate/improvement": float(
+                (batch.dl_weights * (ratio - 1.0) * batch.advantages).sum()),
+        }
+
+
+def exact_diagnostics(compare) -> dict[str, float]:
+    return {
+        "true/J": compare.J_old, "true/J_se": 0.0,
+        "true/improvement": compare.true_improvement, "true/improvement_se": 0.0,
+        "bound/trpo": compare.bound_trpo, "bound/cpo": compare.bound_cpo,
+        "bound/C": compare.C, "bound/eps": compare.eps,
+        "exact/surrogate_improvement": compare.surrogate_improvement,
+        "exact/pdl_residual": compare.pdl_residual,
+    }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, *, wandb_config: dict | None = None,
+                 group: str | None = None, tags: list[str] | None = None):
+        self.cfg, self.run_dir = cfg, run_dir
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        seed_everything(cfg.seed)
+        self.envs = make_vector_env(cfg.env, cfg.num_envs, cfg.gamma)
+        self.policy = Policy(self.envs.single_observation_space, self.envs.single_action_space,
+                             cfg.policy, list(cfg.critic.hidden_sizes))
+        self.generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.algo = make_algorithm(self.policy, cfg.algo, cfg.gamma, self.generator)
+        self.critic = CriticTrainer(self.policy, cfg.critic, self.generator)
+        from trpo_lab.rollout import Collector
+
+        self.collector = Collector(self.envs, cfg.batch_steps // cfg.num_envs, cfg.seed,
+                                   cfg.env.normalize_obs)
+        self.mdp = tabular_model(self.envs) if cfg.env.tabular else None
+        self.evaluator = None
+        if cfg.eval.episodes > 0:
+            self.evaluator = PairedEvaluator(env_factory(cfg.env, cfg.gamma), cfg.eval.episodes,
+                                             cfg.gamma, cfg.seed + 10_000, self.collector.encode)
+        self.updates = cfg.total_steps // cfg.batch_steps
+        self.iteration = 0  # updates done
+        self.env_steps = 0
+        self.bad_updates = 0
+        self.wall_before = 0.0
+        self.run_id = os.urandom(4).hex()
+        self.last_returns: list[float] = []
+        self.last_true_J = math.nan
+        summary = read_summary(run_dir)
+        self.resumed = (run_dir / CHECKPOINT).exists() and (
+            cfg.resume or summary is None or summary.get("status") != "completed")
+        if self.resumed:
+            self._load(load_checkpoint(run_dir / CHECKPOINT))
+        self.metrics = MetricsCSV(run_dir / METRICS,
+                                  keep_through=self.iteration - 1 if self.resumed else None)
+        self.wandb: WandbRun | None = None
+        if cfg.logger.name != "none" and resolve_wandb_mode(cfg.logger.mode) != "disabled":
+            label = algo_label(cfg.algo)
+            self.wandb = WandbRun(
+                mode=resolve_wandb_mode(cfg.logger.mode), project=cfg.logger.project,
+                entity=cfg.logger.entity, group=group or cfg.logger.group, job_type=label,
+                tags=[*cfg.logger.tags, *(tags or [])],
+                name=f"{label}-{cfg.env.name}-seed{cfg.seed}-{run_dir.name}",
+                config=wandb_config or {}, run_dir=run_dir, run_id=self.run_id)
+
+    # ----------------------------------------------------------------- checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration, "env_steps": self.env_steps,
+            "bad_updates": self.bad_updates, "wall_s": self.wall_before + self._elapsed(),
+            "run_id": self.run_id, "last_returns": self.last_returns,
+            "last_true_J": self.last_true_J,
+            "policy": self.policy.state_dict(), "algo": self.algo.state_dict(),
+            "critic": self.critic.state_dict(), "collector": self.collector.state_dict(),
+            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+        }
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self.iteration, self.env_steps = state["iteration"], state["env_steps"]
+        self.bad_updates, self.wall_before = state["bad_updates"], state["wall_s"]
+        self.run_id, self.last_returns = state["run_id"], state["last_returns"]
+        self.last_true_J = state["last_true_J"]
+        self.policy.load_state_dict(state["policy"])
+        self.algo.load_state_dict(state["algo"])
+        self.critic.load_state_dict(state["critic"])
+        self.collector.load_state_dict(state["collector"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.run_dir / CHECKPOINT, self._state())
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    # ----------------------------------------------------------------- one update
+    def _pi_table(self) -> np.ndarray:
+        return self.policy.numpy_actor().probabilities(np.eye(self.mdp.num_states))
+
+    def step(self) -> dict[str, Any]:
+        from trpo_lab import exact
+
+        cfg, k = self.cfg, self.iteration
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"iteration": k}
+        actor_old = self.policy.numpy_actor()
+        if self.mdp is not None:
+            pi_old = self._pi_table()
+            old_eval = exact.evaluate(self.mdp, pi_old, cfg.gamma)
+        if cfg.algo.estimator == "exact":
+            batch = exact_batch(self.policy, pi_old, old_eval.A, old_eval.rho, cfg.gamma,
+                                cfg.normalize_advantages)
+        else:
+            data = self.collector.collect(actor_old)
+            batch = build_batch(self.policy, data, cfg.gamma, cfg.gae_lambda,
+                                cfg.normalize_advantages)
+            returns = data.stats.returns
+            if returns:
+                self.last_returns = returns
+                row["rollout/return_mean"] = float(np.mean(returns))
+                row["rollout/length_mean"] = float(np.mean(data.stats.lengths))
+            row["rollout/episodes"] = len(returns)
+        self.env_steps += cfg.batch_steps
+        row["env_steps"] = self.env_steps
+        if self.evaluator is not None:
+            returns_old = self.evaluator.discounted_returns(actor_old, k)
+
+        params = self.policy.actor_parameters()
+        theta_old = flat_params(params)
+        grad_dl = flat_grad(predicted_improvement(self.policy, batch), params)
+        info = self.algo.update(batch)
+        theta_new = flat_params(params)
+        nonfinite = info.pop("guard/nonfinite", 0.0) > 0 or not torch.isfinite(theta_new).all()
+        if nonfinite:
+            set_flat_params(params, theta_old)
+            theta_new = theta_old
+            if "trpo/accepted" in info:
+                info.update({"trpo/accepted": 0.0, "trpo/step_norm": 0.0})
+        row.update(info)
+        row.update(update_diagnostics(self.policy, batch))
+        row["surrogate/linear"] = float(grad_dl @ (theta_new - theta_old))
+        if self.evaluator is not None:
+            returns_new = self.evaluator.discounted_returns(self.policy.numpy_actor(), k)
+            j = MonteCarloEstimate.of(returns_old)
+            dj = MonteCarloEstimate.of(returns_new - returns_old)
+            prefix, j_key = ("mc/", "mc/J") if self.mdp is not None else ("true/", "true/J")
+            row.update({j_key: j.mean, f"{prefix}improvement": dj.mean,
+                        f"{prefix}improvement_se": dj.se})
+            if self.mdp is None:
+                row["true/J_se"] = j.se
+        if self.mdp is not None:
+            row.update(exact_diagnostics(
+                exact.compare(self.mdp, pi_old, self._pi_table(), cfg.gamma, old=old_eval)))
+        if "true/J" in row:
+            self.last_true_J = row["true/J"]
+        if not batch.exact and cfg.critic.epochs > 0:
+            row.update(self.critic.update(batch))
+
+        self.bad_updates = self.bad_updates + 1 if nonfinite else 0
+        row["guard/nonfinite"] = float(nonfinite)
+        row["guard/bad_updates"] = self.bad_updates
+        elapsed = time.perf_counter() - t0
+        row["time/wall_s"] = self.wall_before + self._elapsed()
+        row["time/sps"] = cfg.batch_steps / elapsed if elapsed > 0 else math.nan
+        self.iteration += 1
+        return row
+
+    # ----------------------------------------------------------------- the loop
+    def summary(self, status: str, error: str | None = None) -> dict[str, Any]:
+        return {
+            "status": status, "error": error, "iterations": self.iteration,
+            "updates_planned": self.updates, "env_steps": self.env_steps,
+            "final_return_mean": float(np.mean(self.last_returns)) if self.last_returns
+            else None,
+            "final_true_J": None if math.isnan(self.last_true_J) else self.last_true_J,
+            "wall_s": self.wall_before + self._elapsed(), "wandb_run_id": self.run_id,
+            "algo": algo_label(self.cfg.algo), "env": self.cfg.env.name, "seed": self.cfg.seed,
+        }
+
+    def run(self, stop: StopSignal | None = None,
+            on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        self.t_start = time.perf_counter()
+        progress = self._progress()
+        status, error = "completed", None
+        try:
+            while self.iteration < self.updates:
+                row = self.step()
+                self.metrics.write(row)
+                if self.wandb is not None:
+                    self.wandb.log(row)
+                if on_row is not None:
+                    on_row(row)
+                if progress is not None:
+                    progress.update(self.cfg.batch_steps)
+                    progress.set_postfix(ret=f"{row.get('rollout/return_mean', math.nan):.1f}",
+                                         kl=f"{row['kl/mean']:.4f}", refresh=False)
+                if self.bad_updates >= self.cfg.max_bad_updates:
+                    raise NumericalFailure(
+                        f"{self.bad_updates} consecutive updates had non-finite numbers "
+                        f"(max_bad_updates={self.cfg.max_bad_updates}); last at iteration "
+                        f"{row['iteration']}")
+                every = self.cfg.checkpoint.every
+                if every and self.iteration % every == 0 and self.iteration < self.updates:
+                    self.checkpoint()
+                if stop is not None and stop.requested:
+                    status = "interrupted"
+                    break
+        except KeyboardInterrupt:
+            status = "interrupted"
+        except Exception as exc:  # noqa: BLE001  (recorded in summary.json, then re-raised)
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            self._finish(status, error, progress)
+            raise
+        self._finish(status, error, progress)
+        return self.summary(status, error)
+
+    def _finish(self, status: str, error: str | None, progress) -> None:
+        if progress is not None:
+            progress.close()
+        if status != "failed":
+            self.checkpoint()
+        summary = self.summary(status, error)
+        write_summary(self.run_dir, summary)
+        self.metrics.close()
+        if self.wandb is not None:
+            self.wandb.finish(status, summary)
+        self.envs.close()
+        if self.evaluator is not None:
+            self.evaluator.close()
+
+    def _progress(self):
+        if not (self.cfg.progress and sys.stdout.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.updates * self.cfg.batch_steps,
+                    initial=self.iteration * self.cfg.batch_steps, unit="step",
+                    unit_scale=True, dynamic_ncols=True, desc=algo_label(self.cfg.algo))
