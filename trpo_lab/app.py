@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from trpo_lab.config import ConfigError, register_configs, to_typed, validate
 
@@ -65,6 +65,9 @@ def run_job(cfg: DictConfig) -> str:
                           group=group, tags=tags)
     except (ConfigError, EnvError, PolicySpaceError, OmegaConfBaseException) as error:
         message = str(error).splitlines()[0]
+        if isinstance(error, MissingMandatoryValue):
+            message = f"missing value for {error.full_key}: set it as an override, " \
+                      f"e.g. {error.full_key}=..."
         if not multirun:
             _refuse(message)
         write_summary(run_dir, {"status": "failed", "error": message})
@@ -117,8 +120,30 @@ def _hydra_main(cfg: DictConfig) -> str:
     return status
 
 
+def _output_dir_problem(argv: list[str]) -> str | None:
+    """Refuse an output directory that cannot be created, before Hydra tries (and traces)."""
+    import os
+
+    key, target = "hydra.run.dir", "outputs"
+    for arg in argv:
+        for name in ("hydra.run.dir", "hydra.sweep.dir"):
+            if arg.startswith(name + "="):
+                key, target = name, arg.split("=", 1)[1]
+    if "${" in target:
+        target = target.split("${")[0] or "."
+    path = Path(target).absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        return f"invalid value {key}={target!r}: {path} is not a writable directory"
+    return None
+
+
 def main() -> None:
     register_configs()
+    problem = _output_dir_problem(sys.argv[1:])
+    if problem:
+        _refuse(problem)
     try:
         _hydra_main()
     except SystemExit as exit_:

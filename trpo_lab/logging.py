@@ -145,7 +145,7 @@ class WandbRun:
                 table = self.wandb.Table(
                     columns=["iteration", "predicted_improvement", "true_improvement", "kl_max"],
                     data=self.pairs)
-                self.run.log({"improvement_pairs": table})
+                self.run.summary["improvement_pairs"] = table  # a summary, not a history row
             for key, value in summary.items():
                 if isinstance(value, int | float | str) and not isinstance(value, bool):
                     self.run.summary[key] = value

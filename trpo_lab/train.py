@@ -8,6 +8,7 @@ and checkpoint when due. The algorithms differ only inside ``algo.update(batch)`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -53,10 +54,8 @@ class StopSignal:
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread (some launchers)
                 self.previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (some launchers): no handler
-                pass
 
     def _handle(self, signum, frame) -> None:
         if self.requested and signum == signal.SIGINT:

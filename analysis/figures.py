@@ -1,0 +1,359 @@
+"""Command line: turn run / sweep directories into paper figures and a summary table.
+
+    python -m analysis.figures PATH... --out DIR [--wandb] [--reps N]
+
+Draws every figure the data supports into DIR as PDF and PNG, writes ``summary.csv`` and
+``summary.md``, and prints one line per figure: ``NAME: made (NAME.pdf, NAME.png)`` or
+``NAME: skipped, <reason>``. With ``--wandb`` the figures (``figures/NAME`` as ``wandb.Image``)
+and the summary table (``summary_table``, a ``wandb.Table``) are logged to a W&B run of
+``job_type="analysis"`` in the sweep's group, its files under DIR. Without a configured API key
+W&B runs offline (``WANDB_MODE=offline``), so it never prompts or waits on the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import netrc
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis import plots
+from analysis.load import load_all
+from analysis.tables import summary_table, write_summary
+
+DJ, DL = plots.DJ, plots.DL
+
+
+class Skipped(Exception):
+    """Raised by a figure builder when the data cannot support the figure; str = the reason."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """Settings shared by the figure builders."""
+
+    reps: int = 2000
+    level: float = 0.95
+    seed: int = 0
+    frac: float = 0.1
+
+
+@dataclass(frozen=True)
+class FigureResult:
+    """What happened to one figure: ``files`` when made, ``reason`` when skipped."""
+
+    name: str
+    made: bool
+    reason: str = ""
+    files: tuple[Path, ...] = ()
+
+
+def _count_finite(df: pd.DataFrame, *cols: str) -> int:
+    ok = np.ones(len(df), dtype=bool)
+    for col in cols:
+        ok &= np.isfinite(df[col].to_numpy(dtype=float))
+    return int(ok.sum())
+
+
+def _with_delta(df: pd.DataFrame) -> pd.DataFrame:
+    return df[np.isfinite(df["delta"].to_numpy(dtype=float))]
+
+
+def _grid(n: int, panel: tuple[float, float], max_cols: int = 3) -> tuple[Figure, list[Any]]:
+    ncols = min(n, max_cols)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(panel[0] * ncols, panel[1] * nrows),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _label(value: Any) -> str:
+    return "?" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# figure builders: (long table, options) -> Figure, or raise Skipped(reason)
+# --------------------------------------------------------------------------------------------
+
+
+def fig_learning_curves(df: pd.DataFrame, opts: Options) -> Figure:
+    """Return vs steps per algorithm, one panel per env."""
+    d = df[np.isfinite(df["rollout/return_mean"].to_numpy(dtype=float))]
+    if d.empty:
+        raise Skipped("needs rollout/return_mean values (no episode finished in any run)")
+    envs = sorted(d["env"].map(_label).unique())
+    fig, axes = _grid(len(envs), (plots.COLUMN_WIDTH, 2.3))
+    for ax, env in zip(axes, envs, strict=True):
+        plots.plot_learning_curves(
+            d[d["env"].map(_label) == env], ax, reps=opts.reps, level=opts.level, seed=opts.seed
+        )
+        ax.set_title(env)
+    return fig
+
+
+def fig_predicted_vs_true(df: pd.DataFrame, opts: Options) -> Figure:
+    """Predicted vs true improvement, panels algo x kind x gamma."""
+    if _count_finite(df, DL, DJ) < 3:
+        raise Skipped(f"needs >= 3 updates with both {DL} and {DJ}")
+    return plots.plot_predicted_vs_true(
+        df, reps=min(opts.reps, 1000), level=opts.level, seed=opts.seed
+    )
+
+
+def fig_surrogate_error(df: pd.DataFrame, opts: Options) -> Figure:
+    """|dJ - dL| vs KL max."""
+    d = df[np.isfinite(df[[DJ, DL, "kl/max"]].to_numpy(dtype=float)).all(axis=1)]
+    if not ((d["kl/max"] > 0) & (d[DJ] != d[DL])).any():
+        raise Skipped(f"needs updates with {DJ}, {DL} and kl/max > 0")
+    return plots.plot_surrogate_error(df).figure
+
+
+def fig_improvement_vs_delta(df: pd.DataFrame, opts: Options) -> Figure:
+    """dL vs delta."""
+    d = _with_delta(df)
+    d = d[d[DL].to_numpy(dtype=float) > 0]
+    if d["delta"].nunique() < 2:
+        raise Skipped(f"needs >= 2 delta values with positive {DL}")
+    return plots.plot_improvement_vs_delta(df).figure
+
+
+def fig_trust_region(df: pd.DataFrame, opts: Options) -> Figure:
+    """Achieved KL and max ratio vs delta."""
+    if _count_finite(_with_delta(df), "kl/mean") == 0:
+        raise Skipped("needs runs with a delta (trpo/npg) that logged kl/mean")
+    return plots.plot_trust_region(df)
+
+
+def fig_monotonic(df: pd.DataFrame, opts: Options) -> Figure:
+    """Fraction of worsening updates vs delta."""
+    if _count_finite(_with_delta(df), DJ) == 0:
+        raise Skipped(f"needs runs with a delta (trpo/npg) that logged {DJ}")
+    return plots.plot_monotonic(df).figure
+
+
+def fig_bound_vacuity(df: pd.DataFrame, opts: Options) -> Figure:
+    """TRPO bound vacuity and violations on exact runs."""
+    d = _with_delta(df[(plots.estimate_kind(df) == "exact").to_numpy()])
+    if _count_finite(d, "bound/trpo", DL, DJ) == 0:
+        raise Skipped("needs exact (tabular) runs with a delta that logged bound/trpo")
+    return plots.plot_bound_vacuity(df).figure
+
+
+def fig_gae_heatmap(df: pd.DataFrame, opts: Options) -> Figure:
+    """Final return per gamma x lambda, one panel per (env, algo) with such a grid."""
+    d = df[np.isfinite(df["rollout/return_mean"].to_numpy(dtype=float))]
+    panels = [
+        (key, g)
+        for key, g in d.groupby(["env", "algo"], sort=True, dropna=False)
+        if g["gamma"].nunique() >= 2 and g["gae_lambda"].nunique() >= 2
+    ]
+    if not panels:
+        raise Skipped("needs >= 2 gamma and >= 2 gae_lambda values")
+    fig, axes = _grid(len(panels), (plots.COLUMN_WIDTH, 2.4), max_cols=2)
+    for ax, ((env, algo), g) in zip(axes, panels, strict=True):
+        plots.plot_gae_heatmap(g, ax, frac=opts.frac)
+        ax.set_title(f"{_label(algo)}, {_label(env)}")
+    return fig
+
+
+def fig_line_search(df: pd.DataFrame, opts: Options) -> Figure:
+    """Backtracks and acceptance rate vs delta."""
+    if _count_finite(_with_delta(df), "trpo/backtracks") == 0:
+        raise Skipped("needs trpo runs with line search that logged trpo/backtracks")
+    return plots.plot_line_search(df)
+
+
+#: Every figure the CLI knows, in order: name -> builder.
+FIGURES: Mapping[str, Callable[[pd.DataFrame, Options], Figure]] = {
+    "learning_curves": fig_learning_curves,
+    "predicted_vs_true": fig_predicted_vs_true,
+    "surrogate_error": fig_surrogate_error,
+    "improvement_vs_delta": fig_improvement_vs_delta,
+    "trust_region": fig_trust_region,
+    "monotonic_improvement": fig_monotonic,
+    "bound_vacuity": fig_bound_vacuity,
+    "gae_heatmap": fig_gae_heatmap,
+    "line_search": fig_line_search,
+}
+
+
+def make_figures(
+    long: pd.DataFrame, out_dir: str | os.PathLike[str], opts: Options | None = None
+) -> list[FigureResult]:
+    """Draw every figure of :data:`FIGURES` that ``long`` supports into ``out_dir``
+    (``NAME.pdf`` and ``NAME.png``); returns one :class:`FigureResult` per figure."""
+    opts = opts or Options()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    with plots.paper_style():
+        for name, build in FIGURES.items():
+            if long.empty:
+                results.append(FigureResult(name, False, "no updates in any run"))
+                continue
+            try:
+                fig = build(long, opts)
+            except Skipped as why:
+                results.append(FigureResult(name, False, str(why)))
+                continue
+            files = (out / f"{name}.pdf", out / f"{name}.png")
+            try:
+                for path in files:
+                    fig.savefig(path)
+            finally:
+                plt.close(fig)
+            results.append(FigureResult(name, True, files=files))
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Weights & Biases
+# --------------------------------------------------------------------------------------------
+
+
+def wandb_api_key_configured(environ: Mapping[str, str] | None = None) -> bool:
+    """True when W&B has an API key: ``WANDB_API_KEY`` or a netrc entry for its host."""
+    env = os.environ if environ is None else environ
+    if env.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(env.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = env.get("NETRC") or str(Path.home() / ".netrc")
+    try:
+        auth = netrc.netrc(path).authenticators(host or "api.wandb.ai")
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(auth and auth[2])
+
+
+def _unique(index: pd.DataFrame, col: str) -> str | None:
+    values = index[col].dropna().unique()
+    return str(values[0]) if len(values) == 1 else None
+
+
+def _table_for_wandb(table: pd.DataFrame) -> pd.DataFrame:
+    out = table.astype(object)
+    return out.where(pd.notna(table), None)
+
+
+def log_to_wandb(
+    results: Sequence[FigureResult],
+    table: pd.DataFrame,
+    out_dir: str | os.PathLike[str],
+    *,
+    project: str,
+    group: str | None,
+    config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Log made figures (PNG, as ``figures/NAME``) and the summary table (``summary_table``)
+    to a new W&B run of job type ``analysis``; returns the run's local directory."""
+    if not wandb_api_key_configured():
+        os.environ.setdefault("WANDB_MODE", "offline")
+    import wandb  # slow to import: only here, after WANDB_MODE is set
+
+    run = wandb.init(
+        project=project,
+        group=group,
+        job_type="analysis",
+        dir=str(out_dir),
+        config=dict(config or {}),
+        settings=wandb.Settings(console="off", silent=True),
+    )
+    try:
+        payload: dict[str, Any] = {
+            f"figures/{r.name}": wandb.Image(str(r.files[1]), caption=r.name)
+            for r in results
+            if r.made
+        }
+        payload["summary_table"] = wandb.Table(dataframe=_table_for_wandb(table))
+        run.log(payload)
+        run_dir = Path(run.dir).parent
+    finally:
+        run.finish()
+    return run_dir
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.figures",
+        description="Figures and a summary table from trpo-lab run or sweep directories.",
+    )
+    p.add_argument("paths", nargs="+", help="run directories or sweep directories (searched)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--wandb", action="store_true", help="also log figures and table to W&B")
+    p.add_argument("--project", help="W&B project (default: the runs' logger.project)")
+    p.add_argument("--group", help="W&B group (default: the runs' logger.group)")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap replicates (2000)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level (0.95)")
+    p.add_argument("--frac", type=float, default=0.1, help="final = last FRAC of updates (0.1)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    matplotlib.use("Agg")
+    try:
+        index, long = load_all(*args.paths)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if index.empty:
+        print(f"error: no run directories under {' '.join(args.paths)}", file=sys.stderr)
+        return 2
+    counts = index["status"].value_counts()
+    status_text = ", ".join(f"{n} {s}" for s, n in counts.items())
+    print(f"loaded {len(index)} runs ({status_text}), {len(long)} updates")
+    opts = Options(reps=args.reps, level=args.level, seed=args.seed, frac=args.frac)
+    results = make_figures(long, args.out, opts)
+    for r in results:
+        if r.made:
+            print(f"{r.name}: made ({', '.join(p.name for p in r.files)})")
+        else:
+            print(f"{r.name}: skipped, {r.reason}")
+    table = summary_table(
+        long, index, frac=args.frac, reps=args.reps, level=args.level, seed=args.seed
+    )
+    csv_path, md_path = write_summary(table, args.out, level=args.level)
+    print(f"summary: {csv_path.name}, {md_path.name} ({len(table)} rows)")
+    if args.wandb:
+        run_dir = log_to_wandb(
+            results,
+            table,
+            args.out,
+            project=args.project or _unique(index, "project") or "trpo-lab",
+            group=args.group or _unique(index, "group"),
+            config={"paths": [str(p) for p in args.paths], "n_runs": len(index)},
+        )
+        print(f"wandb: logged {sum(r.made for r in results)} figures and summary_table ({run_dir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The summary table: one row per (algorithm, env, setting), as CSV and markdown."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import ALGO_ORDER, RUN_COLUMNS
+from analysis.stats import final_per_run, stratified_bootstrap_ci
+
+#: Columns that define a row of the summary table.
+SUMMARY_KEYS: tuple[str, ...] = ("algo", "env", "setting")
+
+#: Columns of :func:`summary_table`, in order.
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    *SUMMARY_KEYS,
+    "n_runs",
+    "n_failed",
+    "n_incomplete",
+    "n_updates",
+    "final_return_iqm",
+    "final_return_ci_low",
+    "final_return_ci_high",
+    "kl_mean",
+    "dj_dl_median",
+    "frac_improving",
+)
+
+DJ = "true/improvement"
+DL = "surrogate/improvement"
+
+
+def _ratio_median(rows: pd.DataFrame) -> float:
+    dj = rows[DJ].to_numpy(dtype=float)
+    dl = rows[DL].to_numpy(dtype=float)
+    ok = np.isfinite(dj) & np.isfinite(dl) & (dl != 0)
+    return float(np.median(dj[ok] / dl[ok])) if ok.any() else math.nan
+
+
+def _frac_improving(rows: pd.DataFrame) -> float:
+    dj = rows[DJ].to_numpy(dtype=float)
+    dj = dj[np.isfinite(dj)]
+    return float((dj > 0).mean()) if dj.size else math.nan
+
+
+def _nanmean(values: pd.Series) -> float:
+    v = values.to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else math.nan
+
+
+def summary_table(
+    long: pd.DataFrame,
+    index: pd.DataFrame | None = None,
+    *,
+    value: str = "rollout/return_mean",
+    frac: float = 0.1,
+    reps: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per (algo, env, setting): final-return IQM over runs with its bootstrap CI, mean
+    ``kl/mean`` over all updates, median per-update dJ/dL (updates with dL != 0), fraction of
+    updates with dJ > 0, and counts of runs / failed runs / incomplete-or-interrupted runs /
+    updates.
+
+    ``index`` (from :func:`analysis.load.load_run_index`) lets runs without any update count in
+    ``n_runs``; without it the runs are those present in ``long``. Final return of a run: mean of
+    ``value`` over its last ``frac`` of updates (:func:`analysis.stats.final_per_run`).
+    """
+    if index is None:
+        index = long.drop_duplicates("run_dir")[[c for c in RUN_COLUMNS if c in long.columns]]
+    finals = (
+        final_per_run(long, value=value, frac=frac).set_index("run_dir")["final"]
+        if len(long)
+        else pd.Series(dtype=float)
+    )
+    by_run = dict(tuple(long.groupby("run_dir", sort=False))) if len(long) else {}
+    rows: list[dict[str, Any]] = []
+    for key, runs in index.groupby(list(SUMMARY_KEYS), dropna=False, sort=False):
+        run_dirs = list(runs["run_dir"])
+        updates = [by_run[r] for r in run_dirs if r in by_run]
+        rows_ = pd.concat(updates, ignore_index=True) if updates else long.iloc[:0]
+        final = pd.DataFrame({"final": finals.reindex(run_dirs).to_numpy(dtype=float)})
+        ci = stratified_bootstrap_ci(final, "final", reps=reps, level=level, seed=seed)
+        status = runs["status"].astype(str)
+        rows.append(
+            dict(zip(SUMMARY_KEYS, key, strict=True))
+            | {
+                "n_runs": len(runs),
+                "n_failed": int((status == "failed").sum()),
+                "n_incomplete": int(status.isin(["incomplete", "interrupted"]).sum()),
+                "n_updates": len(rows_),
+                "final_return_iqm": ci.estimate,
+                "final_return_ci_low": ci.low,
+                "final_return_ci_high": ci.high,
+                "kl_mean": _nanmean(rows_["kl/mean"]) if len(rows_) else math.nan,
+                "dj_dl_median": _ratio_median(rows_) if len(rows_) else math.nan,
+                "frac_improving": _frac_improving(rows_) if len(rows_) else math.nan,
+            }
+        )
+    table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    return _sort(table, index)
+
+
+def _sort(table: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
+    if table.empty:
+        return table
+    values = index.drop_duplicates("setting").set_index("setting")["setting_value"]
+    order = {a: i for i, a in enumerate(ALGO_ORDER)}
+    keyed = table.assign(
+        _a=table["algo"].map(order).fillna(len(order)),
+        _s=table["setting"].map(values).astype(float),
+    )
+    keyed = keyed.sort_values(["_a", "algo", "env", "_s", "setting"], na_position="last")
+    return keyed.drop(columns=["_a", "_s"]).reset_index(drop=True)
+
+
+def _cell(value: Any, floatfmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, float | np.floating):
+        return format(float(value), floatfmt)
+    return str(value).replace("|", "\\|")
+
+
+def to_markdown(table: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    """A GitHub-markdown table of ``table`` (no extra dependency). NaN cells are empty."""
+    header = [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v, floatfmt) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_markdown(table: pd.DataFrame, level: float = 0.95) -> str:
+    """:func:`summary_table` as markdown, the final return shown as ``IQM [low, high]``."""
+    shown = table.copy()
+    pct = f"{100 * level:g}%"
+    shown.insert(
+        shown.columns.get_loc("final_return_iqm"),
+        f"final return IQM [{pct} CI]",
+        [
+            "" if math.isnan(e) else f"{e:.3g} [{lo:.3g}, {hi:.3g}]"
+            for e, lo, hi in zip(
+                shown["final_return_iqm"],
+                shown["final_return_ci_low"],
+                shown["final_return_ci_high"],
+                strict=True,
+            )
+        ],
+    )
+    shown = shown.drop(columns=["final_return_iqm", "final_return_ci_low", "final_return_ci_high"])
+    return to_markdown(shown)
+
+
+def write_summary(
+    table: pd.DataFrame, out_dir: str | os.PathLike[str], level: float = 0.95
+) -> tuple[Path, Path]:
+    """Write ``summary.csv`` and ``summary.md`` into ``out_dir``; returns the two paths."""
+    out = Path(out_dir)
+    csv_path, md_path = out / "summary.csv", out / "summary.md"
+    table.to_csv(csv_path, index=False)
+    md_path.write_text(summary_markdown(table, level=level), encoding="utf-8")
+    return csv_path, md_path

@@ -1,0 +1,79 @@
+"""Shared helpers: run the real ``trpo-lab`` command in a subprocess, read its outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+TINY = ["total_steps=256", "batch_steps=128", "critic.epochs=1", "eval.episodes=2",
+        "checkpoint.every=1"]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 180,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("WANDB_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", "trpo_lab", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "metrics.csv")
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """Every record of the run's offline .wandb file, read back by the real wandb client."""
+    wandb_file = next((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    out = subprocess.run(["wandb", "leet", "inspect", "--json", str(wandb_file)],
+                         capture_output=True, text=True, timeout=120, check=True,
+                         stdin=subprocess.DEVNULL)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    rows = []
+    for record in wandb_records(run_dir):
+        if record.get("type") == "history":
+            rows.append(record["history"]["item"])
+    return rows
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def compose_typed(*overrides: str):
+    """The typed, validated config the app would build from these overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from trpo_lab.app import CONF_DIR
+    from trpo_lab.config import register_configs, to_typed, validate
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = to_typed(compose(config_name="config", overrides=list(overrides)))
+    validate(cfg)
+    return cfg
+
+
+def train_in_process(run_dir: Path, *overrides: str) -> pd.DataFrame:
+    """Train with the real Trainer (no W&B), return metrics.csv as a DataFrame."""
+    from trpo_lab.train import Trainer
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = compose_typed("logger=none", "progress=false", *overrides)
+    Trainer(cfg, run_dir).run()
+    return read_metrics(run_dir)

@@ -1,0 +1,303 @@
+"""Exact policy evaluation and exact TRPO diagnostics on a tabular MDP (numpy/scipy only).
+
+Conventions (as in DESIGN.md), for a policy pi given as a float64 array pi[s, a] = pi(a | s):
+
+- J(pi) = E[sum_t gamma^t r_t], s_0 ~ mu.
+- V_pi solves the Bellman equation V = r_pi + gamma P_pi V, where
+  r_pi(s) = sum_a pi(a|s) R(s, a) and P_pi(s, s') = sum_a pi(a|s) P(s'|s, a);
+  Q_pi(s, a) = R(s, a) + gamma sum_s' P(s'|s, a) V_pi(s'); A_pi = Q_pi - V_pi; J = mu . V_pi.
+- rho_pi(s) = sum_t gamma^t P(s_t = s | pi), the UNnormalised discounted visitation; in matrix
+  form rho_pi^T = mu^T (I - gamma P_pi)^{-1}, i.e. (I - gamma P_pi)^T rho_pi = mu, and
+  sum_s rho_pi(s) = 1 / (1 - gamma). d_pi = (1 - gamma) rho_pi is its normalised version.
+  (Also J = rho_pi . r_pi.)
+- Surrogate L_pi(pi') = J(pi) + sum_s rho_pi(s) sum_a pi'(a|s) A_pi(s, a); predicted improvement
+  dL = L_pi(pi') - J(pi); true improvement dJ = J(pi') - J(pi).
+- Performance difference lemma (exact): dJ = sum_s rho_pi'(s) sum_a pi'(a|s) A_pi(s, a).
+- KL(pi || pi')(s) = sum_a pi(a|s) log(pi(a|s) / pi'(a|s)), old policy first; 0 log 0 = 0 and
+  KL = inf where pi(a|s) > 0 = pi'(a|s). TV(pi, pi')(s) = 1/2 sum_a |pi'(a|s) - pi(a|s)|.
+
+Everything is vectorised: one LU factorisation of I - gamma P_pi per policy serves both V (the
+system itself) and rho (its transpose).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+from trpo_lab.envs.tabular import TabularMDP
+
+__all__ = [
+    "PairDiagnostics",
+    "PolicyEvaluation",
+    "categorical_kl",
+    "compare",
+    "evaluate",
+    "policy_reward",
+    "policy_transition",
+    "q_from_v",
+    "total_variation",
+    "trpo_penalty_coefficient",
+]
+
+# P_pi is formed from the cached sparse [S*A, S] form of P when P is at most this dense and large
+# enough for sparse overheads not to matter; otherwise densely. Both give the same matrix.
+_SPARSE_MAX_DENSITY = 0.25
+_SPARSE_MIN_ENTRIES = 100_000
+# Tolerance on the row sums of a policy.
+_POLICY_ATOL = 1e-8
+
+
+@dataclass(frozen=True, eq=False)
+class PolicyEvaluation:
+    """Exact evaluation of one policy: V [S], Q [S, A], A = Q - V [S, A], rho [S] (unnormalised
+    discounted visitation, sums to 1/(1-gamma)) and J = mu . V."""
+
+    V: np.ndarray
+    Q: np.ndarray
+    A: np.ndarray
+    rho: np.ndarray
+    J: float
+
+
+@dataclass(frozen=True)
+class PairDiagnostics:
+    """What TRPO's theory says about one update pi -> pi' (``old`` = pi, ``new`` = pi').
+
+    - ``J_old``, ``J_new``: J(pi), J(pi').
+    - ``surrogate_improvement`` dL = sum_s rho_pi(s) sum_a pi'(a|s) A_pi(s, a).
+    - ``true_improvement`` dJ = J(pi') - J(pi).
+    - ``pdl_rhs`` = sum_s rho_pi'(s) sum_a pi'(a|s) A_pi(s, a); ``pdl_residual`` = |dJ - pdl_rhs|
+      (zero up to rounding, by the performance difference lemma).
+    - ``kl_max`` = max_s KL(pi || pi')(s); ``kl_mean`` = sum_s d_pi(s) KL(pi || pi')(s);
+      ``reverse_kl_max``/``reverse_kl_mean``: the same for KL(pi' || pi).
+    - ``tv_max`` = max_s TV(s), ``tv_mean`` = sum_s d_pi(s) TV(s).
+    - ``eps`` = max_{s,a} |A_pi(s, a)|; ``eps_prime`` = max_s |sum_a pi'(a|s) A_pi(s, a)|.
+    - ``C`` = 4 eps gamma / (1 - gamma)^2.
+    - ``bound_trpo`` = dL - C kl_max (Schulman et al. 2015, eq. 9; the penalty is taken as 0
+      when C = 0, where the bound is dJ = dL exactly, even if kl_max = inf).
+    - ``bound_trpo_tight`` = dL - 4 eps gamma alpha^2 / ((1 - gamma)(1 - gamma (1 - alpha))),
+      alpha = tv_max: the bound the paper's Appendix A proof actually establishes (Lemma 3 summed,
+      4 eps alpha sum_t gamma^t (1 - (1 - alpha)^t)), before relaxing 1 - gamma(1 - alpha) to
+      1 - gamma and alpha^2 = tv_max^2 to kl_max (Pinsker). Always >= bound_trpo.
+    - ``bound_cpo`` = (1/(1-gamma)) sum_s d_pi(s) [sum_a pi'(a|s) A_pi(s, a)
+      - (2 gamma eps_prime / (1 - gamma)) TV(s)] (Achiam et al. 2017, Corollary 1)
+      = dL - 2 gamma eps_prime tv_mean / (1 - gamma)^2.
+
+    All three bounds are lower bounds on dJ.
+    """
+
+    J_old: float
+    J_new: float
+    surrogate_improvement: float
+    true_improvement: float
+    pdl_rhs: float
+    pdl_residual: float
+    kl_max: float
+    kl_mean: float
+    reverse_kl_max: float
+    reverse_kl_mean: float
+    tv_max: float
+    tv_mean: float
+    eps: float
+    eps_prime: float
+    C: float
+    bound_trpo: float
+    bound_trpo_tight: float
+    bound_cpo: float
+
+
+# ------------------------------------------------------------------------------------------------
+# Small pure helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def categorical_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Row-wise KL(p || q) = sum_a p(a) log(p(a) / q(a)) of [..., A] arrays of distributions.
+
+    Terms with p(a) = 0 contribute 0 (0 log 0 = 0); a row with p(a) > 0 = q(a) has KL = inf.
+    Clipped below at 0 (rounding can give -1e-17 for equal rows).
+    """
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
+    positive = p > 0.0
+    with np.errstate(divide="ignore"):
+        log_ratio = np.log(np.where(positive, p, 1.0)) - np.log(q)
+    terms = np.where(positive, p * log_ratio, 0.0)
+    return np.maximum(terms.sum(axis=-1), 0.0)
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Row-wise total variation TV(p, q) = 1/2 sum_a |p(a) - q(a)| of [..., A] arrays, in [0, 1]."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
+    return 0.5 * np.abs(p - q).sum(axis=-1)
+
+
+def trpo_penalty_coefficient(eps: float, gamma: float) -> float:
+    """C = 4 eps gamma / (1 - gamma)^2, the KL-penalty coefficient of TRPO's bound (eq. 9)."""
+    _check_gamma(gamma)
+    return 4.0 * eps * gamma / (1.0 - gamma) ** 2
+
+
+def policy_reward(mdp: TabularMDP, pi: np.ndarray) -> np.ndarray:
+    """r_pi(s) = sum_a pi(a|s) R(s, a), shape [S]."""
+    return np.einsum("sa,sa->s", pi, mdp.R)
+
+
+def policy_transition(mdp: TabularMDP, pi: np.ndarray) -> np.ndarray:
+    """P_pi(s, s') = sum_a pi(a|s) P(s'|s, a) as a dense [S, S] array.
+
+    For large sparse MDPs (a GARNET with small branching) it is the product of the sparse
+    [S, S*A] block-diagonal matrix of pi with the cached CSR form of P, [S*A, S]: O(S A b) work
+    instead of O(S^2 A).
+    """
+    if mdp.P.size >= _SPARSE_MIN_ENTRIES and mdp.density <= _SPARSE_MAX_DENSITY:
+        return _policy_transition_sparse(mdp, pi)
+    return _policy_transition_dense(mdp, pi)
+
+
+def _policy_transition_dense(mdp: TabularMDP, pi: np.ndarray) -> np.ndarray:
+    return np.einsum("sa,sat->st", pi, mdp.P)
+
+
+def _policy_transition_sparse(mdp: TabularMDP, pi: np.ndarray) -> np.ndarray:
+    num_states, num_actions = mdp.num_states, mdp.num_actions
+    rows = num_states * num_actions
+    weights = sp.csr_array(
+        (np.ascontiguousarray(pi, dtype=np.float64).ravel(), np.arange(rows),
+         np.arange(0, rows + 1, num_actions)),
+        shape=(num_states, rows))
+    return (weights @ mdp.transition_csr).toarray()
+
+
+def q_from_v(mdp: TabularMDP, V: np.ndarray, gamma: float) -> np.ndarray:  # noqa: N803
+    """Q(s, a) = R(s, a) + gamma sum_s' P(s'|s, a) V(s'), shape [S, A]."""
+    if mdp.P.size >= _SPARSE_MIN_ENTRIES and mdp.density <= _SPARSE_MAX_DENSITY:
+        expected_next = mdp.transition_csr @ V
+    else:
+        expected_next = mdp.P.reshape(-1, mdp.num_states) @ V
+    return mdp.R + gamma * expected_next.reshape(mdp.num_states, mdp.num_actions)
+
+
+def _check_gamma(gamma: float) -> None:
+    if not 0.0 <= gamma < 1.0:
+        raise ValueError(f"gamma must be in [0, 1), got {gamma}")
+
+
+def _check_policy(mdp: TabularMDP, pi: np.ndarray, label: str = "pi") -> np.ndarray:
+    pi = np.asarray(pi, dtype=np.float64)
+    expected = (mdp.num_states, mdp.num_actions)
+    if pi.shape != expected:
+        raise ValueError(f"{label} must have shape [S, A] = {expected}, got {pi.shape}")
+    if not np.all(np.isfinite(pi)) or pi.min() < 0.0:
+        raise ValueError(f"{label} must have finite non-negative entries")
+    row_error = np.abs(pi.sum(axis=1) - 1.0)
+    if row_error.max() > _POLICY_ATOL:
+        s = int(row_error.argmax())
+        raise ValueError(f"rows of {label} must sum to 1: row {s} sums to {pi[s].sum():.12g}")
+    return pi
+
+
+def _weighted_sum(weights: np.ndarray, values: np.ndarray) -> float:
+    """sum_s w(s) x(s) over the states with w(s) > 0 (so that 0 * inf counts as 0)."""
+    support = weights > 0.0
+    return float(np.dot(weights[support], values[support]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation and comparison
+# ------------------------------------------------------------------------------------------------
+
+
+def _factorise(mdp: TabularMDP, pi: np.ndarray, gamma: float) -> tuple:
+    """LU factors of M^T, M = I - gamma P_pi, without any copy.
+
+    M is built C-contiguous, so M.T is a Fortran-ordered view that LAPACK factorises in place.
+    Then M x = b is ``lu_solve(lu, b, trans=1)`` and M^T y = c is ``lu_solve(lu, c, trans=0)``.
+    """
+    system = -gamma * policy_transition(mdp, pi)
+    system[np.diag_indices_from(system)] += 1.0
+    return scipy.linalg.lu_factor(system.T, overwrite_a=True, check_finite=False)
+
+
+def evaluate(mdp: TabularMDP, pi: np.ndarray, gamma: float) -> PolicyEvaluation:
+    """Exact V, Q, A, rho and J of ``pi`` in ``mdp`` at discount ``gamma`` (in [0, 1)).
+
+    Solves (I - gamma P_pi) V = r_pi and (I - gamma P_pi)^T rho = mu with one LU factorisation,
+    then Q = R + gamma P V, A = Q - V, J = mu . V.
+    """
+    _check_gamma(gamma)
+    pi = _check_policy(mdp, pi)
+    lu = _factorise(mdp, pi, gamma)
+    V = scipy.linalg.lu_solve(lu, policy_reward(mdp, pi), trans=1, check_finite=False)  # noqa: N806
+    rho = scipy.linalg.lu_solve(lu, mdp.mu, trans=0, check_finite=False)
+    Q = q_from_v(mdp, V, gamma)  # noqa: N806
+    return PolicyEvaluation(V=V, Q=Q, A=Q - V[:, None], rho=rho, J=float(mdp.mu @ V))
+
+
+def _check_evaluation(evaluation: PolicyEvaluation, pi: np.ndarray, label: str) -> None:
+    """Cheap consistency check: an evaluation of pi has V(s) = sum_a pi(a|s) Q(s, a)."""
+    scale = 1.0 + float(np.abs(evaluation.V).max())
+    if np.abs(np.einsum("sa,sa->s", pi, evaluation.Q) - evaluation.V).max() > 1e-6 * scale:
+        raise ValueError(f"the evaluation passed as {label!r} is not an evaluation of "
+                         f"pi_{label} (V != sum_a pi(a|s) Q(s, a))")
+
+
+def compare(mdp: TabularMDP, pi_old: np.ndarray, pi_new: np.ndarray, gamma: float,
+            old: PolicyEvaluation | None = None,
+            new: PolicyEvaluation | None = None) -> PairDiagnostics:
+    """Exact diagnostics of the update pi_old -> pi_new; see :class:`PairDiagnostics`.
+
+    ``old`` (and ``new``) may be precomputed :func:`evaluate` results of pi_old (pi_new) at the
+    same gamma, to save their LU factorisations; they are checked for consistency with the policy.
+    """
+    _check_gamma(gamma)
+    pi_old = _check_policy(mdp, pi_old, "pi_old")
+    pi_new = _check_policy(mdp, pi_new, "pi_new")
+    if old is None:
+        old = evaluate(mdp, pi_old, gamma)
+    else:
+        _check_evaluation(old, pi_old, "old")
+    if new is None:
+        new = evaluate(mdp, pi_new, gamma)
+    else:
+        _check_evaluation(new, pi_new, "new")
+
+    # Expected advantage of the new policy under the old advantages, per state.
+    new_advantage = np.einsum("sa,sa->s", pi_new, old.A)
+    surrogate = float(old.rho @ new_advantage)
+    true = new.J - old.J
+    pdl_rhs = float(new.rho @ new_advantage)
+
+    d_old = (1.0 - gamma) * old.rho
+    kl = categorical_kl(pi_old, pi_new)
+    reverse_kl = categorical_kl(pi_new, pi_old)
+    tv = total_variation(pi_old, pi_new)
+    kl_max, tv_max = float(kl.max()), float(tv.max())
+    eps = float(np.abs(old.A).max())
+    eps_prime = float(np.abs(new_advantage).max())
+
+    C = trpo_penalty_coefficient(eps, gamma)  # noqa: N806
+    bound_trpo = surrogate - (C * kl_max if C > 0.0 else 0.0)
+    alpha = tv_max
+    tight_penalty = 4.0 * eps * gamma * alpha**2 / ((1.0 - gamma) * (1.0 - gamma * (1.0 - alpha)))
+    cpo_coefficient = 2.0 * gamma * eps_prime / (1.0 - gamma)
+    bound_cpo = float(old.rho @ (new_advantage - cpo_coefficient * tv))
+
+    return PairDiagnostics(
+        J_old=old.J, J_new=new.J,
+        surrogate_improvement=surrogate, true_improvement=true,
+        pdl_rhs=pdl_rhs, pdl_residual=abs(true - pdl_rhs),
+        kl_max=kl_max, kl_mean=_weighted_sum(d_old, kl),
+        reverse_kl_max=float(reverse_kl.max()), reverse_kl_mean=_weighted_sum(d_old, reverse_kl),
+        tv_max=tv_max, tv_mean=float(d_old @ tv),
+        eps=eps, eps_prime=eps_prime, C=C,
+        bound_trpo=bound_trpo, bound_trpo_tight=surrogate - tight_penalty, bound_cpo=bound_cpo)
