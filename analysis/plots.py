@@ -27,6 +27,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, NullFormatter
 
 from analysis.load import ALGO_ORDER
 from analysis.stats import bootstrap_groups, bound_violations, final_per_run, iqm, scatter_stats
@@ -122,9 +123,23 @@ def _finite(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
 
 
 def _legend(ax: Axes, **kwargs: Any) -> None:
-    handles, labels = ax.get_legend_handles_labels()
+    handles, _ = ax.get_legend_handles_labels()
     if handles:
-        ax.legend(**kwargs)
+        ax.legend(**({"loc": "best"} | kwargs))
+
+
+def _log_axis(ax: Axes, which: str = "x", ticks: Any = None) -> None:
+    """Log scale without cluttered minor labels; with ``ticks`` (e.g. the deltas swept, at most
+    8) exactly those major ticks, labelled like ``0.01``."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis.set_minor_formatter(NullFormatter())
+    values = np.asarray([] if ticks is None else ticks, dtype=float)
+    ticks = sorted({float(t) for t in values if np.isfinite(t) and t > 0})
+    if 0 < len(ticks) <= 8:
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_locator(FixedLocator([]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,6 +227,7 @@ def plot_learning_curves(
         ax.plot(grid, est, color=colors[lv], label=str(lv))
         ax.fill_between(grid, lo, hi, color=colors[lv], alpha=0.25, linewidth=0)
     ax.set_xlabel("environment steps")
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     ax.set_ylabel("return (IQM)" if value == "rollout/return_mean" else f"{value} (IQM)")
     _legend(ax)
     return ax
@@ -315,7 +331,7 @@ def plot_predicted_vs_true(
             scatter_panel(panel, ax, x=x, y=y, hue=hue, reps=reps, level=level, seed=seed)
             ax.set_title(f"{algo}, {kind}, γ={g:g}")
             if panel[hue].nunique() > 1:
-                ax.legend(fontsize=5, loc="lower right", handletextpad=0.2)
+                ax.legend(fontsize=5, loc="best", handletextpad=0.2, markerscale=1.5)
             if j:
                 ax.set_ylabel("")
     if not cols:
@@ -355,8 +371,8 @@ def plot_surrogate_error(
         gm_k = float(np.exp(np.log(d[kl]).mean()))
         gm_e = float(np.exp(np.log(d["err"]).mean()))
         ax.plot(ks, gm_e * ks / gm_k, ls=":", color="0.4", lw=1, label="slope 1")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axis(ax, "x")
+    _log_axis(ax, "y")
     ax.set_xlabel("KL max")
     ax.set_ylabel("|dJ − dL|")
     _legend(ax)
@@ -416,8 +432,8 @@ def plot_improvement_vs_delta(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
         gm_d = float(np.exp(np.log(pts["delta"]).mean()))
         gm_y = float(np.exp(np.log(pts["y"]).mean()))
         ax.plot(ds, gm_y * np.sqrt(ds / gm_d), ls=":", color="0.4", lw=1, label="slope 1/2")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axis(ax, "x", pts["delta"])
+    _log_axis(ax, "y")
     ax.set_xlabel("target KL δ")
     ax.set_ylabel("predicted dL (median per run)")
     _legend(ax)
@@ -444,8 +460,8 @@ def plot_trust_region_metric(
         ds = np.sort(pts["delta"].unique())
         ax.plot(ds, ds, ls="--", color="0.3", lw=0.8, label="y = δ")
         if (pts["y"] > 0).all():
-            ax.set_yscale("log")
-    ax.set_xscale("log")
+            _log_axis(ax, "y")
+    _log_axis(ax, "x", pts["delta"])
     ax.set_xlabel("target KL δ")
     ax.set_ylabel(metric)
     return ax
@@ -490,7 +506,7 @@ def plot_monotonic(
 
     pts = per_run(d, worse, x=x, agg="mean")
     _param_plot(ax, pts, x, line_stat="mean")
-    ax.set_xscale("log")
+    _log_axis(ax, "x", pts[x])
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("target KL δ" if x == "delta" else x)
     ax.set_ylabel("fraction of updates with dJ < 0")
@@ -529,9 +545,9 @@ def plot_bound_vacuity(
         va="top",
         fontsize=6,
     )
-    ax.set_xscale("log")
+    _log_axis(ax, "x", pts[x])
     if len(pts):
-        ax.set_yscale("log")
+        _log_axis(ax, "y")
     ax.set_xlabel("target KL δ" if x == "delta" else x)
     ax.set_ylabel("C·KLmax / dL")
     _legend(ax, loc="lower right")
@@ -598,7 +614,7 @@ def plot_line_search_metric(
     ax = _axes(ax)
     pts = per_run(df, metric, x="delta", agg="mean")
     _param_plot(ax, pts, "delta", line_stat="mean")
-    ax.set_xscale("log")
+    _log_axis(ax, "x", pts["delta"])
     ax.set_xlabel("target KL δ")
     ax.set_ylabel(
         {"trpo/backtracks": "mean backtracks", "trpo/accepted": "acceptance rate"}.get(

@@ -14,7 +14,7 @@ from analysis.load import ALGO_ORDER, RUN_COLUMNS
 from analysis.stats import final_per_run, stratified_bootstrap_ci
 
 #: Columns that define a row of the summary table.
-SUMMARY_KEYS: tuple[str, ...] = ("algo", "env", "setting")
+SUMMARY_KEYS: tuple[str, ...] = ("algo", "env", "setting", "gamma", "gae_lambda")
 
 #: Columns of :func:`summary_table`, in order.
 SUMMARY_COLUMNS: tuple[str, ...] = (
@@ -64,7 +64,7 @@ def summary_table(
     level: float = 0.95,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Per (algo, env, setting): final-return IQM over runs with its bootstrap CI, mean
+    """Per (algo, env, setting, gamma, gae_lambda): final-return IQM over runs with its bootstrap CI, mean
     ``kl/mean`` over all updates, median per-update dJ/dL (updates with dL != 0), fraction of
     updates with dJ > 0, and counts of runs / failed runs / incomplete-or-interrupted runs /
     updates.
@@ -117,7 +117,9 @@ def _sort(table: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
         _a=table["algo"].map(order).fillna(len(order)),
         _s=table["setting"].map(values).astype(float),
     )
-    keyed = keyed.sort_values(["_a", "algo", "env", "_s", "setting"], na_position="last")
+    keyed = keyed.sort_values(
+        ["_a", "algo", "env", "_s", "setting", "gamma", "gae_lambda"], na_position="last"
+    )
     return keyed.drop(columns=["_a", "_s"]).reset_index(drop=True)
 
 
@@ -129,7 +131,7 @@ def _cell(value: Any, floatfmt: str) -> str:
     return str(value).replace("|", "\\|")
 
 
-def to_markdown(table: pd.DataFrame, floatfmt: str = ".3g") -> str:
+def to_markdown(table: pd.DataFrame, floatfmt: str = ".4g") -> str:
     """A GitHub-markdown table of ``table`` (no extra dependency). NaN cells are empty."""
     header = [str(c) for c in table.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]

@@ -194,7 +194,7 @@ def mixed_sweep(tmp_path: Path) -> Path:
     (root / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
     for seed in (0, 1):
         cfg = make_cfg("trpo", seed=seed)
-        write_run(root / str(seed), cfg, make_rows(cfg, n=3), job=seed)
+        write_run(root / str(seed), cfg, make_rows(cfg, n=3, base=10 * seed), job=seed)
     npg = make_cfg("trpo", line_search=False, seed=0)
     write_run(root / "2", npg, make_rows(npg, n=3), status="failed", job=2)
     klp = make_cfg("kl_penalty", beta="theory")
@@ -658,7 +658,7 @@ def test_summary_table_numbers(mixed_sweep: Path) -> None:
     assert t.loc["trpo", "setting"] == "delta=0.01"
     md = tables.summary_markdown(table)
     assert md.count("\n") == 2 + 4
-    assert "| trpo | garnet | delta=0.01 | 2 | 0 | 0 | 6 | 8 [3, 13] |" in md
+    assert "| trpo | garnet | delta=0.01 | 0.99 | 0.95 | 2 | 0 | 0 | 6 | 8 [3, 13] |" in md
 
 
 # --------------------------------------------------------------------------------------------
@@ -691,12 +691,18 @@ def test_cli_makes_every_figure(cli_sweep: Path, tmp_path: Path, capsys: Any) ->
         assert (out / f"{name}.pdf").stat().st_size > 0
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert "skipped" not in printed
-    assert "loaded 16 runs (16 completed), 96 updates" in printed
+    assert "loaded 14 runs (14 completed), 84 updates" in printed
     summary = pd.read_csv(out / "summary.csv")
-    assert len(summary) == 6  # trpo x2 deltas (the grid shares delta 0.01), npg, vpg, klp
+    # trpo delta=0.01 on 4 (gamma, lambda) cells, trpo delta=0.04, npg, kl_penalty, vpg
+    assert len(summary) == 8
     trpo = summary[(summary["algo"] == "trpo") & (summary["setting"] == "delta=0.01")]
-    assert int(trpo["n_runs"].iloc[0]) == 8
-    assert (out / "summary.md").read_text().startswith("| algo | env | setting |")
+    assert list(trpo["gamma"]) == [0.9, 0.9, 0.99, 0.99]
+    assert list(trpo["gae_lambda"]) == [0.9, 0.95, 0.9, 0.95]
+    assert list(trpo["n_runs"]) == [2, 2, 2, 2]
+    # final = mean of the last update (10% of 6 -> 1): 6 and 16 for seeds 0 and 1
+    assert list(trpo["final_return_iqm"]) == [11.0] * 4
+    text = (out / "summary.md").read_text()
+    assert text.startswith("| algo | env | setting | gamma | gae_lambda | n_runs |")
 
 
 def test_cli_reports_skipped_figures(tmp_path: Path, capsys: Any) -> None:

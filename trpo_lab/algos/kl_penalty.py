@@ -24,9 +24,11 @@ from trpo_lab.algos.common import (
     surrogate,
 )
 from trpo_lab.config import KLPenaltyConfig
-from trpo_lab.numerics import flat_params, set_flat_params
+from trpo_lab.numerics import flat_grad, flat_params, set_flat_params
 from trpo_lab.policies import Policy
 from trpo_lab.rollout import Batch
+
+MAX_HALVINGS = 40
 
 
 def theory_coefficient(advantages: torch.Tensor, gamma: float) -> float:
@@ -66,18 +68,31 @@ class KLPenalty:
         return {"penalty/beta": self.beta}
 
     def _update_theory(self, batch: Batch) -> dict[str, float]:
-        best_value, best = 0.0, flat_params(self.params)  # the old policy scores exactly 0
+        """Monotone gradient ascent on M(theta') = dL - C KLmax, halving steps until M rises.
+
+        M is non-smooth (a max over states) and C is large, so Adam's fixed-size steps overshoot;
+        a backtracking ascent from ``lr`` accepts only steps that raise M above its best value
+        (the old policy scores exactly 0).
+        """
+        best_value, best = 0.0, flat_params(self.params)
         for _ in range(self.cfg.epochs):
-            objective = self._theory_objective(batch)
-            if not guarded_step(self.optimizer, -objective, self.params):
+            grad = flat_grad(self._theory_objective(batch), self.params)
+            if not torch.isfinite(grad).all():
                 set_flat_params(self.params, best)
                 return {"guard/nonfinite": 1.0}
-            with torch.no_grad():
-                value = float(self._theory_objective(batch))
-            if value > best_value:
-                best_value, best = value, flat_params(self.params)
-        set_flat_params(self.params, best)
-        return {"penalty/objective": best_value}
+            step, improved = self.cfg.lr, False
+            for _ in range(MAX_HALVINGS):
+                set_flat_params(self.params, best + step * grad)
+                with torch.no_grad():
+                    value = float(self._theory_objective(batch))
+                if value > best_value:
+                    best_value, best, improved = value, flat_params(self.params), True
+                    break
+                step *= 0.5
+            set_flat_params(self.params, best)
+            if not improved:
+                break
+        return {}
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}

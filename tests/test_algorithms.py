@@ -1,0 +1,152 @@
+"""The baselines share TRPO's data path; they differ only in the update step."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import compose_typed, train_in_process
+from trpo_lab.algos.kl_penalty import KLPenalty
+from trpo_lab.algos.ppo import clipped_surrogate
+from trpo_lab.algos.trpo import TRPO, natural_step
+from trpo_lab.algos.vpg import VPG
+from trpo_lab.config import KLPenaltyConfig, TRPOConfig, VPGConfig
+from trpo_lab.envs import make_vector_env
+from trpo_lab.numerics import flat_params
+from trpo_lab.policies import Policy
+from trpo_lab.rollout import Collector, build_batch
+
+ALGOS = {
+    "trpo": ["algo=trpo"],
+    "npg": ["algo=trpo", "algo.line_search=false"],
+    "vpg": ["algo=vpg"],
+    "kl_penalty": ["algo=kl_penalty", "algo.epochs=2"],
+    "ppo": ["algo=ppo", "algo.epochs=2", "algo.minibatches=4"],
+}
+SMALL = ["total_steps=256", "batch_steps=128", "critic.epochs=1", "eval.episodes=2"]
+
+
+@pytest.mark.parametrize("env", ["cartpole", "pendulum"])
+def test_every_algorithm_logs_the_same_columns_and_is_deterministic(env, tmp_path):
+    frames = {}
+    for name, overrides in ALGOS.items():
+        first = train_in_process(tmp_path / f"{name}-a", f"env={env}", *SMALL, *overrides)
+        again = train_in_process(tmp_path / f"{name}-b", f"env={env}", *SMALL, *overrides)
+        timeless = ["time/wall_s", "time/sps"]
+        pd.testing.assert_frame_equal(first.drop(columns=timeless), again.drop(columns=timeless))
+        assert len(first) == 2
+        for key in ("kl/mean", "kl/max", "kl/reverse_mean", "policy/max_ratio", "policy/entropy",
+                    "surrogate/linear", "surrogate/improvement", "true/J", "true/improvement",
+                    "value/loss"):
+            assert first[key].notna().all(), (name, key)
+        line_search = first[["trpo/backtracks", "trpo/accepted", "trpo/step_norm"]]
+        assert line_search.notna().all().all() == (name in ("trpo", "npg")), name
+        frames[name] = first
+    columns = {tuple(frame.columns) for frame in frames.values()}
+    assert len(columns) == 1
+    assert (frames["trpo"]["kl/mean"] <= 0.01 + 1e-7).all()
+
+
+def fixed_batch(env: str = "cartpole", seed: int = 0, steps: int = 512):
+    cfg = compose_typed(f"env={env}", f"seed={seed}", f"batch_steps={steps}")
+    torch.manual_seed(seed)
+    envs = make_vector_env(cfg.env, 1, cfg.gamma)
+    policy = Policy(envs.single_observation_space, envs.single_action_space, cfg.policy, [64])
+    data = Collector(envs, steps, seed, False).collect(policy.numpy_actor())
+    return policy, build_batch(policy, data, cfg.gamma, cfg.gae_lambda, True)
+
+
+def kl_after(policy: Policy, batch) -> float:
+    with torch.no_grad():
+        return float((batch.weights * policy.kl(batch.obs, batch.old_params)).sum())
+
+
+def test_kl_penalty_with_large_beta_moves_less_than_with_small_beta():
+    policy, batch = fixed_batch()
+    kls = {}
+    for beta in (0.01, 100.0):
+        moved = copy.deepcopy(policy)
+        cfg = KLPenaltyConfig(beta=beta, lr=1e-2, epochs=20)
+        KLPenalty(moved, cfg, 0.99, torch.Generator().manual_seed(0)).update(batch)
+        kls[beta] = kl_after(moved, batch)
+    assert kls[100.0] < 0.5 * kls[0.01]
+    assert kls[100.0] > 0
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_kl_penalty_with_beta_zero_and_one_epoch_takes_the_vpg_step(optimizer):
+    policy, batch = fixed_batch()
+    a, b = copy.deepcopy(policy), copy.deepcopy(policy)
+    KLPenalty(a, KLPenaltyConfig(beta=0.0, lr=3e-3, epochs=1, minibatches=1,
+                                 optimizer=optimizer), 0.99, torch.Generator()).update(batch)
+    VPG(b, VPGConfig(lr=3e-3, optimizer=optimizer, steps=1)).update(batch)
+    start = flat_params(policy.actor_parameters())
+    step_a = flat_params(a.actor_parameters()) - start
+    step_b = flat_params(b.actor_parameters()) - start
+    assert float(step_a.norm()) > 0
+    torch.testing.assert_close(step_a, step_b, rtol=0, atol=0)
+
+
+def test_npg_and_trpo_take_the_same_direction_and_only_trpo_respects_delta():
+    # Gaussian policy, large delta: the quadratic KL model underestimates, NPG overshoots
+    delta = 0.5
+    policy, batch = fixed_batch("pendulum", seed=0, steps=1024)
+    start = flat_params(policy.actor_parameters())
+    steps, kls = {}, {}
+    for line_search in (True, False):
+        moved = copy.deepcopy(policy)
+        cfg = TRPOConfig(delta=delta, cg_damping=1e-3, line_search=line_search)
+        info = TRPO(moved, cfg).update(batch)
+        assert info["trpo/accepted"] == 1.0
+        steps[line_search] = flat_params(moved.actor_parameters()) - start
+        kls[line_search] = kl_after(moved, batch)
+    cosine = float(steps[True] @ steps[False] / (steps[True].norm() * steps[False].norm()))
+    assert cosine == pytest.approx(1.0, abs=1e-5)
+    assert kls[True] <= delta
+    assert kls[False] > delta
+    assert float(steps[True].norm()) < float(steps[False].norm())
+
+
+def test_trpo_rejection_restores_the_exact_old_parameters():
+    policy, batch = fixed_batch()
+    before = flat_params(policy.actor_parameters()).clone()
+    batch.policy_advantages = -batch.policy_advantages * 0  # no direction improves: all zero
+    info = TRPO(policy, TRPOConfig(delta=0.01)).update(batch)
+    assert info["trpo/accepted"] == 0.0
+    assert torch.equal(flat_params(policy.actor_parameters()), before)
+
+
+def test_trpo_line_search_rejects_when_the_surrogate_cannot_improve():
+    policy, batch = fixed_batch()
+    before = flat_params(policy.actor_parameters()).clone()
+    step = natural_step(policy, batch, TRPOConfig())
+    assert step.finite
+    # flip the sign of the advantages used by the line search only: every trial step along the
+    # (old) ascent direction now lowers the surrogate, so all backtracks fail
+    trpo = TRPO(policy, TRPOConfig(backtrack_iters=5))
+    original = trpo._evaluate
+    flipped = copy.copy(batch)
+    flipped.policy_advantages = -batch.policy_advantages
+
+    def evaluate_flipped(_):
+        return original(flipped)
+
+    trpo._evaluate = evaluate_flipped
+    info = trpo.update(batch)
+    assert info == {"trpo/backtracks": 5.0, "trpo/accepted": 0.0, "trpo/step_norm": 0.0}
+    assert torch.equal(flat_params(policy.actor_parameters()), before)
+
+
+def test_ppo_clipped_objective_matches_hand_computation():
+    ratios = torch.tensor([0.5, 0.9, 1.1, 1.5, 1.5, 0.7])
+    adv = torch.tensor([1.0, -2.0, 3.0, 2.0, -1.0, -1.0])
+    weights = torch.full((6,), 1 / 6)
+    # clip 0.2: min(r A, clip(r) A) per sample
+    expected = [min(0.5 * 1, 0.8 * 1), min(0.9 * -2, 0.9 * -2), min(1.1 * 3, 1.1 * 3),
+                min(1.5 * 2, 1.2 * 2), min(1.5 * -1, 1.2 * -1), min(0.7 * -1, 0.8 * -1)]
+    value = clipped_surrogate(ratios, adv, weights, 0.2)
+    assert float(value) == pytest.approx(np.mean(expected), rel=1e-6)
