@@ -263,9 +263,10 @@ def log_to_wandb(
     project: str,
     group: str | None,
     config: Mapping[str, Any] | None = None,
-) -> Path:
+) -> Path | None:
     """Log made figures (PNG, as ``figures/NAME``) and the summary table (``summary_table``)
-    to a new W&B run of job type ``analysis``; returns the run's local directory."""
+    to a new W&B run of job type ``analysis``; returns the run's local directory (None when
+    W&B is disabled, ``WANDB_MODE=disabled``)."""
     if not wandb_api_key_configured():
         os.environ.setdefault("WANDB_MODE", "offline")
     import wandb  # slow to import: only here, after WANDB_MODE is set
@@ -286,7 +287,7 @@ def log_to_wandb(
         }
         payload["summary_table"] = wandb.Table(dataframe=_table_for_wandb(table))
         run.log(payload)
-        run_dir = Path(run.dir).parent
+        run_dir = None if getattr(run, "disabled", False) else Path(run.dir).parent
     finally:
         run.finish()
     return run_dir
@@ -351,7 +352,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             group=args.group or _unique(index, "group"),
             config={"paths": [str(p) for p in args.paths], "n_runs": len(index)},
         )
-        print(f"wandb: logged {sum(r.made for r in results)} figures and summary_table ({run_dir})")
+        if run_dir is None:
+            print("wandb: disabled (WANDB_MODE=disabled), nothing logged")
+        else:
+            n_made = sum(r.made for r in results)
+            print(f"wandb: logged {n_made} figures and summary_table ({run_dir})")
     return 0
 
 

@@ -129,17 +129,17 @@ def _legend(ax: Axes, **kwargs: Any) -> None:
 
 
 def _log_axis(ax: Axes, which: str = "x", ticks: Any = None) -> None:
-    """Log scale without cluttered minor labels; with ``ticks`` (e.g. the deltas swept, at most
-    8) exactly those major ticks, labelled like ``0.01``."""
+    """Log scale; with ``ticks`` (e.g. the deltas swept, at most 8 distinct) exactly those
+    major ticks, labelled like ``0.01``, and no minor ticks."""
     axis = ax.xaxis if which == "x" else ax.yaxis
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
-    axis.set_minor_formatter(NullFormatter())
     values = np.asarray([] if ticks is None else ticks, dtype=float)
     ticks = sorted({float(t) for t in values if np.isfinite(t) and t > 0})
     if 0 < len(ticks) <= 8:
         axis.set_major_locator(FixedLocator(ticks))
         axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_minor_locator(FixedLocator([]))
+        axis.set_minor_formatter(NullFormatter())
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,6 +239,8 @@ def plot_learning_curves(
 
 
 def _fmt_ci(est: float, lo: float, hi: float) -> str:
+    if not math.isfinite(est):
+        return "n/a"
     return f"{est:.2f} [{lo:.2f}, {hi:.2f}]"
 
 

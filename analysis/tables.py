@@ -64,10 +64,11 @@ def summary_table(
     level: float = 0.95,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Per (algo, env, setting, gamma, gae_lambda): final-return IQM over runs with its bootstrap CI, mean
-    ``kl/mean`` over all updates, median per-update dJ/dL (updates with dL != 0), fraction of
-    updates with dJ > 0, and counts of runs / failed runs / incomplete-or-interrupted runs /
-    updates.
+    """One row per :data:`SUMMARY_KEYS` (algo, env, setting, gamma, gae_lambda).
+
+    Columns: final-return IQM over runs with its bootstrap CI, mean ``kl/mean`` over all
+    updates, median per-update dJ/dL (updates with dL != 0), fraction of updates with dJ > 0,
+    and counts of runs / failed runs / incomplete-or-interrupted runs / updates.
 
     ``index`` (from :func:`analysis.load.load_run_index`) lets runs without any update count in
     ``n_runs``; without it the runs are those present in ``long``. Final return of a run: mean of

@@ -374,9 +374,15 @@ def test_load_single_run_and_parsing_details(tmp_path: Path) -> None:
     row = long.iloc[0]
     assert row["beta"] == 0.5 and row["beta_label"] == "0.5" and row["setting"] == "beta=0.5"
     assert row["group"] == "cartpole-kl_penalty"
+    # in a sweep without logger.group, the group is derived from the sweep directory
+    cfg["logger"]["group"] = None
+    sweep = tmp_path / "multirun" / "2026-02-03" / "04-05-06"
+    write_sweep(sweep, [cfg], n=1)
+    assert set(load.load_runs(sweep)["group"]) == {"sweep-2026-02-03_04-05-06"}
     assert pd.isna(row["sweep_dir"]) and pd.isna(row["job_num"]) and pd.isna(row["job_id"])
     # searching from far above finds it too; a missing path is an error
-    assert load.find_run_dirs(tmp_path) == [run.resolve()]
+    assert load.find_run_dirs(tmp_path / "outputs") == [run.resolve()]
+    assert len(load.find_run_dirs(tmp_path)) == 2
     with pytest.raises(FileNotFoundError):
         load.load_runs(tmp_path / "nope")
 
@@ -778,3 +784,41 @@ def test_module_entry_point_help() -> None:
         cwd=Path(__file__).resolve().parents[1],
     )
     assert res.returncode == 0 and "--wandb" in res.stdout
+
+
+@pytest.mark.skipif(shutil.which("trpo-lab") is None, reason="needs the trpo-lab command")
+def test_real_tiny_sweep_end_to_end(tmp_path: Path, capsys: Any) -> None:
+    sweep = tmp_path / "sweep"
+    cmd = [
+        "trpo-lab",
+        "-m",
+        "algo=trpo,vpg",
+        "seed=0,1",
+        "total_steps=2048",
+        "batch_steps=1024",
+        "logger=none",
+        "eval.episodes=2",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    index, long = load.load_all(sweep)
+    assert sorted(zip(index["algo"], index["seed"], strict=True)) == [
+        ("trpo", 0),
+        ("trpo", 1),
+        ("vpg", 0),
+        ("vpg", 1),
+    ]
+    assert set(index["status"]) == {"completed"} and list(index["n_updates"]) == [2] * 4
+    assert long.groupby("run_dir")["env_steps"].max().tolist() == [2048] * 4
+    assert long.loc[long["algo"] == "vpg", "trpo/backtracks"].isna().all()
+    out = tmp_path / "figs"
+    assert figures.main([str(sweep), "--out", str(out), "--reps", "50"]) == 0
+    assert "learning_curves: made" in capsys.readouterr().out
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(summary["algo"]) == ["trpo", "vpg"]
+    assert list(summary["n_runs"]) == [2, 2] and list(summary["n_updates"]) == [4, 4]
+    # logger.group is unset: the group is the one the app gives the sweep's W&B runs
+    assert set(index["group"]) == {f"sweep-{sweep.parent.name}_{sweep.name}"}
+    assert summary["final_return_iqm"].notna().all()

@@ -31,7 +31,12 @@ class NaturalStep:
 
     @property
     def finite(self) -> bool:
-        return bool(torch.isfinite(self.full_step).all()) and self.shs > 0
+        return bool(torch.isfinite(self.full_step).all()) and self.shs >= 0
+
+    @property
+    def zero(self) -> bool:
+        """g = 0 (e.g. a policy that is deterministic on every batch state): nothing to do."""
+        return self.shs == 0
 
 
 def fisher_vector_product(policy: Policy, batch: Batch, damping: float):
@@ -53,6 +58,8 @@ def natural_step(policy: Policy, batch: Batch, cfg: TRPOConfig) -> NaturalStep:
     fvp = fisher_vector_product(policy, batch, cfg.cg_damping)
     direction = conjugate_gradient(fvp, g, cfg.cg_iters)
     shs = float(direction @ fvp(direction))
+    if shs == 0 and not direction.any():
+        return NaturalStep(direction, g, 0.0)
     if not (shs > 0 and torch.isfinite(direction).all()):
         return NaturalStep(torch.full_like(g, float("nan")), g, shs)
     return NaturalStep(direction * (2.0 * cfg.delta / shs) ** 0.5, g, shs)
@@ -76,6 +83,8 @@ class TRPO:
                     "trpo/accepted": 0.0, "trpo/step_norm": 0.0}
         if not step.finite:
             return rejected | {"guard/nonfinite": 1.0}
+        if step.zero:
+            return {"trpo/backtracks": 0.0, "trpo/accepted": 0.0, "trpo/step_norm": 0.0}
         if not self.cfg.line_search:
             set_flat_params(params, old + step.full_step)
             surr, kl = self._evaluate(batch)
