@@ -97,15 +97,22 @@ def _label(value: Any) -> str:
 
 
 def fig_learning_curves(df: pd.DataFrame, opts: Options) -> Figure:
-    """Return vs steps per algorithm, one panel per env."""
-    d = df[np.isfinite(df["rollout/return_mean"].to_numpy(dtype=float))]
-    if d.empty:
-        raise Skipped("needs rollout/return_mean values (no episode finished in any run)")
-    envs = sorted(d["env"].map(_label).unique())
-    fig, axes = _grid(len(envs), (plots.COLUMN_WIDTH, 2.3))
-    for ax, env in zip(axes, envs, strict=True):
+    """Return vs steps per algorithm, one panel per env. An env where no training episode ever
+    ended (e.g. an infinite-horizon tabular MDP) shows the exact ``true/J`` instead."""
+    envs = df["env"].map(_label)
+    panels = []
+    for env in sorted(envs.unique()):
+        rows = df[(envs == env).to_numpy()]
+        for value in ("rollout/return_mean", "true/J"):
+            if _count_finite(rows, value):
+                panels.append((env, value, rows))
+                break
+    if not panels:
+        raise Skipped("needs rollout/return_mean or true/J values")
+    fig, axes = _grid(len(panels), (plots.COLUMN_WIDTH, 2.3))
+    for ax, (env, value, rows) in zip(axes, panels, strict=True):
         plots.plot_learning_curves(
-            d[d["env"].map(_label) == env], ax, reps=opts.reps, level=opts.level, seed=opts.seed
+            rows, ax, value=value, reps=opts.reps, level=opts.level, seed=opts.seed
         )
         ax.set_title(env)
     return fig

@@ -27,7 +27,13 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, NullFormatter
+from matplotlib.ticker import (
+    EngFormatter,
+    FixedLocator,
+    FuncFormatter,
+    LogLocator,
+    NullFormatter,
+)
 
 from analysis.load import ALGO_ORDER
 from analysis.stats import bootstrap_groups, bound_violations, final_per_run, iqm, scatter_stats
@@ -66,6 +72,7 @@ ALGO_COLORS: dict[str, tuple[float, float, float]] = dict(zip(ALGO_ORDER, _CB, s
 
 DJ = "true/improvement"
 DL = "surrogate/improvement"
+DL_EXACT = "exact/surrogate_improvement"
 
 
 @contextlib.contextmanager
@@ -128,18 +135,33 @@ def _legend(ax: Axes, **kwargs: Any) -> None:
         ax.legend(**({"loc": "best"} | kwargs))
 
 
-def _log_axis(ax: Axes, which: str = "x", ticks: Any = None) -> None:
-    """Log scale; with ``ticks`` (e.g. the deltas swept, at most 8 distinct) exactly those
-    major ticks, labelled like ``0.01``, and no minor ticks."""
+def _log_axis(ax: Axes, which: str = "x", ticks: Any = None, data: Any = None) -> None:
+    """Log scale with plain labels (``0.01``).
+
+    With ``ticks`` (e.g. the deltas swept, at most 8 distinct): exactly those major ticks and
+    no minor ticks. Otherwise, when ``data`` spans less than 1.5 decades, minor ticks at 2x and
+    5x get labels too (so that a narrow axis is not left without any); else none do.
+    """
     axis = ax.xaxis if which == "x" else ax.yaxis
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
-    values = np.asarray([] if ticks is None else ticks, dtype=float)
-    ticks = sorted({float(t) for t in values if np.isfinite(t) and t > 0})
-    if 0 < len(ticks) <= 8:
-        axis.set_major_locator(FixedLocator(ticks))
-        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+
+    def positive(v: Any) -> np.ndarray:
+        a = np.asarray([] if v is None else v, dtype=float).ravel()
+        return a[np.isfinite(a) & (a > 0)]
+
+    fixed = sorted(set(positive(ticks).tolist()))
+    if 0 < len(fixed) <= 8:
+        axis.set_major_locator(FixedLocator(fixed))
+        axis.set_major_formatter(plain)
         axis.set_minor_locator(FixedLocator([]))
         axis.set_minor_formatter(NullFormatter())
+        return
+    axis.set_major_formatter(plain)
+    values = positive(data)
+    narrow = values.size > 0 and np.log10(values.max() / values.min()) < 1.5
+    axis.set_minor_locator(LogLocator(subs=(2.0, 5.0) if narrow else "auto"))
+    axis.set_minor_formatter(plain if narrow else NullFormatter())
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,32 +225,47 @@ def plot_learning_curves(
     x: str = "env_steps",
     value: str = "rollout/return_mean",
     hue: str = "algo",
+    style: str | None = "setting",
     strata: str | None = None,
     num_points: int = 50,
     reps: int = 2000,
     level: float = 0.95,
     seed: int = 0,
 ) -> Axes:
-    """Return vs environment steps: per ``hue`` level the IQM across runs (seeds) and its
-    stratified-bootstrap band (runs resampled within ``strata``, e.g. ``"env"``).
+    """Return (or ``value``) vs environment steps: per curve the IQM across runs (seeds) and
+    its stratified-bootstrap band (runs resampled within ``strata``, e.g. ``"env"``).
 
-    Draws one line and one band (``PolyCollection``) per level, in :func:`ordered_levels`.
+    One curve per ``hue`` level (coloured by :func:`palette`), split by ``style`` (the
+    algorithm's delta/beta/... ``setting``) when a level has several of them: same colour,
+    line styles ``-``, ``--``, ``:``, ``-.``, labels ``"trpo, delta=0.01"``. Draws one line and
+    one band (``PolyCollection``) per curve, in :func:`ordered_levels` order.
     """
     ax = _axes(ax)
     grid, wide = align_curves(df, x=x, value=value, num_points=num_points)
     runs = df.drop_duplicates("run_dir").set_index("run_dir")
-    levels = ordered_levels(runs.loc[runs.index.isin(wide.index)], hue) if len(wide) else []
+    runs = runs.loc[runs.index.isin(wide.index)]
+    levels = ordered_levels(runs, hue) if len(wide) else []
     colors = palette(levels, hue)
+    dashes = ["-", "--", ":", "-."]
     for lv in levels:
-        members = runs.index[(runs[hue] == lv).to_numpy()]
-        sub = wide.loc[wide.index.isin(members)]
-        labels = runs.loc[sub.index, strata] if strata else None
-        est, lo, hi = curve_band(sub, labels, reps=reps, level=level, seed=seed)
-        ax.plot(grid, est, color=colors[lv], label=str(lv))
-        ax.fill_between(grid, lo, hi, color=colors[lv], alpha=0.25, linewidth=0)
+        in_level = runs[(runs[hue] == lv).to_numpy()]
+        styles = ordered_levels(in_level, style) if style in in_level.columns else []
+        curves = [(str(lv), "-", in_level)]
+        if len(styles) > 1:
+            curves = [
+                (f"{lv}, {st}", dashes[i % len(dashes)], in_level[in_level[style] == st])
+                for i, st in enumerate(styles)
+            ]
+        for label, dash, members in curves:
+            sub = wide.loc[members.index]
+            strat = members[strata] if strata else None
+            est, lo, hi = curve_band(sub, strat, reps=reps, level=level, seed=seed)
+            ax.plot(grid, est, color=colors[lv], ls=dash, label=label)
+            ax.fill_between(grid, lo, hi, color=colors[lv], alpha=0.2, linewidth=0)
     ax.set_xlabel("environment steps")
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-    ax.set_ylabel("return (IQM)" if value == "rollout/return_mean" else f"{value} (IQM)")
+    label = {"rollout/return_mean": "return", "true/J": "J"}.get(value, value)
+    ax.set_ylabel(f"{label} (IQM)")
     _legend(ax)
     return ax
 
@@ -346,18 +383,34 @@ def plot_predicted_vs_true(
 # --------------------------------------------------------------------------------------------
 
 
+def predicted_improvement(df: pd.DataFrame, prefer_exact: bool = True) -> pd.Series:
+    """dL per update: the exact ``exact/surrogate_improvement`` where logged (tabular runs) if
+    ``prefer_exact``, else the batch estimate ``surrogate/improvement``."""
+    batch = df[DL].astype(float)
+    if not prefer_exact or DL_EXACT not in df.columns:
+        return batch
+    return df[DL_EXACT].astype(float).where(lambda s: np.isfinite(s), batch)
+
+
 def plot_surrogate_error(
-    df: pd.DataFrame, ax: Axes | None = None, *, kl: str = "kl/max", hue: str = "algo"
+    df: pd.DataFrame,
+    ax: Axes | None = None,
+    *,
+    kl: str = "kl/max",
+    hue: str = "algo",
+    prefer_exact: bool = True,
 ) -> Axes:
     """|dJ - dL| against the update's ``kl/max``, log-log, one scatter per algorithm.
 
+    dL is :func:`predicted_improvement` (exact on tabular runs unless ``prefer_exact=False``).
     References: the TRPO bound's penalty ``C * KLmax`` with the median ``bound/C`` of the data
     (when ``bound/C`` was logged: tabular runs), and a slope-1 line through the data's
     geometric mean (error = O(KL) for a smooth policy class). Non-positive values are dropped.
     """
     ax = _axes(ax)
-    d = _finite(df, [DJ, DL, kl]).copy()
-    d["err"] = (d[DJ] - d[DL]).abs()
+    d = df.assign(_dl=predicted_improvement(df, prefer_exact))
+    d = _finite(d, [DJ, "_dl", kl]).copy()
+    d["err"] = (d[DJ] - d["_dl"]).abs()
     d = d[(d["err"] > 0) & (d[kl] > 0)]
     levels = ordered_levels(d, hue)
     colors = palette(levels, hue)
@@ -373,8 +426,8 @@ def plot_surrogate_error(
         gm_k = float(np.exp(np.log(d[kl]).mean()))
         gm_e = float(np.exp(np.log(d["err"]).mean()))
         ax.plot(ks, gm_e * ks / gm_k, ls=":", color="0.4", lw=1, label="slope 1")
-    _log_axis(ax, "x")
-    _log_axis(ax, "y")
+    _log_axis(ax, "x", data=d[kl])
+    _log_axis(ax, "y", data=np.r_[d["err"].to_numpy(), ax.get_ylim()])
     ax.set_xlabel("KL max")
     ax.set_ylabel("|dJ − dL|")
     _legend(ax)
@@ -435,7 +488,7 @@ def plot_improvement_vs_delta(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
         gm_y = float(np.exp(np.log(pts["y"]).mean()))
         ax.plot(ds, gm_y * np.sqrt(ds / gm_d), ls=":", color="0.4", lw=1, label="slope 1/2")
     _log_axis(ax, "x", pts["delta"])
-    _log_axis(ax, "y")
+    _log_axis(ax, "y", data=pts["y"])
     ax.set_xlabel("target KL δ")
     ax.set_ylabel("predicted dL (median per run)")
     _legend(ax)
@@ -462,7 +515,7 @@ def plot_trust_region_metric(
         ds = np.sort(pts["delta"].unique())
         ax.plot(ds, ds, ls="--", color="0.3", lw=0.8, label="y = δ")
         if (pts["y"] > 0).all():
-            _log_axis(ax, "y")
+            _log_axis(ax, "y", data=np.r_[pts["y"].to_numpy(), ds])
     _log_axis(ax, "x", pts["delta"])
     ax.set_xlabel("target KL δ")
     ax.set_ylabel(metric)
@@ -516,10 +569,11 @@ def plot_monotonic(
     return ax
 
 
-def bound_vacuity(df: pd.DataFrame) -> pd.Series:
+def bound_vacuity(df: pd.DataFrame, prefer_exact: bool = True) -> pd.Series:
     """Per update: ``(dL - bound/trpo) / dL`` = C·KLmax / dL (>= 1: the bound guarantees no
-    improvement). NaN where dL <= 0 or a value is missing."""
-    dl = df[DL].to_numpy(dtype=float)
+    improvement), dL from :func:`predicted_improvement` (the exact dL the bound is built on,
+    where logged). NaN where dL <= 0 or a value is missing."""
+    dl = predicted_improvement(df, prefer_exact).to_numpy(dtype=float)
     bound = df["bound/trpo"].to_numpy(dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         v = np.where(dl > 0, (dl - bound) / dl, np.nan)
@@ -549,7 +603,7 @@ def plot_bound_vacuity(
     )
     _log_axis(ax, "x", pts[x])
     if len(pts):
-        _log_axis(ax, "y")
+        _log_axis(ax, "y", data=np.r_[pts["y"].to_numpy(), 1.0])
     ax.set_xlabel("target KL δ" if x == "delta" else x)
     ax.set_ylabel("C·KLmax / dL")
     _legend(ax, loc="lower right")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import ALGO_ORDER, RUN_COLUMNS
-from analysis.stats import final_per_run, stratified_bootstrap_ci
+from analysis.stats import final_per_run, iqm, stratified_bootstrap_ci
 
 #: Columns that define a row of the summary table.
 SUMMARY_KEYS: tuple[str, ...] = ("algo", "env", "setting", "gamma", "gae_lambda")
@@ -26,6 +26,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "final_return_iqm",
     "final_return_ci_low",
     "final_return_ci_high",
+    "final_J_iqm",
     "kl_mean",
     "dj_dl_median",
     "frac_improving",
@@ -66,7 +67,8 @@ def summary_table(
 ) -> pd.DataFrame:
     """One row per :data:`SUMMARY_KEYS` (algo, env, setting, gamma, gae_lambda).
 
-    Columns: final-return IQM over runs with its bootstrap CI, mean ``kl/mean`` over all
+    Columns: final-return IQM over runs with its bootstrap CI, final ``true/J`` IQM (J before
+    the last updates: exact on tabular envs, Monte Carlo elsewhere), mean ``kl/mean`` over all
     updates, median per-update dJ/dL (updates with dL != 0), fraction of updates with dJ > 0,
     and counts of runs / failed runs / incomplete-or-interrupted runs / updates.
 
@@ -76,10 +78,13 @@ def summary_table(
     """
     if index is None:
         index = long.drop_duplicates("run_dir")[[c for c in RUN_COLUMNS if c in long.columns]]
-    finals = (
-        final_per_run(long, value=value, frac=frac).set_index("run_dir")["final"]
-        if len(long)
-        else pd.Series(dtype=float)
+    finals, final_j = (
+        (
+            final_per_run(long, value=col, frac=frac).set_index("run_dir")["final"]
+            if len(long)
+            else pd.Series(dtype=float)
+        )
+        for col in (value, "true/J")
     )
     by_run = dict(tuple(long.groupby("run_dir", sort=False))) if len(long) else {}
     rows: list[dict[str, Any]] = []
@@ -100,6 +105,7 @@ def summary_table(
                 "final_return_iqm": ci.estimate,
                 "final_return_ci_low": ci.low,
                 "final_return_ci_high": ci.high,
+                "final_J_iqm": iqm(final_j.reindex(run_dirs)),
                 "kl_mean": _nanmean(rows_["kl/mean"]) if len(rows_) else math.nan,
                 "dj_dl_median": _ratio_median(rows_) if len(rows_) else math.nan,
                 "frac_improving": _frac_improving(rows_) if len(rows_) else math.nan,

@@ -525,6 +525,18 @@ def test_learning_curves_iqm_and_band(tmp_path: Path) -> None:
     assert band[:, 1].min() == pytest.approx(1.0) and band[:, 1].max() == pytest.approx(20.0)
 
 
+def test_learning_curves_split_by_setting(full_long: pd.DataFrame) -> None:
+    ax = plots.plot_learning_curves(full_long, num_points=5, reps=50)
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert list(lines) == ["trpo, delta=0.01", "trpo, delta=0.04", "npg", "vpg", "kl_penalty"]
+    a, b = lines["trpo, delta=0.01"], lines["trpo, delta=0.04"]
+    assert a.get_color() == b.get_color() == plots.ALGO_COLORS["trpo"]
+    assert (a.get_linestyle(), b.get_linestyle()) == ("-", "--")
+    assert len(ax.collections) == 5
+    ax = plots.plot_learning_curves(full_long, ax=plt.subplots()[1], style=None, reps=50)
+    assert [ln.get_label() for ln in ax.get_lines()] == ["trpo", "npg", "vpg", "kl_penalty"]
+
+
 def test_predicted_vs_true_panels_and_stats(full_long: pd.DataFrame) -> None:
     fig = plots.plot_predicted_vs_true(full_long, reps=200)
     visible = {ax.get_title(): ax for ax in fig.axes if ax.get_visible() and ax.get_title()}
@@ -563,6 +575,15 @@ def test_surrogate_error_and_bound_curve(full_long: pd.DataFrame) -> None:
     slope = np.diff(np.log(ref.get_ydata())) / np.diff(np.log(ref.get_xdata()))
     np.testing.assert_allclose(slope, 1.0)
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    # on tabular runs the exact dL is used when logged
+    shifted = full_long.assign(
+        **{"exact/surrogate_improvement": full_long["true/improvement"] + 1e-3}
+    )
+    ax = plots.plot_surrogate_error(shifted, ax=plt.subplots()[1])
+    trpo = ax.collections[0]
+    np.testing.assert_allclose(trpo.get_offsets()[:, 1], 1e-3)
+    ax = plots.plot_surrogate_error(shifted, ax=plt.subplots()[1], prefer_exact=False)
+    assert ax.collections[0].get_offsets()[:, 1].max() > 1e-2
 
 
 def test_improvement_vs_delta(full_long: pd.DataFrame) -> None:

@@ -73,6 +73,12 @@ def run_job(cfg: DictConfig) -> str:
         write_summary(run_dir, {"status": "failed", "error": message})
         print(f"trpo-lab: job {hc.job.num} refused: {message}", file=sys.stderr)
         return "failed"
+    except Exception as error:  # noqa: BLE001  (recorded, then handled like a failed run)
+        write_summary(run_dir, {"status": "failed", "error": f"{type(error).__name__}: {error}"})
+        if not multirun:
+            raise
+        traceback.print_exc()
+        return "failed"
     _State.task_started = True
     stop = StopSignal()
     stop.install()

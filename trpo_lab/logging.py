@@ -117,6 +117,7 @@ class WandbRun:
                 raise
             warnings.warn(f"W&B online init failed ({error}); logging offline instead",
                           stacklevel=2)
+            wandb.teardown()  # the failed online attempt still holds the run id
             os.environ["WANDB_MODE"] = self.mode = "offline"
             self.run = wandb.init(settings=self._settings("offline"), **kwargs)
         self.run.define_metric("env_steps")
@@ -124,7 +125,8 @@ class WandbRun:
         self.pairs: list[list[float]] = []
 
     def _settings(self, mode: str):
-        return self.wandb.Settings(mode=mode, console="off", silent=True, init_timeout=60,
+        timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", 60))
+        return self.wandb.Settings(mode=mode, console="off", silent=True, init_timeout=timeout,
                                    x_disable_stats=True, x_disable_machine_info=True)
 
     def log(self, row: dict[str, Any]) -> None:
