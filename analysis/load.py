@@ -32,6 +32,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from trpo_lab.app import sweep_group
+
 #: Metric columns of ``metrics.csv`` in their contract order (DESIGN.md). Later versions may
 #: append more columns; those are kept after these.
 METRIC_COLUMNS: tuple[str, ...] = (
@@ -403,14 +405,6 @@ def find_sweep_dir(run_dir: Path) -> Path | None:
     return None
 
 
-def sweep_group(sweep_dir: Path, config_name: str | None = None) -> str:
-    """The W&B group trpo-lab gives a multirun sweep's jobs when ``logger.group`` is unset:
-    ``<config name, or "sweep" for the default config>-<last two parts of the sweep dir joined
-    by "_">``, e.g. ``sweep-2026-01-01_10-00-00`` (mirrors ``trpo_lab.app``)."""
-    name = config_name if config_name not in (None, "config") else "sweep"
-    return f"{name}-{'_'.join(sweep_dir.parts[-2:])}"
-
-
 def _read_yaml(path: Path, resolve: bool) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -449,6 +443,8 @@ def read_run(run_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], pd.DataFr
     sweep = find_sweep_dir(path)
     row: dict[str, Any] = {"run_dir": str(path), "sweep_dir": None if sweep is None else str(sweep)}
     row |= config_columns(cfg, hydra)
+    if row["group"] is None and summary is not None:
+        row["group"] = summary.get("group")
     if row["group"] is None and sweep is not None:
         row["group"] = sweep_group(sweep, get_key(hydra, "hydra.job.config_name"))
     row |= summary_columns(summary, summary_error)

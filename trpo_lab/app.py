@@ -33,15 +33,38 @@ def _refuse(message: str) -> None:
     sys.exit(2)
 
 
+def sweep_group(sweep_dir: Path, config_name: str | None) -> str:
+    """The W&B group of a sweep's jobs: the sweep's name and its start time.
+
+    Named sweeps write to ``multirun/NAME-DATE_TIME``; the default layout is
+    ``multirun/DATE/TIME`` (group ``sweep-DATE_TIME``).
+    """
+    name = config_name if config_name not in (None, "config") else "sweep"
+    if sweep_dir.name.startswith(name + "-"):
+        return sweep_dir.name
+    return f"{name}-{'_'.join(sweep_dir.parts[-2:])}"
+
+
+def _swept_keys(hc) -> set[str]:
+    """Keys that the sweep varies: its sweeper params and the command line's sweep overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = {k.lstrip("+~") for k in (hc.sweeper.get("params") or {})}
+    try:
+        sweep_overrides = OmegaConf.load(Path(hc.sweep.dir) / "multirun.yaml").hydra.overrides.task
+        parsed = OverridesParser.create().parse_overrides(list(sweep_overrides))
+    except (OSError, OmegaConfBaseException, hydra.errors.HydraException):
+        return keys
+    return keys | {o.key_or_group for o in parsed if o.is_sweep_override()}
+
+
 def _sweep_identity(hc) -> tuple[str | None, list[str]]:
-    """W&B group (sweep name + start time) and one tag per swept override."""
+    """W&B group and one tag per swept value (multirun only)."""
     if hc.mode != RunMode.MULTIRUN:
         return None, []
-    sweep_dir = Path(hc.sweep.dir)
-    name = hc.job.config_name if hc.job.config_name != "config" else "sweep"
-    group = f"{name}-{'_'.join(sweep_dir.parts[-2:])}"
-    tags = [o[:64] for o in hc.overrides.task]
-    return group, tags
+    swept = _swept_keys(hc)
+    tags = [o[:64] for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
+    return sweep_group(Path(hc.sweep.dir), hc.job.config_name), tags
 
 
 def run_job(cfg: DictConfig) -> str:

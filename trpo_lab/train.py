@@ -143,7 +143,8 @@ class Trainer:
         self.env_steps = 0
         self.bad_updates = 0
         self.wall_before = 0.0
-        self.run_id = os.urandom(4).hex()
+        # a W&B sweep agent chooses the run id; otherwise a fresh one, kept across resumes
+        self.run_id = os.environ.get("WANDB_RUN_ID") or os.urandom(4).hex()
         self.last_returns: list[float] = []
         self.last_true_J = math.nan
         summary = read_summary(run_dir)
@@ -153,12 +154,13 @@ class Trainer:
             self._load(load_checkpoint(run_dir / CHECKPOINT))
         self.metrics = MetricsCSV(run_dir / METRICS,
                                   keep_through=self.iteration - 1 if self.resumed else None)
+        self.group = group or cfg.logger.group
         self.wandb: WandbRun | None = None
         if cfg.logger.name != "none" and resolve_wandb_mode(cfg.logger.mode) != "disabled":
             label = algo_label(cfg.algo)
             self.wandb = WandbRun(
                 mode=resolve_wandb_mode(cfg.logger.mode), project=cfg.logger.project,
-                entity=cfg.logger.entity, group=group or cfg.logger.group, job_type=label,
+                entity=cfg.logger.entity, group=self.group, job_type=label,
                 tags=[*cfg.logger.tags, *(tags or [])],
                 name=f"{label}-{cfg.env.name}-seed{cfg.seed}-{run_dir.name}",
                 config=wandb_config or {}, run_dir=run_dir, run_id=self.run_id)
@@ -278,6 +280,7 @@ class Trainer:
             "final_true_J": None if math.isnan(self.last_true_J) else self.last_true_J,
             "wall_s": self.wall_before + self._elapsed(), "wandb_run_id": self.run_id,
             "algo": algo_label(self.cfg.algo), "env": self.cfg.env.name, "seed": self.cfg.seed,
+            "group": self.group,
         }
 
     def run(self, stop: StopSignal | None = None,

@@ -1,0 +1,360 @@
+"""Learning-quality benchmark: real ``trpo-lab`` runs per env, algorithm and seed; one table.
+
+    python benchmarks/bench_learning.py [--envs cartpole pendulum] \
+        [--algos trpo npg vpg kl_penalty ppo] [--seeds 3] [--jobs 2] [--out DIR]
+
+Every run is a subprocess ``python -m trpo_lab ... logger=none progress=false eval.episodes=0
+hydra.run.dir=DIR/runs/<env>-<algo>-<hash>/seed<k>``, at most ``--jobs`` at a time (one torch
+thread each). The hash covers the overrides, so a rerun with the same settings and --out reuses
+completed runs (trpo-lab skips them) and changed settings get fresh directories.
+
+From each run's ``metrics.csv`` (``rollout/return_mean`` = mean undiscounted return of the
+training episodes that ended in that update's batch) and ``summary.json``:
+
+- final return: mean of ``rollout/return_mean`` over the updates in the last 5 % of env steps;
+- steps to threshold: the first ``env_steps`` at which the mean of ``rollout/return_mean`` over
+  the trailing 10k env steps reaches the env's threshold ("-" if never);
+- wall s: the training loop's wall time from ``summary.json`` (imports and start-up excluded).
+
+Settings are per env (the same for every algorithm, so the comparison is fair) plus per-algorithm
+knobs (learning rates, clip, beta, damping); all are printed with the table. Only the goals
+below are tuned for; the other algorithms are reported as they are, as baselines.
+The table goes to stdout and ``DIR/learning.md``; one row per run goes to ``DIR/learning.csv``.
+Sanity warnings (NaNs, TRPO's accepted steps above delta, no improvement) follow the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+FINAL_FRACTION = 0.05  # final return = mean over the last 5 % of env steps
+WINDOW_STEPS = 10_000  # trailing window for steps-to-threshold
+KL_TOLERANCE = 1e-6  # relative slack on TRPO's kl/mean <= delta check
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """Settings shared by every algorithm on one env, and the return threshold."""
+
+    overrides: tuple[str, ...]
+    threshold: float
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A pass/fail criterion on the per-seed final returns."""
+
+    rule: str  # "all": every seed >= threshold; "median": median over seeds >= threshold
+    threshold: float
+
+    def text(self) -> str:
+        who = "every seed" if self.rule == "all" else "median"
+        return f"{who} >= {self.threshold:g}"
+
+    def met(self, finals: Sequence[float]) -> bool:
+        if not finals or any(math.isnan(x) for x in finals):
+            return False
+        value = min(finals) if self.rule == "all" else statistics.median(finals)
+        return value >= self.threshold
+
+
+ENVS: dict[str, EnvSpec] = {
+    "cartpole": EnvSpec(
+        overrides=("env=cartpole", "total_steps=100000", "num_envs=2", "batch_steps=1024",
+                   "gamma=0.99", "gae_lambda=0.98", "critic.lr=0.001", "critic.epochs=20",
+                   "critic.minibatches=2"),
+        threshold=475.0),
+    "pendulum": EnvSpec(
+        overrides=("env=pendulum", "total_steps=200000", "num_envs=2", "batch_steps=2048",
+                   "gamma=0.9", "gae_lambda=0.95", "critic.lr=0.001", "critic.epochs=20",
+                   "critic.minibatches=4"),
+        threshold=-250.0),
+}
+
+ALGOS: dict[str, tuple[str, ...]] = {
+    "trpo": ("algo=trpo",),
+    "npg": ("algo=trpo", "algo.line_search=false"),
+    "vpg": ("algo=vpg",),
+    "kl_penalty": ("algo=kl_penalty",),
+    "ppo": ("algo=ppo",),
+}
+
+# Algorithm-specific knobs per env (learning rates, damping, ...), on top of ALGOS.
+ALGO_KNOBS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("cartpole", "trpo"): ("algo.cg_damping=0.001",),
+    ("cartpole", "npg"): ("algo.cg_damping=0.001",),
+    ("pendulum", "trpo"): ("algo.cg_damping=0.001",),
+    ("pendulum", "npg"): ("algo.cg_damping=0.001",),
+}
+
+GOALS: dict[tuple[str, str], Goal] = {
+    ("cartpole", "trpo"): Goal("all", 475.0),
+    ("cartpole", "ppo"): Goal("all", 475.0),
+    ("pendulum", "trpo"): Goal("median", -250.0),
+}
+
+
+@dataclass
+class RunResult:
+    env: str
+    algo: str
+    seed: int
+    run_dir: Path
+    overrides: list[str]
+    status: str = "failed"
+    returncode: int | None = None
+    env_steps: int = 0
+    final_return: float = math.nan
+    first_return: float = math.nan
+    steps_to_threshold: int | None = None
+    wall_s: float = math.nan
+    warnings: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------- settings
+def run_overrides(env: str, algo: str, extra: Sequence[str]) -> list[str]:
+    """Everything a run of (env, algo) gets except its seed and run directory."""
+    return [*ENVS[env].overrides, *ALGOS[algo], *ALGO_KNOBS.get((env, algo), ()), *extra]
+
+
+def algo_settings(env: str, algo: str) -> str:
+    return " ".join([*ALGOS[algo], *ALGO_KNOBS.get((env, algo), ())])
+
+
+def settings_hash(overrides: Sequence[str]) -> str:
+    return hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:8]
+
+
+def command(overrides: Sequence[str], seed: int, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "trpo_lab", *overrides, f"seed={seed}", "logger=none",
+            "progress=false", "eval.episodes=0", f"hydra.run.dir={run_dir}"]
+
+
+# ------------------------------------------------------------------------- metrics
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """metrics.csv as rows of floats; empty cells become NaN."""
+    with path.open(newline="") as handle:
+        return [{key: float(value) if value not in ("", None) else math.nan
+                 for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def finite_mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.fmean(finite) if finite else math.nan
+
+
+def final_return(rows: Sequence[dict[str, float]]) -> float:
+    """Mean of rollout/return_mean over the updates in the last FINAL_FRACTION of env steps."""
+    if not rows:
+        return math.nan
+    last = rows[-1]["env_steps"]
+    tail = [r for r in rows if r["env_steps"] > last * (1.0 - FINAL_FRACTION)] or [rows[-1]]
+    return finite_mean([r["rollout/return_mean"] for r in tail])
+
+
+def steps_to_threshold(rows: Sequence[dict[str, float]], threshold: float) -> int | None:
+    """First env_steps (>= WINDOW_STEPS) whose trailing WINDOW_STEPS mean return >= threshold."""
+    for row in rows:
+        now = row["env_steps"]
+        if now < WINDOW_STEPS:
+            continue
+        window = [r["rollout/return_mean"] for r in rows
+                  if now - WINDOW_STEPS < r["env_steps"] <= now]
+        if finite_mean(window) >= threshold:
+            return int(now)
+    return None
+
+
+def sanity_warnings(algo: str, rows: Sequence[dict[str, float]], run_dir: Path) -> list[str]:
+    """Things that would be bugs: NaNs, TRPO steps accepted above delta, no learning at all."""
+    warnings = []
+    for key in ("kl/mean", "policy/entropy", "value/loss"):
+        bad = sum(1 for r in rows if not math.isfinite(r.get(key, math.nan)))
+        if bad:
+            warnings.append(f"{key} non-finite in {bad} updates")
+    guarded = sum(1 for r in rows if r.get("guard/nonfinite", 0.0) > 0)
+    if guarded:
+        warnings.append(f"{guarded} updates rejected as non-finite")
+    if algo == "trpo":
+        delta = OmegaConf.load(run_dir / ".hydra" / "config.yaml").algo.delta
+        over = [r["kl/mean"] for r in rows
+                if r.get("trpo/accepted") == 1.0 and r["kl/mean"] > delta * (1 + KL_TOLERANCE)]
+        if over:
+            warnings.append(f"kl/mean > delta={delta:g} in {len(over)} accepted updates "
+                            f"(max {max(over):.4g})")
+    returns = [r["rollout/return_mean"] for r in rows if math.isfinite(r["rollout/return_mean"])]
+    if len(returns) >= 2 and final_return(rows) <= returns[0]:
+        warnings.append(f"no improvement: first return {returns[0]:.1f}, "
+                        f"final {final_return(rows):.1f}")
+    return warnings
+
+
+# ------------------------------------------------------------------------- running
+def execute(result: RunResult, threshold: float) -> RunResult:
+    """Run (or reuse) one trpo-lab run and fill in its figures."""
+    result.run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    with (result.run_dir / "bench.log").open("w") as log:
+        proc = subprocess.run(command(result.overrides, result.seed, result.run_dir),
+                              stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+    result.returncode = proc.returncode
+    try:
+        summary = json.loads((result.run_dir / "summary.json").read_text())
+        rows = read_metrics(result.run_dir / "metrics.csv")
+    except (OSError, ValueError) as error:
+        result.warnings.append(f"unreadable results: {error}")
+        return result
+    result.status = summary.get("status", "failed")
+    result.wall_s = float(summary.get("wall_s") or math.nan)
+    if not rows:
+        result.warnings.append("metrics.csv has no rows")
+        return result
+    result.env_steps = int(rows[-1]["env_steps"])
+    result.final_return = final_return(rows)
+    result.first_return = rows[0]["rollout/return_mean"]
+    result.steps_to_threshold = steps_to_threshold(rows, threshold)
+    result.warnings += sanity_warnings(result.algo, rows, result.run_dir)
+    if result.status != "completed" or proc.returncode != 0:
+        result.warnings.append(f"status {result.status}, exit code {proc.returncode}")
+    return result
+
+
+def plan(envs: Sequence[str], algos: Sequence[str], seeds: int, extra: Sequence[str],
+         out: Path) -> list[RunResult]:
+    runs = []
+    for env in envs:
+        for algo in algos:
+            overrides = run_overrides(env, algo, extra)
+            base = out / "runs" / f"{env}-{algo}-{settings_hash(overrides)}"
+            runs += [RunResult(env, algo, seed, base / f"seed{seed}", overrides)
+                     for seed in range(seeds)]
+    return runs
+
+
+def run_all(runs: list[RunResult], jobs: int,
+            report: Callable[[int, RunResult], None]) -> list[RunResult]:
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(execute, run, ENVS[run.env].threshold) for run in runs]
+        for done, future in enumerate(as_completed(futures), start=1):
+            report(done, future.result())
+    return runs
+
+
+# ------------------------------------------------------------------------- reporting
+def fmt(value: float, digits: int = 1) -> str:
+    return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def fmt_steps(steps: int | None) -> str:
+    return "-" if steps is None else f"{steps / 1000:.0f}k"
+
+
+def table(runs: Sequence[RunResult], extra: Sequence[str]) -> str:
+    """The markdown report: per-env settings, then one row per (env, algo)."""
+    envs = list(dict.fromkeys(r.env for r in runs))
+    lines = [f"Learning benchmark: final return = mean rollout/return_mean over the last "
+             f"{FINAL_FRACTION:.0%} of env steps; steps to threshold = first env_steps whose "
+             f"trailing {WINDOW_STEPS // 1000}k-step mean return >= threshold; wall = training "
+             f"loop seconds (median). {os.cpu_count()} CPUs.", ""]
+    for env in envs:
+        lines.append(f"- {env} (all algorithms, threshold {ENVS[env].threshold:g}): "
+                     f"`{' '.join([*ENVS[env].overrides, *extra])}`")
+    lines += ["", "| env | algo | algo settings | final return per seed | median | "
+              "steps to threshold per seed | wall s | goal | pass |",
+              "| --- | --- | --- | --- | ---: | --- | ---: | --- | --- |"]
+    for env in envs:
+        for algo in dict.fromkeys(r.algo for r in runs if r.env == env):
+            group = sorted((r for r in runs if r.env == env and r.algo == algo),
+                           key=lambda r: r.seed)
+            finals = [r.final_return for r in group]
+            goal = GOALS.get((env, algo))
+            verdict = "-" if goal is None else ("pass" if goal.met(finals) else "FAIL")
+            median = statistics.median(finals) if finals else math.nan
+            walls = [r.wall_s for r in group if math.isfinite(r.wall_s)]
+            lines.append(
+                f"| {env} | {algo} | `{algo_settings(env, algo)}` | "
+                f"{', '.join(fmt(x) for x in finals)} | {fmt(median)} | "
+                f"{', '.join(fmt_steps(r.steps_to_threshold) for r in group)} | "
+                f"{fmt(statistics.median(walls) if walls else math.nan)} | "
+                f"{goal.text() if goal else 'reported'} | {verdict} |")
+    warned = [r for r in runs if r.warnings]
+    if warned:
+        lines += ["", "Warnings:"]
+        lines += [f"- {r.env} {r.algo} seed {r.seed}: {'; '.join(r.warnings)} ({r.run_dir})"
+                  for r in warned]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(runs: Sequence[RunResult], path: Path) -> None:
+    columns = ["env", "algo", "seed", "status", "returncode", "env_steps", "final_return",
+               "first_return", "steps_to_threshold", "wall_s", "overrides", "run_dir",
+               "warnings"]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for r in runs:
+            writer.writerow([r.env, r.algo, r.seed, r.status, r.returncode, r.env_steps,
+                             r.final_return, r.first_return,
+                             "" if r.steps_to_threshold is None else r.steps_to_threshold,
+                             r.wall_s, " ".join(r.overrides), str(r.run_dir),
+                             "; ".join(r.warnings)])
+
+
+def progress_line(total: int) -> Callable[[int, RunResult], None]:
+    def report(done: int, r: RunResult) -> None:
+        print(f"[{done}/{total}] {r.env} {r.algo} seed {r.seed}: {r.status}, final return "
+              f"{fmt(r.final_return)}, {fmt(r.wall_s)} s", file=sys.stderr, flush=True)
+
+    return report
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", nargs="+", choices=list(ENVS), default=list(ENVS))
+    parser.add_argument("--algos", nargs="+", choices=list(ALGOS), default=list(ALGOS))
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench_learning"))
+    parser.add_argument("--extra", nargs="*", default=[], metavar="OVERRIDE",
+                        help="extra trpo-lab overrides for every run (e.g. for tuning)")
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.jobs < 1:
+        parser.error("--seeds and --jobs must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = args.out.absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    runs = plan(args.envs, args.algos, args.seeds, args.extra, out)
+    start = time.perf_counter()
+    run_all(runs, args.jobs, progress_line(len(runs)))
+    elapsed = time.perf_counter() - start
+    report = table(runs, args.extra)
+    print(report)
+    print(f"{len(runs)} runs, {args.jobs} at a time: {elapsed:.0f} s wall", file=sys.stderr)
+    (out / "learning.md").write_text(report)
+    write_csv(runs, out / "learning.csv")
+    failed = [r for r in runs if r.status != "completed"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

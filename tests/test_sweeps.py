@@ -1,0 +1,187 @@
+"""Hydra launchers, named sweeps, failure isolation, re-runs, W&B groups and W&B sweeps."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from tests.conftest import read_metrics, read_summary, run_cli, wandb_records
+from trpo_lab.app import CONF_DIR
+from trpo_lab.config import register_configs
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEPS = ROOT / "sweeps"
+TINY = ["total_steps=256", "batch_steps=128", "critic.epochs=1", "eval.episodes=2"]
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted((p.parent for p in sweep_dir.glob("*/.hydra")), key=lambda p: int(p.name))
+
+
+def wandb_run_record(run_dir: Path) -> dict:
+    return next(r["run"] for r in wandb_records(run_dir) if r["type"] == "run")
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_launcher_sweep_gives_one_complete_run_and_wandb_run_per_job(launcher, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=5"]
+    result = run_cli(["-m", "algo=trpo,vpg", *TINY, f"hydra/launcher={launcher}", *extra,
+                      f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 completed" in result.stdout
+    jobs = job_dirs(sweep_dir)
+    assert len(jobs) == 2
+    overrides = [yaml.safe_load((j / ".hydra" / "overrides.yaml").read_text()) for j in jobs]
+    assert sorted(o[0] for o in overrides) == ["algo=trpo", "algo=vpg"]
+    assert overrides[0][1:] == overrides[1][1:] == TINY
+    groups = set()
+    for job in jobs:
+        assert read_summary(job)["status"] == "completed"
+        assert len(read_metrics(job)) == 2
+        run = wandb_run_record(job)
+        algo = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["algo"]["name"]
+        assert run["job_type"] == algo
+        assert run["tags"] == [f"algo={algo}"]  # the swept value only
+        groups.add(run["run_group"])
+    assert len(groups) == 1
+    assert groups.pop().startswith("sweep-")
+
+
+def test_a_failing_job_is_isolated_and_the_exit_code_says_so(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(["-m", "algo.delta=0.01,-1", *TINY, "logger=none",
+                      f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert "1 completed, 1 failed" in result.stdout
+    good, bad = job_dirs(sweep_dir)
+    assert read_summary(good)["status"] == "completed"
+    failed = read_summary(bad)
+    assert failed["status"] == "failed" and "algo.delta" in failed["error"]
+
+
+def test_rerunning_a_finished_sweep_does_no_training(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "seed=0,1", *TINY, "logger=none", f"hydra.sweep.dir={sweep_dir}"]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    before = {j: (j / "metrics.csv").read_bytes() for j in job_dirs(sweep_dir)}
+    mtimes = {j: (j / "metrics.csv").stat().st_mtime_ns for j in before}
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0
+    assert again.stdout.count("already completed") == 2
+    for job, content in before.items():
+        assert (job / "metrics.csv").read_bytes() == content
+        assert (job / "metrics.csv").stat().st_mtime_ns == mtimes[job]
+
+
+def test_rerunning_resumes_an_interrupted_job_from_its_checkpoint(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "seed=0,1", "total_steps=512", "batch_steps=128", "checkpoint.every=1",
+            "eval.episodes=0", "logger=none", f"hydra.sweep.dir={sweep_dir}"]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    job = job_dirs(sweep_dir)[1]
+    complete = read_metrics(job)
+    # simulate a preempted job: summary says interrupted after 2 of 4 updates
+    import torch
+
+    from trpo_lab.train import CHECKPOINT
+
+    reference = tmp_path / "reference"
+    assert run_cli(["seed=1", "total_steps=256", "batch_steps=128", "checkpoint.every=1",
+                    "eval.episodes=0", "logger=none", f"hydra.run.dir={reference}"],
+                   cwd=tmp_path).returncode == 0
+    (job / CHECKPOINT).write_bytes((reference / CHECKPOINT).read_bytes())
+    (job / "metrics.csv").write_text((reference / "metrics.csv").read_text())
+    summary = read_summary(job) | {"status": "interrupted", "iterations": 2}
+    (job / "summary.json").write_text(json.dumps(summary))
+    assert torch.load(job / CHECKPOINT, weights_only=False)["iteration"] == 2
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0
+    resumed = read_metrics(job)
+    assert resumed["iteration"].tolist() == [0, 1, 2, 3]
+    timeless = ["time/wall_s", "time/sps"]
+    assert resumed.drop(columns=timeless).equals(complete.drop(columns=timeless))
+
+
+QUICK_JOBS = {"delta": 2 * 6 * 2, "baselines": 5 * 3 * 2, "gae": 4 * 6 * 2, "penalty": 5 * 2 * 2}
+
+
+@pytest.mark.parametrize("name", sorted(QUICK_JOBS))
+def test_named_sweep_quick_variant_runs_every_job(name, tmp_path):
+    sweep_dir = tmp_path / name
+    result = run_cli(["--config-dir", str(SWEEPS), "--config-name", name, "+scale=quick",
+                      "logger=none", f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = job_dirs(sweep_dir)
+    assert len(jobs) == QUICK_JOBS[name]
+    assert f"{QUICK_JOBS[name]} completed" in result.stdout
+    overrides = {tuple(yaml.safe_load((j / ".hydra" / "overrides.yaml").read_text()))
+                 for j in jobs}
+    assert len(overrides) == len(jobs)  # distinct
+    for job in jobs:
+        metrics = read_metrics(job)
+        assert len(metrics) == 4 and metrics["kl/mean"].notna().all()
+
+
+def test_named_sweeps_compose_with_their_documented_grids(tmp_path):
+    result = run_cli(["--config-dir", str(SWEEPS), "--config-name", "delta", "--cfg", "hydra"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    hydra_cfg = yaml.safe_load(result.stdout)["hydra"]
+    params = hydra_cfg["sweeper"]["params"]
+    assert params["algo.delta"] == "0.001,0.003,0.01,0.03,0.1,0.3"
+    assert params["seed"] == "range(5)"
+    assert params["+setting"] == "garnet_exact,cartpole"
+    assert hydra_cfg["launcher"]["_target_"].endswith("JoblibLauncher")
+    assert hydra_cfg["launcher"]["n_jobs"] == 2
+    assert hydra_cfg["mode"] == "MULTIRUN"
+
+
+def test_slurm_launcher_config_composes():
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm",
+                                                       "hydra.launcher.partition=cpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.cpus_per_task, launcher.array_parallelism) == (
+        "cpu", 1, 256)
+    assert launcher.max_num_timeout == 3
+
+
+@pytest.mark.parametrize("spec", sorted((SWEEPS / "wandb").glob("*.yaml")))
+def test_wandb_sweep_commands_built_by_wandb_are_accepted_by_the_app(spec, tmp_path):
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    config = yaml.safe_load(spec.read_text())
+    grid = {k: v["values"] if "values" in v else [v["value"]]
+            for k, v in config["parameters"].items()}
+    point = dict(zip(grid, next(itertools.product(*grid.values()))))
+    args = create_sweep_command_args({"args": {k: {"value": v} for k, v in point.items()}})
+    # the macros wandb's agent adds before substituting (wandb_agent.Agent._command_run)
+    args |= {"env": ["/usr/bin/env"], "interpreter": ["python"], "program": [config["program"]]}
+    command = []
+    for chunk in create_sweep_command(list(config["command"])):
+        if str(chunk).startswith("${") and str(chunk).endswith("}"):
+            command += args[chunk[2:-1]]
+        else:
+            command.append(str(chunk))
+    assert command[:4] == ["/usr/bin/env", "python", "-m", "trpo_lab"]
+    run_dir = tmp_path / "run"
+    result = run_cli([*command[4:], *TINY, "logger=none", f"hydra.run.dir={run_dir}"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    for key, value in point.items():
+        node = saved
+        for part in key.split("."):
+            node = node[part]
+        assert (node["name"] if isinstance(node, dict) else node) == value  # group or value
