@@ -254,7 +254,8 @@ class Config:
     resume: bool = param(False, no_check,
                          "Resume from checkpoint.pt in the run directory (also automatic when "
                          "the run directory holds an unfinished run).")
-    device: str = param("cpu", one_of("cpu", "cuda"), "Torch device for updates.")
+    device: str = param("cpu", one_of("cpu"),
+                        "Torch device. Only cpu: 64x64 policies update fastest on the CPU.")
     torch_threads: int = param(1, interval(0, 256, integer=True),
                                "torch.set_num_threads; 1 is fastest for small nets, 0 = default.")
     progress: bool = param(True, no_check, "Progress bar (only shown on a terminal).")

@@ -108,56 +108,79 @@ class Collector:
         return x
 
     def collect(self, actor: NumpyActor) -> RolloutData:
+        """Step every env ``steps`` times with ``actor``; autoreset in the same step.
+
+        The sub-environments of the vector env are stepped directly with SyncVectorEnv's
+        same-step autoreset semantics (an ended episode's last observation is kept for the
+        bootstrap, the env is reset at once), without its per-step info merging; episode
+        bookkeeping is derived from the buffers afterwards.
+        """
         T, N = self.steps, self.num_envs  # noqa: N806
-        obs_dim = self.encode(self.raw_obs[:1]).shape[1]
+        raw_obs = np.array(self.raw_obs)
+        first = self.encode(raw_obs)
+        obs_dim = first.shape[1]
         obs_buf = np.empty((T, N, obs_dim), np.float32)
-        raw_buf = np.empty((T, N, obs_dim), np.float32) if self.obs_rms is not None else None
+        raw_buf = np.empty((T, *raw_obs.shape), raw_obs.dtype) if self.obs_rms is not None \
+            else None
         act_shape = () if self.discrete else self.action_space.shape
         act_buf = np.empty((T, N, *act_shape), np.int64 if self.discrete else np.float64)
         rew_buf = np.empty((T, N))
         term_buf = np.zeros((T, N), bool)
         done_buf = np.zeros((T, N), bool)
-        time_buf = np.empty((T, N), np.int64)
         final_index: list[tuple[int, int]] = []
         final_obs: list[np.ndarray] = []
-        stats = EpisodeStats()
+        envs = self.envs.envs
         low = high = None
         if not self.discrete:
             low, high = self.action_space.low, self.action_space.high
-        raw_obs = self.raw_obs
         for t in range(T):
             x = self.encode(raw_obs)
             obs_buf[t] = x
             if raw_buf is not None:
-                raw_buf[t] = encode_observations(self.obs_space, raw_obs)
+                raw_buf[t] = raw_obs
             actions = actor.sample(x, self.rng)
             act_buf[t] = actions
-            time_buf[t] = self.episode_length
             env_actions = actions if self.discrete else np.clip(actions, low, high)
-            raw_obs, reward, terminated, truncated, info = self.envs.step(env_actions)
-            rew_buf[t] = reward
-            self.episode_return += reward
-            self.episode_length += 1
-            done = terminated | truncated
-            if done.any():
-                term_buf[t] = terminated
-                done_buf[t] = done
-                for i in np.flatnonzero(done):
+            for i, env in enumerate(envs):
+                obs_i, reward, terminated, truncated, _ = env.step(env_actions[i])
+                rew_buf[t, i] = reward
+                if terminated or truncated:
+                    term_buf[t, i] = terminated
+                    done_buf[t, i] = True
                     final_index.append((t, i))
-                    final_obs.append(info["final_obs"][i])
-                    stats.returns.append(float(self.episode_return[i]))
-                    stats.lengths.append(int(self.episode_length[i]))
-                self.episode_return[done] = 0.0
-                self.episode_length[done] = 0
+                    final_obs.append(obs_i)
+                    obs_i, _ = env.reset()
+                raw_obs[i] = obs_i
         self.raw_obs = raw_obs
         self.total_steps += T * N
+        time_buf, stats = self._episode_bookkeeping(rew_buf, done_buf)
         last = self.encode(raw_obs)
         finals = self.encode(np.asarray(final_obs)) if final_obs else np.empty((0, obs_dim),
                                                                                 np.float32)
         if self.obs_rms is not None:
-            self.obs_rms.update(raw_buf.reshape(T * N, obs_dim))
+            self.obs_rms.update(encode_observations(
+                self.obs_space, raw_buf.reshape(T * N, *raw_obs.shape[1:])))
         return RolloutData(obs_buf, act_buf, rew_buf, term_buf, done_buf, time_buf, last,
                            final_index, finals, stats)
+
+    def _episode_bookkeeping(self, rewards: np.ndarray,
+                             done: np.ndarray) -> tuple[np.ndarray, EpisodeStats]:
+        """Steps since each sample's episode began, and the undiscounted returns and lengths
+        of the episodes that ended in this batch (carrying partial episodes across batches)."""
+        T, N = rewards.shape  # noqa: N806
+        episode_time = np.empty((T, N), np.int64)
+        stats = EpisodeStats()
+        for i in range(N):
+            start, length, ret = 0, int(self.episode_length[i]), float(self.episode_return[i])
+            for end in np.flatnonzero(done[:, i]):
+                episode_time[start:end + 1, i] = length + np.arange(end + 1 - start)
+                stats.returns.append(ret + float(rewards[start:end + 1, i].sum()))
+                stats.lengths.append(length + end + 1 - start)
+                start, length, ret = end + 1, 0, 0.0
+            episode_time[start:, i] = length + np.arange(T - start)
+            self.episode_length[i] = length + T - start
+            self.episode_return[i] = ret + float(rewards[start:, i].sum())
+        return episode_time, stats
 
     def state_dict(self) -> dict:
         return {

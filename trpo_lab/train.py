@@ -193,6 +193,7 @@ class Trainer:
         random.setstate(state["python_rng"])
 
     def checkpoint(self) -> None:
+        self.metrics.sync()
         save_checkpoint(self.run_dir / CHECKPOINT, self._state())
 
     def _elapsed(self) -> float:

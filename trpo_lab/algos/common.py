@@ -40,7 +40,8 @@ def guarded_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
     if not torch.isfinite(loss):
         return False
     loss.backward()
-    if not all(p.grad is None or torch.isfinite(p.grad).all() for p in params):
+    grads = [p.grad.reshape(-1) for p in params if p.grad is not None]
+    if not torch.isfinite(torch.cat(grads)).all():
         optimizer.zero_grad(set_to_none=True)
         return False
     optimizer.step()
@@ -50,7 +51,7 @@ def guarded_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
 def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float):
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
-    return torch.optim.Adam(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 def minibatch_indices(size: int, minibatches: int, generator: torch.Generator):

@@ -40,12 +40,26 @@ class NaturalStep:
 
 
 def fisher_vector_product(policy: Policy, batch: Batch, damping: float):
-    """v -> (F + damping I) v with F the Hessian of the mean KL at the current parameters."""
+    """v -> (F + damping I) v, F = the Hessian of the mean KL(pi_old || pi) at pi = pi_old.
+
+    At pi = pi_old that Hessian is the Fisher matrix J^T M J, with J the Jacobian of the
+    distribution parameters in the actor's parameters and M the Hessian of the KL in the
+    distribution parameters (closed form per head). Both products with J reuse graphs built
+    once per update: J^T w is a backward pass through the forward graph, and J v the gradient
+    of the linear map w -> (J^T w) . v, a backward pass through that backward graph. This skips
+    the second-order terms of the network that a double backward of the KL computes only to
+    multiply them by zero.
+    """
     params = policy.actor_parameters()
-    kl_grad = flat_grad(mean_kl(policy, batch), params, create_graph=True)
+    out = policy.dist_params(batch.obs)
+    dummy = torch.zeros_like(out, requires_grad=True)
+    jt_dummy = flat_grad(out, params, grad_outputs=dummy, create_graph=True)
+    weights = batch.weights.unsqueeze(-1)
 
     def fvp(v: torch.Tensor) -> torch.Tensor:
-        return flat_grad(kl_grad @ v, params, retain_graph=True) + damping * v
+        (jv,) = torch.autograd.grad(jt_dummy @ v, dummy, retain_graph=True)
+        mjv = weights * policy.head.fisher_product(batch.old_params, jv)
+        return flat_grad(out, params, grad_outputs=mjv, retain_graph=True) + damping * v
 
     return fvp
 
