@@ -31,7 +31,8 @@ def wandb_run_record(run_dir: Path) -> dict:
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_launcher_sweep_gives_one_complete_run_and_wandb_run_per_job(launcher, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=5"]
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else [
+        "hydra.launcher.timeout_min=5"]
     result = run_cli(["-m", "algo=trpo,vpg", *TINY, f"hydra/launcher={launcher}", *extra,
                       f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from trpo_lab.algos.common import guarded_step, minibatch_indices
+from trpo_lab import mlp
+from trpo_lab.algos.common import minibatch_indices
 from trpo_lab.config import CriticConfig
 from trpo_lab.numerics import explained_variance
 from trpo_lab.policies import Policy
@@ -22,11 +23,21 @@ class CriticTrainer:
         ev = explained_variance(batch.values.double().numpy(), batch.returns.double().numpy())
         for _ in range(self.cfg.epochs):
             for index in minibatch_indices(batch.size, self.cfg.minibatches, self.generator):
-                loss = ((self.policy.value(batch.obs[index]) - batch.returns[index]) ** 2).mean()
-                guarded_step(self.optimizer, loss, self.params)
+                self._step(batch.obs[index], batch.returns[index])
         with torch.no_grad():
             final = float(((self.policy.value(batch.obs) - batch.returns) ** 2).mean())
         return {"value/loss": final, "value/explained_variance": ev}
+
+    def _step(self, obs: torch.Tensor, targets: torch.Tensor) -> None:
+        """One Adam step on mean (V(s) - target)^2, gradients by hand (see trpo_lab.mlp)."""
+        cache = mlp.forward_cache(self.policy.critic, obs)
+        error = cache.output.squeeze(-1) - targets
+        grads = mlp.vjp(self.policy.critic, cache, (2.0 / error.numel()) * error.unsqueeze(-1))
+        if not torch.isfinite(torch.cat([g.reshape(-1) for g in grads])).all():
+            return
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        self.optimizer.step()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from trpo_lab import mlp
 from trpo_lab.algos.common import mean_kl, surrogate
 from trpo_lab.config import TRPOConfig
 from trpo_lab.numerics import conjugate_gradient, flat_grad, flat_params, set_flat_params
@@ -42,24 +43,32 @@ class NaturalStep:
 def fisher_vector_product(policy: Policy, batch: Batch, damping: float):
     """v -> (F + damping I) v, F = the Hessian of the mean KL(pi_old || pi) at pi = pi_old.
 
-    At pi = pi_old that Hessian is the Fisher matrix J^T M J, with J the Jacobian of the
-    distribution parameters in the actor's parameters and M the Hessian of the KL in the
-    distribution parameters (closed form per head). Both products with J reuse graphs built
-    once per update: J^T w is a backward pass through the forward graph, and J v the gradient
-    of the linear map w -> (J^T w) . v, a backward pass through that backward graph. This skips
-    the second-order terms of the network that a double backward of the KL computes only to
-    multiply them by zero.
+    At pi = pi_old that Hessian is the Fisher matrix J^T diag(w) M J, with J the Jacobian of the
+    distribution parameters in the actor's parameters, w the batch weights and M the Hessian of
+    the KL in the distribution parameters (closed form per head). J v and J^T u come from the
+    hand-written MLP derivatives in :mod:`trpo_lab.mlp` on one cached forward pass, which skips
+    the network's second-order terms that a double backward of the KL computes only to
+    multiply them by zero (and autograd's per-node overhead).
     """
     params = policy.actor_parameters()
-    out = policy.dist_params(batch.obs)
-    dummy = torch.zeros_like(out, requires_grad=True)
-    jt_dummy = flat_grad(out, params, grad_outputs=dummy, create_graph=True)
+    sizes = [p.numel() for p in params]
+    n_net = len(list(policy.actor.parameters()))
+    cache = mlp.forward_cache(policy.actor, batch.obs)
     weights = batch.weights.unsqueeze(-1)
+    gaussian = policy.log_std is not None
 
     def fvp(v: torch.Tensor) -> torch.Tensor:
-        (jv,) = torch.autograd.grad(jt_dummy @ v, dummy, retain_graph=True)
-        mjv = weights * policy.head.fisher_product(batch.old_params, jv)
-        return flat_grad(out, params, grad_outputs=mjv, retain_graph=True) + damping * v
+        chunks = [c.view_as(p) for c, p in zip(torch.split(v, sizes), params)]
+        u = mlp.jvp(policy.actor, cache, chunks[:n_net])
+        if gaussian:
+            u = torch.cat([u, chunks[-1].expand_as(u)], dim=-1)
+        w = weights * policy.head.fisher_product(batch.old_params, u)
+        if gaussian:
+            w_mean, w_log_std = w.split(w.shape[-1] // 2, dim=-1)
+            grads = [*mlp.vjp(policy.actor, cache, w_mean), w_log_std.sum(0)]
+        else:
+            grads = mlp.vjp(policy.actor, cache, w)
+        return torch.cat([g.reshape(-1) for g in grads]) + damping * v
 
     return fvp
 
