@@ -15,10 +15,17 @@ TINY = ["total_steps=256", "batch_steps=128", "critic.epochs=1", "eval.episodes=
         "checkpoint.every=1"]
 
 
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    """The test process's environment without W&B credentials or its W&B service address
+    (an in-process W&B run in the test session must not host the subprocesses' runs)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WANDB_API_KEY", "WANDB_SERVICE") and not k.startswith("WANDB_SERVICE")}
+    return {**env, **extra}
+
+
 def run_cli(args: list[str], cwd: Path, timeout: float = 180,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("WANDB_API_KEY", None)
+    full_env = clean_env({"WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})})
     return subprocess.run([sys.executable, "-m", "trpo_lab", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import compose_typed, read_metrics, read_summary, run_cli, wandb_records
+from tests.conftest import (
+    clean_env,
+    compose_typed,
+    read_metrics,
+    read_summary,
+    run_cli,
+    wandb_records,
+)
 from trpo_lab.train import CHECKPOINT, NumericalFailure, Trainer
 
 RUN = ["total_steps=16384", "batch_steps=1024", "checkpoint.every=2", "eval.episodes=2"]
@@ -24,9 +30,8 @@ TIMELESS = ["time/wall_s", "time/sps"]
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    env.pop("WANDB_API_KEY", None)
-    return subprocess.Popen([sys.executable, "-m", "trpo_lab", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "trpo_lab", *args], cwd=cwd,
+                            env=clean_env({"WANDB_MODE": "offline"}),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
 

@@ -8,6 +8,7 @@ from trpo_lab import mlp
 from trpo_lab.algos.common import minibatch_indices
 from trpo_lab.config import CriticConfig
 from trpo_lab.numerics import explained_variance
+from trpo_lab.optim import Adam
 from trpo_lab.policies import Policy
 from trpo_lab.rollout import Batch
 
@@ -16,7 +17,7 @@ class CriticTrainer:
     def __init__(self, policy: Policy, cfg: CriticConfig, generator: torch.Generator):
         self.policy, self.cfg, self.generator = policy, cfg, generator
         self.params = policy.critic_parameters()
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr, fused=True)
+        self.optimizer = Adam(self.params, lr=cfg.lr)
 
     def update(self, batch: Batch) -> dict[str, float]:
         """``epochs`` passes of minibatch MSE steps; explained variance is of the old values."""

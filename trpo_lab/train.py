@@ -134,6 +134,10 @@ class Trainer:
         self.collector = Collector(self.envs, cfg.batch_steps // cfg.num_envs, cfg.seed,
                                    cfg.env.normalize_obs)
         self.mdp = tabular_model(self.envs) if cfg.env.tabular else None
+        if self.mdp is not None:
+            from trpo_lab import exact  # scipy.linalg: only tabular runs pay for the import
+
+            self.exact = exact
         self.evaluator = None
         if cfg.eval.episodes > 0:
             self.evaluator = PairedEvaluator(env_factory(cfg.env, cfg.gamma), cfg.eval.episodes,
@@ -204,15 +208,13 @@ class Trainer:
         return self.policy.numpy_actor().probabilities(np.eye(self.mdp.num_states))
 
     def step(self) -> dict[str, Any]:
-        from trpo_lab import exact
-
         cfg, k = self.cfg, self.iteration
         t0 = time.perf_counter()
         row: dict[str, Any] = {"iteration": k}
         actor_old = self.policy.numpy_actor()
         if self.mdp is not None:
             pi_old = self._pi_table()
-            old_eval = exact.evaluate(self.mdp, pi_old, cfg.gamma)
+            old_eval = self.exact.evaluate(self.mdp, pi_old, cfg.gamma)
         if cfg.algo.estimator == "exact":
             batch = exact_batch(self.policy, pi_old, old_eval.A, old_eval.rho, cfg.gamma,
                                 cfg.normalize_advantages)
@@ -256,7 +258,8 @@ class Trainer:
                 row["true/J_se"] = j.se
         if self.mdp is not None:
             row.update(exact_diagnostics(
-                exact.compare(self.mdp, pi_old, self._pi_table(), cfg.gamma, old=old_eval)))
+                self.exact.compare(self.mdp, pi_old, self._pi_table(), cfg.gamma,
+                                   old=old_eval)))
         if "true/J" in row:
             self.last_true_J = row["true/J"]
         if not batch.exact and cfg.critic.epochs > 0:

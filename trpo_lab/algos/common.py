@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from trpo_lab.optim import SGD, Adam
 from trpo_lab.policies import Policy
 from trpo_lab.rollout import Batch
 
@@ -33,7 +34,7 @@ def predicted_improvement(policy: Policy, batch: Batch,
     return (batch.dl_weights * (ratio(policy, batch, params) - 1.0) * batch.advantages).sum()
 
 
-def guarded_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+def guarded_step(optimizer: Adam | SGD, loss: torch.Tensor,
                  params: list[torch.nn.Parameter]) -> bool:
     """Backpropagate and step only if the loss and every gradient are finite."""
     optimizer.zero_grad(set_to_none=True)
@@ -48,10 +49,8 @@ def guarded_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
     return True
 
 
-def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float):
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    return torch.optim.Adam(params, lr=lr, fused=True)
+def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> Adam | SGD:
+    return SGD(params, lr=lr) if name == "sgd" else Adam(params, lr=lr)
 
 
 def minibatch_indices(size: int, minibatches: int, generator: torch.Generator):
