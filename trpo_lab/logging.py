@@ -6,6 +6,7 @@ import csv
 import io
 import math
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,11 @@ class WandbRun:
     """A real wandb run that never prompts and never blocks training.
 
     The mode goes into the environment before wandb starts (an ``init(mode="offline")`` alone
-    still contacts the server at exit); an online ``init`` that fails falls back to offline with
-    a warning, and a ``log`` that raises is downgraded to a warning, since metrics.csv is the
-    record of the run.
+    still contacts the server at exit). ``wandb.init`` (about a second: it starts W&B's service
+    process) runs in a background thread while training starts; rows logged before it is ready
+    are queued and sent in order. An online ``init`` that fails falls back to offline with a
+    warning; if W&B cannot start at all, or a ``log`` raises, training goes on with a warning,
+    since metrics.csv is the record of the run.
     """
 
     def __init__(self, *, mode: str, project: str, entity: str | None, group: str | None,
@@ -106,45 +109,78 @@ class WandbRun:
         os.environ["WANDB_MODE"] = mode
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_CONSOLE", "off")
-        import wandb
-
-        self.wandb = wandb
         self.mode = mode
-        kwargs = dict(project=project, entity=entity, group=group, job_type=job_type,
-                      tags=tags, name=name, config=config, dir=str(run_dir), id=run_id,
-                      resume="allow", reinit="finish_previous")
-        try:
-            self.run = wandb.init(settings=self._settings(mode), **kwargs)
-        except Exception as error:  # noqa: BLE001  (any failure to reach W&B: go offline)
-            if mode != "online":
-                raise
-            warnings.warn(f"W&B online init failed ({error}); logging offline instead",
-                          stacklevel=2)
-            wandb.teardown()  # the failed online attempt still holds the run id
-            os.environ["WANDB_MODE"] = self.mode = "offline"
-            self.run = wandb.init(settings=self._settings("offline"), **kwargs)
-        self.run.define_metric("env_steps")
-        self.run.define_metric("*", step_metric="env_steps")
+        self.kwargs = dict(project=project, entity=entity, group=group, job_type=job_type,
+                           tags=tags, name=name, config=config, dir=str(run_dir), id=run_id,
+                           resume="allow", reinit="finish_previous")
+        self.run = None
+        self.error: BaseException | None = None
+        self.pending: list[dict[str, Any]] = []
         self.pairs: list[list[float]] = []
+        self.thread = threading.Thread(target=self._start, name="wandb-init", daemon=True)
+        self.thread.start()
+
+    def _start(self) -> None:
+        try:
+            import wandb
+
+            self.wandb = wandb
+            try:
+                run = wandb.init(settings=self._settings(self.mode), **self.kwargs)
+            except Exception as error:  # noqa: BLE001  (any failure to reach W&B: go offline)
+                if self.mode != "online":
+                    raise
+                warnings.warn(f"W&B online init failed ({error}); logging offline instead",
+                              stacklevel=2)
+                wandb.teardown()  # the failed online attempt still holds the run id
+                os.environ["WANDB_MODE"] = self.mode = "offline"
+                run = wandb.init(settings=self._settings("offline"), **self.kwargs)
+            run.define_metric("env_steps")
+            run.define_metric("*", step_metric="env_steps")
+            self.run = run
+        except Exception as error:  # noqa: BLE001  (reported once, by _ready)
+            self.error = error
 
     def _settings(self, mode: str):
         timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", 60))
         return self.wandb.Settings(mode=mode, console="off", silent=True, init_timeout=timeout,
                                    x_disable_stats=True, x_disable_machine_info=True)
 
+    def _ready(self) -> bool:
+        """Wait for init; send queued rows. False if W&B could not start."""
+        self.thread.join()
+        if self.error is not None:
+            warnings.warn(f"W&B could not start ({self.error}); metrics.csv keeps the data",
+                          stacklevel=3)
+            self.error, self.pending = None, []
+        if self.run is None:
+            return False
+        queued, self.pending = self.pending, []
+        for row in queued:
+            self._send(row)
+        return True
+
+    def _send(self, row: dict[str, Any]) -> None:
+        try:
+            self.run.log(row)
+        except Exception as error:  # noqa: BLE001  (the CSV is the record; keep training)
+            warnings.warn(f"W&B log failed ({error}); metrics.csv keeps the data", stacklevel=3)
+
     def log(self, row: dict[str, Any]) -> None:
         clean = {k: v for k, v in row.items()
                  if v is not None and not (isinstance(v, float) and math.isnan(v))}
-        pair = (row.get("surrogate/improvement"), row.get("true/improvement"))
-        if all(v is not None and not math.isnan(v) for v in pair):
-            self.pairs.append([float(row["iteration"]), float(pair[0]), float(pair[1]),
-                               float(row.get("kl/max") or math.nan)])
-        try:
-            self.run.log(clean)
-        except Exception as error:  # noqa: BLE001  (the CSV is the record; keep training)
-            warnings.warn(f"W&B log failed ({error}); metrics.csv keeps the data", stacklevel=2)
+        if "surrogate/improvement" in clean and "true/improvement" in clean:
+            self.pairs.append([float(row["iteration"]), float(clean["surrogate/improvement"]),
+                               float(clean["true/improvement"]),
+                               float(clean.get("kl/max", math.nan))])
+        if self.thread.is_alive():
+            self.pending.append(clean)
+        elif self._ready():
+            self._send(clean)
 
     def finish(self, status: str, summary: dict[str, Any]) -> None:
+        if not self._ready():
+            return
         try:
             if self.pairs:
                 table = self.wandb.Table(
