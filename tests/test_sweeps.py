@@ -158,6 +158,10 @@ def test_slurm_launcher_config_composes():
     assert launcher.max_num_timeout == 3
 
 
+def test_wandb_sweep_specs_are_shipped():
+    assert {p.stem for p in (SWEEPS / "wandb").glob("*.yaml")} >= {"delta", "baselines"}
+
+
 @pytest.mark.parametrize("spec", sorted((SWEEPS / "wandb").glob("*.yaml")))
 def test_wandb_sweep_commands_built_by_wandb_are_accepted_by_the_app(spec, tmp_path):
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
