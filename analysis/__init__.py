@@ -30,6 +30,7 @@ from analysis.plots import (
     plot_monotonic,
     plot_predicted_vs_true,
     plot_surrogate_error,
+    plot_surrogate_error_panels,
     plot_trust_region,
 )
 from analysis.stats import (
@@ -73,6 +74,7 @@ __all__ = [
     "plot_monotonic",
     "plot_predicted_vs_true",
     "plot_surrogate_error",
+    "plot_surrogate_error_panels",
     "plot_trust_region",
     "scatter_stats",
     "stratified_bootstrap_ci",

@@ -1,6 +1,6 @@
 """Command line: turn run / sweep directories into paper figures and a summary table.
 
-    python -m analysis.figures PATH... --out DIR [--wandb] [--reps N]
+    python -m analysis.figures PATH... --out DIR [--wandb] [--reps N] [--dpi N] [--png-width PX]
 
 Draws every figure the data supports into DIR as PDF and PNG, writes ``summary.csv`` and
 ``summary.md``, and prints one line per figure: ``NAME: made (NAME.pdf, NAME.png)`` or
@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -48,6 +49,10 @@ class Options:
     level: float = 0.95
     seed: int = 0
     frac: float = 0.1
+    #: Resolution of the PNG files (None: :data:`analysis.plots.PAPER_RC`'s 300 dpi).
+    dpi: float | None = None
+    #: Largest PNG width in pixels (the dpi is lowered to fit; None: no limit).
+    png_width: int | None = None
 
 
 @dataclass(frozen=True)
@@ -71,22 +76,6 @@ def _with_delta(df: pd.DataFrame) -> pd.DataFrame:
     return df[np.isfinite(df["delta"].to_numpy(dtype=float))]
 
 
-def _grid(n: int, panel: tuple[float, float], max_cols: int = 3) -> tuple[Figure, list[Any]]:
-    ncols = min(n, max_cols)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(
-        nrows,
-        ncols,
-        figsize=(panel[0] * ncols, panel[1] * nrows),
-        squeeze=False,
-        constrained_layout=True,
-    )
-    flat = list(axes.ravel())
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
-
-
 def _label(value: Any) -> str:
     return "?" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
@@ -97,29 +86,32 @@ def _label(value: Any) -> str:
 
 
 def fig_learning_curves(df: pd.DataFrame, opts: Options) -> Figure:
-    """Return vs steps per algorithm, one panel per env. An env where no training episode ever
-    ended (e.g. an infinite-horizon tabular MDP) shows the exact ``true/J`` instead."""
-    envs = df["env"].map(_label)
+    """Learning curves per algorithm, one panel per env and estimate kind: the exact ``true/J``
+    on tabular envs (the objective itself, also for runs trained from samples, and there even
+    when no training episode ever ends), else the training return (``true/J`` if no episode
+    ended). One legend below the panels."""
     panels = []
-    for env in sorted(envs.unique()):
-        rows = df[(envs == env).to_numpy()]
-        for value in ("rollout/return_mean", "true/J"):
+    for title, rows in plots.env_panels(df):
+        order = ("true/J", "rollout/return_mean")
+        if not plots.is_tabular(rows).all():
+            order = order[::-1]
+        for value in order:
             if _count_finite(rows, value):
-                panels.append((env, value, rows))
+                panels.append((title, partial(_curves, rows, value=value, opts=opts)))
                 break
     if not panels:
         raise Skipped("needs rollout/return_mean or true/J values")
-    fig, axes = _grid(len(panels), (plots.COLUMN_WIDTH, 2.3))
-    for ax, (env, value, rows) in zip(axes, panels, strict=True):
-        plots.plot_learning_curves(
-            rows, ax, value=value, reps=opts.reps, level=opts.level, seed=opts.seed
-        )
-        ax.set_title(env)
-    return fig
+    return plots.facet(panels, panel_size=(2.4, 1.9))
+
+
+def _curves(rows: pd.DataFrame, ax: Any, *, value: str, opts: Options) -> None:
+    plots.plot_learning_curves(
+        rows, ax, value=value, reps=opts.reps, level=opts.level, seed=opts.seed
+    )
 
 
 def fig_predicted_vs_true(df: pd.DataFrame, opts: Options) -> Figure:
-    """Predicted vs true improvement, panels algo x kind x gamma."""
+    """Predicted vs true improvement, one panel per (algo, gamma, kind) with data."""
     if _count_finite(df, DL, DJ) < 3:
         raise Skipped(f"needs >= 3 updates with both {DL} and {DJ}")
     return plots.plot_predicted_vs_true(
@@ -128,42 +120,54 @@ def fig_predicted_vs_true(df: pd.DataFrame, opts: Options) -> Figure:
 
 
 def fig_surrogate_error(df: pd.DataFrame, opts: Options) -> Figure:
-    """|dJ - dL| vs KL max."""
-    d = df[np.isfinite(df[[DJ, DL, "kl/max"]].to_numpy(dtype=float)).all(axis=1)]
-    if not ((d["kl/max"] > 0) & (d[DJ] != d[DL])).any():
+    """|dJ - dL| vs KL max, one panel per env and estimate kind."""
+    if plots.surrogate_error_rows(df).empty:
         raise Skipped(f"needs updates with {DJ}, {DL} and kl/max > 0")
-    return plots.plot_surrogate_error(df).figure
+    return plots.plot_surrogate_error_panels(df)
 
 
 def fig_improvement_vs_delta(df: pd.DataFrame, opts: Options) -> Figure:
-    """dL vs delta."""
-    d = _with_delta(df)
-    d = d[d[DL].to_numpy(dtype=float) > 0]
-    if d["delta"].nunique() < 2:
+    """dL vs delta, one panel per env and estimate kind with >= 2 deltas."""
+    panels = [
+        (title, partial(plots.plot_improvement_vs_delta, rows))
+        for title, _, rows in plots.step_panels(df, ("delta",))
+        if rows.loc[rows[DL].to_numpy(dtype=float) > 0, "delta"].nunique() >= 2
+    ]
+    if not panels:
         raise Skipped(f"needs >= 2 delta values with positive {DL}")
-    return plots.plot_improvement_vs_delta(df).figure
+    return plots.facet(panels)
 
 
 def fig_trust_region(df: pd.DataFrame, opts: Options) -> Figure:
-    """Achieved KL and max ratio vs delta."""
-    if _count_finite(_with_delta(df), "kl/mean") == 0:
-        raise Skipped("needs runs with a delta (trpo/npg) that logged kl/mean")
+    """Achieved KL and max ratio vs delta (or beta), a row per env and estimate kind."""
+    if not any(_count_finite(rows, "kl/mean") for _, _, rows in plots.step_panels(df)):
+        raise Skipped("needs runs with a delta (trpo/npg) or beta (kl_penalty) that logged kl/mean")
     return plots.plot_trust_region(df)
 
 
 def fig_monotonic(df: pd.DataFrame, opts: Options) -> Figure:
-    """Fraction of worsening updates vs delta."""
-    if _count_finite(_with_delta(df), DJ) == 0:
-        raise Skipped(f"needs runs with a delta (trpo/npg) that logged {DJ}")
-    return plots.plot_monotonic(df).figure
+    """Fraction of worsening updates vs delta (or beta), one panel per env and estimate kind."""
+    panels = [
+        (title, partial(plots.plot_monotonic, rows, x=x))
+        for title, x, rows in plots.step_panels(df)
+        if _count_finite(rows, DJ)
+    ]
+    if not panels:
+        raise Skipped(f"needs runs with a delta (trpo/npg) or beta (kl_penalty) that logged {DJ}")
+    return plots.facet(panels)
 
 
 def fig_bound_vacuity(df: pd.DataFrame, opts: Options) -> Figure:
-    """TRPO bound vacuity and violations on exact runs."""
-    d = _with_delta(df[(plots.estimate_kind(df) == "exact").to_numpy()])
-    if _count_finite(d, "bound/trpo", DL, DJ) == 0:
-        raise Skipped("needs exact (tabular) runs with a delta that logged bound/trpo")
-    return plots.plot_bound_vacuity(df).figure
+    """TRPO bound vacuity and violations on tabular runs, per env and estimate kind."""
+    tab = df[plots.is_tabular(df)]
+    panels = [
+        (title, partial(plots.plot_bound_vacuity, rows, x=x))
+        for title, x, rows in plots.step_panels(tab)
+        if _count_finite(rows, "bound/trpo", DL, DJ)
+    ]
+    if not panels:
+        raise Skipped("needs tabular runs with a delta or beta that logged bound/trpo")
+    return plots.facet(panels)
 
 
 def fig_gae_heatmap(df: pd.DataFrame, opts: Options) -> Figure:
@@ -176,7 +180,7 @@ def fig_gae_heatmap(df: pd.DataFrame, opts: Options) -> Figure:
     ]
     if not panels:
         raise Skipped("needs >= 2 gamma and >= 2 gae_lambda values")
-    fig, axes = _grid(len(panels), (plots.COLUMN_WIDTH, 2.4), max_cols=2)
+    fig, axes = plots.panel_grid(len(panels), (plots.COLUMN_WIDTH, 2.4), max_cols=2)
     for ax, ((env, algo), g) in zip(axes, panels, strict=True):
         plots.plot_gae_heatmap(g, ax, frac=opts.frac)
         ax.set_title(f"{_label(algo)}, {_label(env)}")
@@ -184,10 +188,10 @@ def fig_gae_heatmap(df: pd.DataFrame, opts: Options) -> Figure:
 
 
 def fig_line_search(df: pd.DataFrame, opts: Options) -> Figure:
-    """Backtracks and acceptance rate vs delta."""
+    """Backtracks and acceptance rate vs delta, a row per env and estimate kind."""
     if _count_finite(_with_delta(df), "trpo/backtracks") == 0:
         raise Skipped("needs trpo runs with line search that logged trpo/backtracks")
-    return plots.plot_line_search(df)
+    return plots.plot_line_search(df[np.isfinite(df["trpo/backtracks"].to_numpy(dtype=float))])
 
 
 #: Every figure the CLI knows, in order: name -> builder.
@@ -202,6 +206,18 @@ FIGURES: Mapping[str, Callable[[pd.DataFrame, Options], Figure]] = {
     "gae_heatmap": fig_gae_heatmap,
     "line_search": fig_line_search,
 }
+
+
+def png_dpi(fig: Figure, opts: Options) -> float:
+    """The PNG resolution: ``opts.dpi`` (default ``savefig.dpi``), lowered so that the saved
+    (tight) image is at most ``opts.png_width`` pixels wide."""
+    dpi = float(opts.dpi or plt.rcParams["savefig.dpi"])
+    if opts.png_width:
+        bbox = fig.get_tightbbox(fig.canvas.get_renderer())
+        pad = plt.rcParams["savefig.pad_inches"]
+        width_in = bbox.width + 2 * pad
+        dpi = min(dpi, 0.99 * opts.png_width / width_in)
+    return dpi
 
 
 def make_figures(
@@ -225,8 +241,8 @@ def make_figures(
                 continue
             files = (out / f"{name}.pdf", out / f"{name}.png")
             try:
-                for path in files:
-                    fig.savefig(path)
+                fig.savefig(files[0])
+                fig.savefig(files[1], dpi=png_dpi(fig, opts))
             finally:
                 plt.close(fig)
             results.append(FigureResult(name, True, files=files))
@@ -320,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=float, default=0.95, help="confidence level (0.95)")
     p.add_argument("--frac", type=float, default=0.1, help="final = last FRAC of updates (0.1)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    p.add_argument("--dpi", type=float, help="PNG resolution (300)")
+    p.add_argument(
+        "--png-width", type=int, metavar="PX", help="at most PX pixels wide PNGs (lowers the dpi)"
+    )
     return p
 
 
@@ -338,7 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = index["status"].value_counts()
     status_text = ", ".join(f"{n} {s}" for s, n in counts.items())
     print(f"loaded {len(index)} runs ({status_text}), {len(long)} updates")
-    opts = Options(reps=args.reps, level=args.level, seed=args.seed, frac=args.frac)
+    opts = Options(
+        reps=args.reps,
+        level=args.level,
+        seed=args.seed,
+        frac=args.frac,
+        dpi=args.dpi,
+        png_width=args.png_width,
+    )
     results = make_figures(long, args.out, opts)
     for r in results:
         if r.made:

@@ -5,8 +5,13 @@ Conventions:
 * one colour per algorithm everywhere (:data:`ALGO_COLORS`, seaborn's colour-blind palette);
 * paper style (:data:`PAPER_RC`, :func:`paper_style`): one column is 3.3 in wide, 7-8 pt fonts;
 * a single-panel figure is ``f(df, ax=None, **opts) -> Axes``; multi-panel ones
-  (:func:`plot_predicted_vs_true`, :func:`plot_trust_region`, :func:`plot_line_search`) take
-  ``axes=None`` or nothing and return the :class:`~matplotlib.figure.Figure`;
+  (:func:`plot_predicted_vs_true`, :func:`plot_surrogate_error_panels`,
+  :func:`plot_trust_region`, :func:`plot_line_search`, :func:`facet`) take ``axes=None`` or
+  nothing and return the :class:`~matplotlib.figure.Figure`;
+* quantities in different units or from different estimators never share an axes: panels are
+  per env and estimate kind (:func:`env_panels`: exact vs Monte Carlo), with one legend below
+  the panels (:func:`figure_legend`) and statistics text placed where it hides no data
+  (:func:`corner_text`);
 * nothing here calls ``plt.show()`` or saves files; the caller owns the figure.
 
 Aggregates over seeds are interquartile means with 95 % stratified-bootstrap intervals
@@ -17,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import matplotlib as mpl
@@ -90,29 +96,237 @@ def algo_color(name: str) -> tuple[float, float, float]:
 
 
 def ordered_levels(df: pd.DataFrame, hue: str) -> list[Any]:
-    """Distinct values of ``hue``: algorithms in :data:`ALGO_ORDER`, settings by value."""
+    """Distinct values of ``hue``: algorithms in :data:`ALGO_ORDER`, settings by the
+    algorithm that first has them (in that order), then by value (``theory`` last)."""
     values = [v for v in df[hue].dropna().unique()]
     if hue == "algo":
         return sorted(values, key=lambda a: (ALGO_ORDER.index(a) if a in ALGO_ORDER else 99, a))
     if hue == "setting" and "setting_value" in df.columns:
         first = df.dropna(subset=["setting"]).drop_duplicates("setting")
         value = dict(zip(first["setting"], first["setting_value"], strict=True))
-        return sorted(values, key=lambda s: (math.isnan(value[s]), np.nan_to_num(value[s]), s))
+        algo = dict(zip(first["setting"], first.get("algo", first["setting"]), strict=True))
+
+        def key(s: Any) -> tuple[Any, ...]:
+            a = algo[s]
+            rank = ALGO_ORDER.index(a) if a in ALGO_ORDER else len(ALGO_ORDER)
+            return (rank, math.isnan(value[s]), np.nan_to_num(value[s]), s)
+
+        return sorted(values, key=key)
     return sorted(values)
 
 
 def palette(levels: Sequence[Any], hue: str) -> dict[Any, Any]:
-    """Colours for ``levels``: fixed algorithm colours, else an ordered (viridis) palette."""
+    """Colours for ``levels``: fixed algorithm colours, else an ordered palette (viridis without
+    its palest yellow, which is unreadable on white)."""
     if hue == "algo":
         return {lv: algo_color(lv) for lv in levels}
-    colors = sns.color_palette("viridis", max(len(levels), 1))
+    cmap = mpl.colormaps["viridis"]
+    n = max(len(levels), 1)
+    colors = [tuple(cmap(v)[:3]) for v in np.linspace(0.0, 0.85, n)] if n > 1 else [cmap(0.3)[:3]]
     return dict(zip(levels, colors, strict=False))
 
 
+#: Order of the estimate kinds in panel layouts.
+KINDS: tuple[str, ...] = ("exact", "Monte Carlo")
+
+
 def estimate_kind(df: pd.DataFrame) -> pd.Series:
-    """``"exact"`` for rows of tabular runs (``env.tabular`` true), else ``"Monte Carlo"``."""
-    tab = df["tabular"].astype("boolean").fillna(False).astype(bool)
-    return pd.Series(np.where(tab, "exact", "Monte Carlo"), index=df.index)
+    """How an update's dL (and the policy step) was computed: ``"exact"`` for runs with
+    ``estimator == "exact"`` (tabular quantities), else ``"Monte Carlo"`` (sampled batches, even
+    on a tabular env). Where ``estimator`` is missing, ``env.tabular`` decides."""
+    n = len(df)
+    tab = (
+        df["tabular"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        if "tabular" in df.columns
+        else np.zeros(n, dtype=bool)
+    )
+    if "estimator" in df.columns:
+        est = df["estimator"]
+        exact = np.where(est.notna().to_numpy(), (est.astype(str) == "exact").to_numpy(), tab)
+    else:
+        exact = tab
+    return pd.Series(np.where(exact, KINDS[0], KINDS[1]), index=df.index)
+
+
+def is_tabular(df: pd.DataFrame) -> np.ndarray:
+    """Boolean mask of rows of tabular runs (``env.tabular``: exact J, the bound is logged)."""
+    if "tabular" not in df.columns:
+        return np.zeros(len(df), dtype=bool)
+    return df["tabular"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+
+
+def _label(value: Any) -> str:
+    return "?" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def env_panels(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """``(title, rows)`` per (env, :func:`estimate_kind`) present, titled ``"<env>, <kind>"``,
+    the exact ones first, then by env: quantities in one panel share units (the env's J) and
+    estimation noise."""
+    if df.empty:
+        return []
+    env = df["env"].map(_label) if "env" in df.columns else pd.Series("?", index=df.index)
+    kind = estimate_kind(df)
+    keys = sorted(set(zip(env, kind, strict=True)), key=lambda k: (KINDS.index(k[1]), k[0]))
+    return [(f"{e}, {k}", df[((env == e) & (kind == k)).to_numpy()]) for e, k in keys]
+
+
+#: Step-size parameters that parameter sweeps put on the x axis, and their axis labels.
+STEP_PARAMS: dict[str, str] = {"delta": "target KL δ", "beta": "KL penalty β"}
+
+
+def step_values(df: pd.DataFrame, x: str) -> pd.Series:
+    """Per row the value of the step-size parameter ``x`` as a float.
+
+    For ``x="beta"``, runs with ``beta=theory`` (no number in the config: beta = C of the TRPO
+    bound, computed during training) are all placed at the median ``penalty/beta`` they logged,
+    so the theoretical penalty sits where its value is on a log axis."""
+    v = pd.to_numeric(df[x], errors="coerce").astype(float) if x in df.columns else None
+    if v is None:
+        return pd.Series(np.nan, index=df.index)
+    if x == "beta" and {"beta_label", "penalty/beta"} <= set(df.columns):
+        theory = ((df["beta_label"].astype(str) == "theory") & v.isna()).to_numpy()
+        logged = df.loc[theory, "penalty/beta"].to_numpy(dtype=float)
+        logged = logged[np.isfinite(logged)]
+        if logged.size:
+            v = v.copy()
+            v[theory] = float(np.median(logged))
+    return v
+
+
+def theory_ticks(df: pd.DataFrame, x: str) -> dict[float, str]:
+    """Tick labels for ``beta=theory`` runs placed by :func:`step_values`:
+    ``{x: "theory\\n≈245"}``."""
+    if x != "beta" or "beta_label" not in df.columns:
+        return {}
+    theory = (df["beta_label"].astype(str) == "theory").to_numpy()
+    xs = step_values(df, x)[theory].to_numpy(dtype=float)
+    xs = xs[np.isfinite(xs)]
+    return {
+        float(v): f"theory\n≈{v:.0f}" if v >= 100 else f"theory\n≈{v:.2g}" for v in np.unique(xs)
+    }
+
+
+def step_panels(
+    df: pd.DataFrame, params: Sequence[str] = tuple(STEP_PARAMS)
+) -> list[tuple[str, str, pd.DataFrame]]:
+    """``(title, x, rows)``: per :func:`env_panels` group and step-size parameter ``x`` (delta,
+    beta) the rows with a value of ``x`` (see :func:`step_values`)."""
+    out = []
+    for title, rows in env_panels(df):
+        for x in params:
+            if x not in rows.columns:
+                continue
+            has = np.isfinite(step_values(rows, x).to_numpy(dtype=float))
+            if has.any():
+                out.append((title, x, rows[has]))
+    return out
+
+
+def panel_grid(
+    n: int, panel_size: tuple[float, float], max_cols: int = 3, ncols: int | None = None
+) -> tuple[Figure, list[Axes]]:
+    """A constrained-layout figure with ``n`` panels (no empty ones): ``ncols`` columns, by
+    default as balanced as possible with at most ``max_cols`` (4 panels: 2 x 2)."""
+    n = max(n, 1)
+    if ncols is None:
+        ncols = math.ceil(n / math.ceil(n / max_cols))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(panel_size[0] * ncols, panel_size[1] * nrows),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        fig.delaxes(ax)
+    return fig, flat[:n]
+
+
+_SYMBOLS = {"delta": "δ", "beta": "β", "clip": "ε"}
+
+
+def display_label(label: str) -> str:
+    """Legend text of an artist label: ``delta=0.01`` -> ``δ=0.01``, ``beta=x`` -> ``β=x``,
+    ``clip=0.2`` -> ``ε=0.2``."""
+    for name, sym in _SYMBOLS.items():
+        label = label.replace(f"{name}=", f"{sym}=")
+    return label
+
+
+def _handles(axes: Sequence[Axes]) -> tuple[list[Any], list[str]]:
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab and not lab.startswith("_") and lab not in seen:
+                seen[lab] = h
+    return list(seen.values()), list(seen)
+
+
+def _legend_columns(labels: Sequence[str], width_in: float) -> int:
+    """The most legend columns (balanced rows) whose estimated width fits ``width_in`` inches
+    at 7 pt: per column its widest entry (handle and gaps about 0.4 in, 0.055 in a character);
+    matplotlib fills the columns top to bottom."""
+    n = len(labels)
+    for ncol in range(n, 1, -1):
+        rows = math.ceil(n / ncol)
+        if math.ceil(n / rows) != ncol:
+            continue  # not a balanced layout
+        cols = [labels[i : i + rows] for i in range(0, n, rows)]
+        width = sum(0.4 + 0.055 * max(len(lab) for lab in col) for col in cols)
+        if width <= 0.95 * width_in:
+            return ncol
+    return 1
+
+
+def figure_legend(
+    fig: Figure,
+    axes: Sequence[Axes] | None = None,
+    order: Sequence[str] = (),
+    **kwargs: Any,
+) -> Any:
+    """One legend for all panels, below them (outside, so it never covers data), the figure
+    made taller by its height so that the panels keep their size: the distinct artist labels
+    of ``axes`` (default: the figure's), those in ``order`` first in that order, then those
+    of algorithms (``"trpo"``, ``"trpo, delta=0.01"``) in :data:`ALGO_ORDER`, then the rest
+    (reference lines), each group in first-seen order; per-axes legends are removed. Returns
+    the legend (None when there is nothing to label)."""
+    axes = list(fig.axes if axes is None else axes)
+    for ax in axes:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    handles, labels = _handles(axes)
+    if not handles:
+        return None
+    rank = {lab: i for i, lab in enumerate(order)}
+
+    def key(label: str) -> int:
+        if label in rank:
+            return rank[label]
+        algo = label.split(",")[0]
+        return len(rank) + (ALGO_ORDER.index(algo) if algo in ALGO_ORDER else len(ALGO_ORDER))
+
+    # stable: first-seen order among equal keys
+    pairs = sorted(zip(handles, labels, strict=True), key=lambda hl: key(hl[1]))
+    handles, labels = [h for h, _ in pairs], [lab for _, lab in pairs]
+    shown = [display_label(lab) for lab in labels]
+    ncol = _legend_columns(shown, fig.get_size_inches()[0])
+    opts = {
+        "loc": "outside lower center",
+        "ncol": ncol,
+        "markerscale": 2.0,
+        "handlelength": 1.8,
+        "columnspacing": 1.2,
+    }
+    legend = fig.legend(handles, shown, **(opts | kwargs))
+    # grow the figure by the legend's height, so that the panels keep their size (and any text
+    # placed in them by :func:`corner_text` keeps its room)
+    height = legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi
+    w, h = fig.get_size_inches()
+    fig.set_size_inches(w, h + height + 0.05)
+    return legend
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float] = FIGSIZE) -> Axes:
@@ -130,17 +344,132 @@ def _finite(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
 
 
 def _legend(ax: Axes, **kwargs: Any) -> None:
-    handles, _ = ax.get_legend_handles_labels()
+    handles, labels = ax.get_legend_handles_labels()
     if handles:
-        ax.legend(**({"loc": "best"} | kwargs))
+        ax.legend(handles, [display_label(lab) for lab in labels], **({"loc": "best"} | kwargs))
 
 
-def _log_axis(ax: Axes, which: str = "x", ticks: Any = None, data: Any = None) -> None:
+_CORNERS: dict[str, tuple[float, float, str, str]] = {
+    "upper left": (0.03, 0.97, "left", "top"),
+    "upper right": (0.97, 0.97, "right", "top"),
+    "lower right": (0.97, 0.03, "right", "bottom"),
+    "lower left": (0.03, 0.03, "left", "bottom"),
+}
+
+
+def _drawn_points(ax: Axes) -> np.ndarray:
+    """Everything drawn in ``ax`` as points in display coordinates: scatter offsets, filled
+    areas and lines (densely interpolated, so that a segment crossing a corner counts)."""
+    ax.autoscale_view()
+    parts = [np.empty((0, 2))]
+    for coll in ax.collections:
+        off = np.asarray(coll.get_offsets(), dtype=float).reshape(-1, 2)
+        if len(off) and coll.get_offset_transform().contains_branch(ax.transData):
+            parts.append(coll.get_offset_transform().transform(off))  # a scatter
+        else:
+            for path in coll.get_paths():  # e.g. a band of fill_between
+                parts.append(coll.get_transform().transform(path.vertices))
+    for line in ax.get_lines():
+        xy = np.c_[line.get_xdata(orig=False), line.get_ydata(orig=False)].astype(float)
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        if len(xy) == 0:
+            continue
+        a = line.get_transform().transform(xy)
+        if len(a) > 1:
+            t = np.linspace(0, 1, 25)[:, None, None]
+            a = (a[:-1][None] * (1 - t) + a[1:][None] * t).reshape(-1, 2)
+        parts.append(a)
+    pts = np.concatenate(parts)
+    return pts[np.isfinite(pts).all(axis=1)]
+
+
+def corner_text(
+    ax: Axes,
+    text: str,
+    corners: Sequence[str] = tuple(_CORNERS),
+    **kwargs: Any,
+) -> Any:
+    """Write ``text`` in a corner of ``ax`` on a translucent white box, where it hides no data.
+
+    Of ``corners`` (in preference order) the one whose text box covers the fewest drawn points
+    (:func:`_drawn_points`) wins; if even that one covers some, the y limit on its side is
+    pushed out until the data clear the box. Call it after the scales and limits are final."""
+    style = {
+        "fontsize": 6,
+        "bbox": {"boxstyle": "round,pad=0.25", "fc": "white", "ec": "none", "alpha": 0.85},
+    }
+    fig = ax.figure
+    x, y, ha, va = _CORNERS[corners[0]]
+    txt = ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, **(style | kwargs))
+    fig.draw_without_rendering()  # the layout: the axes' final size
+    renderer = fig.canvas.get_renderer()
+    pts = _drawn_points(ax)
+
+    def covered(name: str) -> int:
+        x, y, ha, va = _CORNERS[name]
+        txt.set_position((x, y))
+        txt.set_ha(ha)
+        txt.set_va(va)
+        box = txt.get_window_extent(renderer).padded(3)
+        inside = (
+            (pts[:, 0] >= box.x0)
+            & (pts[:, 0] <= box.x1)
+            & (pts[:, 1] >= box.y0)
+            & (pts[:, 1] <= box.y1)
+        )
+        return int(inside.sum())
+
+    counts = {c: covered(c) for c in corners}
+    best = min(corners, key=lambda c: (counts[c], list(corners).index(c)))
+    x, y, ha, va = _CORNERS[best]
+    txt.set_position((x, y))
+    txt.set_ha(ha)
+    txt.set_va(va)
+    if counts[best]:
+        _make_room(ax, txt.get_window_extent(renderer).padded(3), upper=y > 0.5)
+    return txt
+
+
+def _make_room(ax: Axes, box: Any, upper: bool) -> None:
+    """Push the y limit on one side out so that the data's extent in y clears ``box`` (the
+    text's extent in display coordinates)."""
+    ax_box = ax.get_window_extent()
+    edge = box.y0 if upper else box.y1
+    frac = (ax_box.y1 - edge if upper else edge - ax_box.y0) / ax_box.height
+    frac = min(max(frac, 0.0), 0.6) + 0.03
+    log = ax.get_yscale() == "log"
+    lo, hi = ax.get_ylim()
+    f = np.log10 if log else (lambda v: v)
+    a, b = f(lo), f(hi)
+    span = (b - a) / (1 - frac)
+    a, b = (a, a + span) if upper else (b - span, b)
+    ax.set_ylim(*((10**a, 10**b) if log else (a, b)))
+
+
+def _label_budget(ax: Axes, which: str) -> float:
+    """About how many characters of 7-pt tick labels fit along the axis (its width/height)."""
+    fig = ax.figure
+    w, h = fig.get_size_inches()
+    pos = ax.get_position()
+    length = pos.width * w if which == "x" else pos.height * h
+    return 15.0 * length
+
+
+def _log_axis(
+    ax: Axes,
+    which: str = "x",
+    ticks: Any = None,
+    data: Any = None,
+    labels: dict[float, str] | None = None,
+) -> None:
     """Log scale with plain labels (``0.01``).
 
     With ``ticks`` (e.g. the deltas swept, at most 8 distinct): exactly those major ticks and
-    no minor ticks. Otherwise, when ``data`` spans less than 1.5 decades, minor ticks at 2x and
-    5x get labels too (so that a narrow axis is not left without any); else none do.
+    no minor ticks; ``labels`` overrides the text of some of them (e.g. ``"theory"``). When the
+    labels would not fit along the axis (about 15 characters an inch at 7 pt), only the powers
+    of ten and the overridden ones are labelled (the others keep an unlabelled tick).
+    Otherwise, when ``data`` spans less than 1.5 decades, minor ticks at 2x and 5x get labels
+    too (so that a narrow axis is not left without any); else none do.
     """
     axis = ax.xaxis if which == "x" else ax.yaxis
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
@@ -152,8 +481,15 @@ def _log_axis(ax: Axes, which: str = "x", ticks: Any = None, data: Any = None) -
 
     fixed = sorted(set(positive(ticks).tolist()))
     if 0 < len(fixed) <= 8:
+        special = {float(k): v for k, v in (labels or {}).items()}
+        text = {v: special.get(v, f"{v:g}") for v in fixed}
+        widest = [max(len(s) for s in t.split("\n")) for t in text.values()]
+        if which == "x" and sum(widest) + 2 * len(fixed) > _label_budget(ax, which):
+            decade = {v for v in fixed if abs(math.log10(v) - round(math.log10(v))) < 1e-9}
+            if decade:
+                text = {v: t if (v in decade or v in special) else "" for v, t in text.items()}
         axis.set_major_locator(FixedLocator(fixed))
-        axis.set_major_formatter(plain)
+        axis.set_major_formatter(FuncFormatter(lambda v, _: text.get(float(v), f"{v:g}")))
         axis.set_minor_locator(FixedLocator([]))
         axis.set_minor_formatter(NullFormatter())
         return
@@ -236,9 +572,11 @@ def plot_learning_curves(
     its stratified-bootstrap band (runs resampled within ``strata``, e.g. ``"env"``).
 
     One curve per ``hue`` level (coloured by :func:`palette`), split by ``style`` (the
-    algorithm's delta/beta/... ``setting``) when a level has several of them: same colour,
-    line styles ``-``, ``--``, ``:``, ``-.``, labels ``"trpo, delta=0.01"``. Draws one line and
-    one band (``PolyCollection``) per curve, in :func:`ordered_levels` order.
+    algorithm's delta/beta/... ``setting``) when a level has several of them, labelled
+    ``"trpo, delta=0.01"``: with several ``hue`` levels the split curves keep their level's
+    colour and get line styles ``-``, ``--``, ``:``, ``-.``; with a single ``hue`` level they are
+    solid and coloured by the ordered ``style`` palette (so six deltas stay distinguishable).
+    Draws one line and one band (``PolyCollection``) per curve, in :func:`ordered_levels` order.
     """
     ax = _axes(ax)
     grid, wide = align_curves(df, x=x, value=value, num_points=num_points)
@@ -250,18 +588,24 @@ def plot_learning_curves(
     for lv in levels:
         in_level = runs[(runs[hue] == lv).to_numpy()]
         styles = ordered_levels(in_level, style) if style in in_level.columns else []
-        curves = [(str(lv), "-", in_level)]
+        curves = [(str(lv), "-", colors[lv], in_level)]
         if len(styles) > 1:
+            by_style = palette(styles, str(style)) if len(levels) == 1 else {}
             curves = [
-                (f"{lv}, {st}", dashes[i % len(dashes)], in_level[in_level[style] == st])
+                (
+                    f"{lv}, {st}",
+                    "-" if by_style else dashes[i % len(dashes)],
+                    by_style.get(st, colors[lv]),
+                    in_level[in_level[style] == st],
+                )
                 for i, st in enumerate(styles)
             ]
-        for label, dash, members in curves:
+        for label, dash, color, members in curves:
             sub = wide.loc[members.index]
             strat = members[strata] if strata else None
             est, lo, hi = curve_band(sub, strat, reps=reps, level=level, seed=seed)
-            ax.plot(grid, est, color=colors[lv], ls=dash, label=label)
-            ax.fill_between(grid, lo, hi, color=colors[lv], alpha=0.2, linewidth=0)
+            ax.plot(grid, est, color=color, ls=dash, label=label)
+            ax.fill_between(grid, lo, hi, color=color, alpha=0.15, linewidth=0)
     ax.set_xlabel("environment steps")
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))
     label = {"rollout/return_mean": "return", "true/J": "J"}.get(value, value)
@@ -288,16 +632,19 @@ def scatter_panel(
     x: str = DL,
     y: str = DJ,
     hue: str = "setting",
+    colors: Mapping[Any, Any] | None = None,
     reps: int = 1000,
     level: float = 0.95,
     seed: int = 0,
 ) -> Axes:
-    """One predicted-vs-true panel: one scatter per ``hue`` level (one point per update), the
-    line y = x, and Spearman's rho and the OLS slope with bootstrap CIs as text."""
+    """One predicted-vs-true panel: one scatter per ``hue`` level (one point per update; colours
+    from ``colors`` or :func:`palette`), the line y = x, and Spearman's rho and the OLS slope
+    with bootstrap CIs as text in the upper-left or lower-right corner (off the diagonal),
+    whichever covers fewer points."""
     ax = _axes(ax)
     d = _finite(df, [x, y])
     levels = ordered_levels(d, hue) if hue in d.columns else []
-    colors = palette(levels, hue)
+    colors = {**palette(levels, hue), **(colors or {})}
     for lv in levels:
         sub = d[d[hue] == lv]
         ax.scatter(sub[x], sub[y], s=5, color=colors[lv], alpha=0.7, label=str(lv), lw=0)
@@ -309,15 +656,11 @@ def scatter_panel(
         hi = float(max(d[x].max(), d[y].max()))
         ax.plot([lo, hi], [lo, hi], ls="--", color="0.3", lw=0.8, label="y = x")
     st = scatter_stats(d[x], d[y], reps=reps, level=level, seed=seed)
-    ax.text(
-        0.03,
-        0.97,
+    corner_text(
+        ax,
         f"ρ = {_fmt_ci(st.rho, st.rho_low, st.rho_high)}\n"
         f"slope = {_fmt_ci(st.slope, st.slope_low, st.slope_high)}\nn = {st.n}",
-        transform=ax.transAxes,
-        va="top",
-        ha="left",
-        fontsize=6,
+        corners=("upper left", "lower right"),
     )
     ax.set_xlabel("predicted dL")
     ax.set_ylabel("true dJ")
@@ -333,48 +676,41 @@ def plot_predicted_vs_true(
     reps: int = 1000,
     level: float = 0.95,
     seed: int = 0,
-    panel_size: tuple[float, float] = (1.9, 1.8),
+    panel_size: tuple[float, float] = (2.2, 2.0),
+    max_cols: int = 3,
 ) -> Figure:
     """Surrogate-predicted vs true improvement, one point per update. Returns a Figure.
 
-    Panels: rows = ``gamma`` values; columns = (algorithm, estimate kind) with the exact
-    (tabular) and Monte Carlo panels of an algorithm side by side. Each panel is drawn by
-    :func:`scatter_panel` and titled ``"<algo>, <kind>, γ=<gamma>"``; panels without data are
-    hidden. Colour = the algorithm's step-size ``setting`` (delta or beta, ...).
+    One panel per (algorithm, gamma, estimate kind) that has data, and no empty ones: per
+    algorithm and gamma the exact and the Monte Carlo panel (:func:`estimate_kind`) side by
+    side, at most ``max_cols`` panels a row. Each panel is drawn by :func:`scatter_panel` and
+    titled ``"<algo>, <kind>, γ=<gamma>"``. Colour = the step-size ``setting`` (delta or beta,
+    ...), the same colour for a setting in every panel; one legend below the panels.
     """
     d = _finite(df, [x, y]).copy()
     d["kind"] = estimate_kind(d)
-    cols = [
-        (a, k)
+    gamma = d["gamma"].astype(float) if "gamma" in d.columns else pd.Series(np.nan, d.index)
+    d["_gamma"] = gamma.fillna(-1.0)
+    panels = [
+        (a, g, k)
         for a in ordered_levels(d, "algo")
-        for k in ("exact", "Monte Carlo")
-        if ((d["algo"] == a) & (d["kind"] == k)).any()
+        for g in sorted(d["_gamma"].unique())
+        for k in KINDS
+        if ((d["algo"] == a) & (d["_gamma"] == g) & (d["kind"] == k)).any()
     ]
-    gammas = sorted(d["gamma"].dropna().unique()) or [math.nan]
-    nrows, ncols = len(gammas), max(len(cols), 1)
-    fig, axes = plt.subplots(
-        nrows,
-        ncols,
-        figsize=(panel_size[0] * ncols, panel_size[1] * nrows),
-        squeeze=False,
-        constrained_layout=True,
-    )
-    for i, g in enumerate(gammas):
-        in_row = d["gamma"].isna() if math.isnan(g) else d["gamma"] == g
-        for j, (algo, kind) in enumerate(cols):
-            ax = axes[i, j]
-            panel = d[in_row & (d["algo"] == algo) & (d["kind"] == kind)]
-            if panel.empty:
-                ax.set_visible(False)
-                continue
-            scatter_panel(panel, ax, x=x, y=y, hue=hue, reps=reps, level=level, seed=seed)
-            ax.set_title(f"{algo}, {kind}, γ={g:g}")
-            if panel[hue].nunique() > 1:
-                ax.legend(fontsize=5, loc="best", handletextpad=0.2, markerscale=1.5)
-            if j:
-                ax.set_ylabel("")
-    if not cols:
-        axes[0, 0].set_visible(False)
+    fig, axes = panel_grid(len(panels), panel_size, max_cols=max_cols)
+    levels = ordered_levels(d, hue) if hue in d.columns else []
+    colors = palette(levels, hue)
+    for ax, (algo, g, kind) in zip(axes, panels, strict=False):
+        panel = d[(d["algo"] == algo) & (d["_gamma"] == g) & (d["kind"] == kind)]
+        scatter_panel(
+            panel, ax, x=x, y=y, hue=hue, colors=colors, reps=reps, level=level, seed=seed
+        )
+        ax.set_title(f"{algo}, {kind}, γ={g:g}" if g >= 0 else f"{algo}, {kind}")
+    if not panels:
+        axes[0].set_visible(False)
+    else:
+        figure_legend(fig, axes, order=[str(lv) for lv in levels])
     return fig
 
 
@@ -402,10 +738,13 @@ def plot_surrogate_error(
 ) -> Axes:
     """|dJ - dL| against the update's ``kl/max``, log-log, one scatter per algorithm.
 
-    dL is :func:`predicted_improvement` (exact on tabular runs unless ``prefer_exact=False``).
-    References: the TRPO bound's penalty ``C * KLmax`` with the median ``bound/C`` of the data
-    (when ``bound/C`` was logged: tabular runs), and a slope-1 line through the data's
-    geometric mean (error = O(KL) for a smooth policy class). Non-positive values are dropped.
+    Meant for the updates of one env and estimate kind (|dJ - dL| is in units of that env's J;
+    :func:`plot_surrogate_error_panels` makes one panel per env and kind). dL is
+    :func:`predicted_improvement` (exact on tabular runs unless ``prefer_exact=False``).
+    References: the TRPO bound's penalty ``C * KLmax`` with the median ``bound/C`` of the data,
+    over the KL range of the updates that logged ``bound/C`` (tabular runs; no curve without
+    any), and a slope-1 line through the data's geometric mean (error = O(KL) for a smooth
+    policy class). Non-positive values are dropped.
     """
     ax = _axes(ax)
     d = df.assign(_dl=predicted_improvement(df, prefer_exact))
@@ -418,11 +757,12 @@ def plot_surrogate_error(
         sub = d[d[hue] == lv]
         ax.scatter(sub[kl], sub["err"], s=5, color=colors[lv], alpha=0.7, label=str(lv), lw=0)
     if len(d):
+        bounded = _finite(d, ["bound/C"]) if "bound/C" in d.columns else d.iloc[:0]
+        if len(bounded):
+            kb = np.geomspace(bounded[kl].min(), bounded[kl].max(), 50)
+            c = float(np.median(bounded["bound/C"].to_numpy(dtype=float)))
+            ax.plot(kb, c * kb, color="k", lw=1, label="C·KLmax (TRPO bound)")
         ks = np.geomspace(d[kl].min(), d[kl].max(), 50)
-        c_vals = d["bound/C"].to_numpy(dtype=float)
-        c_vals = c_vals[np.isfinite(c_vals)]
-        if c_vals.size:
-            ax.plot(ks, np.median(c_vals) * ks, color="k", lw=1, label="C·KLmax (bound)")
         gm_k = float(np.exp(np.log(d[kl]).mean()))
         gm_e = float(np.exp(np.log(d["err"]).mean()))
         ax.plot(ks, gm_e * ks / gm_k, ls=":", color="0.4", lw=1, label="slope 1")
@@ -434,6 +774,51 @@ def plot_surrogate_error(
     return ax
 
 
+def surrogate_error_rows(
+    df: pd.DataFrame, kl: str = "kl/max", prefer_exact: bool = True
+) -> pd.DataFrame:
+    """The updates :func:`plot_surrogate_error` draws: finite dJ, dL and KL, both > 0."""
+    d = df.assign(_dl=predicted_improvement(df, prefer_exact))
+    d = _finite(d, [DJ, "_dl", kl])
+    err = (d[DJ] - d["_dl"]).abs()
+    return d[((err > 0) & (d[kl] > 0)).to_numpy()].drop(columns="_dl")
+
+
+def facet(
+    panels: Sequence[tuple[str, Callable[[Axes], Any]]],
+    *,
+    panel_size: tuple[float, float] = (2.2, 1.9),
+    max_cols: int = 3,
+) -> Figure:
+    """A figure with one panel per ``(title, draw)`` (``draw(ax)`` fills the panel), no empty
+    panels, and one legend for all of them below (:func:`figure_legend`)."""
+    fig, axes = panel_grid(len(panels), panel_size, max_cols=max_cols)
+    for ax, (title, draw) in zip(axes, panels, strict=False):
+        draw(ax)
+        ax.set_title(title)
+    figure_legend(fig, axes)
+    return fig
+
+
+def plot_surrogate_error_panels(
+    df: pd.DataFrame,
+    *,
+    kl: str = "kl/max",
+    hue: str = "algo",
+    prefer_exact: bool = True,
+    panel_size: tuple[float, float] = (2.2, 1.9),
+) -> Figure:
+    """:func:`plot_surrogate_error` with one panel per env and estimate kind
+    (:func:`env_panels`, titled ``"<env>, <kind>"``), each with its own references (the
+    ``C * KLmax`` curve only in panels of tabular runs). Returns the Figure."""
+    rows = surrogate_error_rows(df, kl, prefer_exact)
+    panels = [
+        (title, partial(plot_surrogate_error, sub, kl=kl, hue=hue, prefer_exact=prefer_exact))
+        for title, sub in env_panels(rows)
+    ]
+    return facet(panels, panel_size=panel_size)
+
+
 def per_run(
     df: pd.DataFrame,
     metric: str | Callable[[pd.DataFrame], pd.Series],
@@ -442,9 +827,13 @@ def per_run(
     hue: str = "algo",
 ) -> pd.DataFrame:
     """One row per run: ``run_dir``, ``hue``, ``x`` and ``y`` = ``agg`` of ``metric`` over the
-    run's updates (NaNs ignored). ``metric`` is a column or a function of the rows. Runs with a
-    NaN ``x`` or ``y`` are left out."""
-    d = df[np.isfinite(df[x].to_numpy(dtype=float))].copy()
+    run's updates (NaNs ignored). ``metric`` is a column or a function of the rows; ``x`` is
+    read by :func:`step_values` (``beta=theory`` runs at their logged beta). Runs with a NaN
+    ``x`` or ``y`` are left out."""
+    xs = step_values(df, x).to_numpy(dtype=float)
+    keep = np.isfinite(xs)
+    d = df[keep].copy()
+    d[x] = xs[keep]
     d["_y"] = metric(d) if callable(metric) else d[metric]
     out = (
         d.groupby("run_dir", sort=True)
@@ -471,12 +860,19 @@ def _param_plot(
         ax.plot(line.index, line.to_numpy(), marker="o", color=colors[lv], label=str(lv))
 
 
+def _step_axis(ax: Axes, df: pd.DataFrame, points: pd.DataFrame, x: str) -> None:
+    """Log x axis with a tick at each value of ``x`` drawn (``theory`` labelled) and its label."""
+    _log_axis(ax, "x", points[x], labels=theory_ticks(df, x))
+    ax.set_xlabel(STEP_PARAMS.get(x, x))
+
+
 def plot_improvement_vs_delta(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Predicted improvement dL against the target KL ``delta`` (log-log), per algorithm.
 
     Points: per-run median dL; lines: the IQM of those across runs per delta; a slope-1/2
     reference through their geometric mean (a natural-gradient step of KL delta has
-    dL ≈ sqrt(2 delta g'F⁻¹g)). Runs without delta or with dL <= 0 are left out.
+    dL ≈ sqrt(2 delta g'F⁻¹g)). Runs without delta or with dL <= 0 are left out. dL is in
+    units of the env's J: give it one env (the CLI makes one panel per env and kind).
     """
     ax = _axes(ax)
     pts = per_run(df, DL, x="delta", agg="median")
@@ -487,9 +883,8 @@ def plot_improvement_vs_delta(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
         gm_d = float(np.exp(np.log(pts["delta"]).mean()))
         gm_y = float(np.exp(np.log(pts["y"]).mean()))
         ax.plot(ds, gm_y * np.sqrt(ds / gm_d), ls=":", color="0.4", lw=1, label="slope 1/2")
-    _log_axis(ax, "x", pts["delta"])
+    _step_axis(ax, df, pts, "delta")
     _log_axis(ax, "y", data=pts["y"])
-    ax.set_xlabel("target KL δ")
     ax.set_ylabel("predicted dL (median per run)")
     _legend(ax)
     return ax
@@ -503,40 +898,79 @@ TRUST_REGION_METRICS: tuple[str, ...] = ("kl/mean", "kl/max", "policy/max_ratio"
 
 
 def plot_trust_region_metric(
-    df: pd.DataFrame, metric: str = "kl/mean", ax: Axes | None = None
+    df: pd.DataFrame, metric: str = "kl/mean", ax: Axes | None = None, *, x: str = "delta"
 ) -> Axes:
-    """Achieved ``metric`` (mean over a run's updates; one point per run) vs target delta, with
-    the median across runs per delta as a line per algorithm. For ``kl/*`` metrics also the line
-    y = delta (the constraint of ``kl/mean``); log scales for KL."""
+    """Achieved ``metric`` (mean over a run's updates; one point per run) vs the step-size
+    parameter ``x`` (target ``delta``, or the penalty ``beta``), with the median across runs per
+    value as a line per algorithm. For ``kl/*`` metrics against delta also the line y = delta
+    (the constraint of ``kl/mean``); log scales for KL."""
     ax = _axes(ax)
-    pts = per_run(df, metric, x="delta", agg="mean")
-    _param_plot(ax, pts, "delta", line_stat="median")
+    pts = per_run(df, metric, x=x, agg="mean")
+    _param_plot(ax, pts, x, line_stat="median")
     if metric.startswith("kl/") and len(pts):
-        ds = np.sort(pts["delta"].unique())
-        ax.plot(ds, ds, ls="--", color="0.3", lw=0.8, label="y = δ")
+        ds = np.sort(pts[x].unique())
+        if x == "delta":
+            ax.plot(ds, ds, ls="--", color="0.3", lw=0.8, label="y = δ")
         if (pts["y"] > 0).all():
-            _log_axis(ax, "y", data=np.r_[pts["y"].to_numpy(), ds])
-    _log_axis(ax, "x", pts["delta"])
-    ax.set_xlabel("target KL δ")
+            _log_axis(ax, "y", data=np.r_[pts["y"].to_numpy(), ds if x == "delta" else []])
+    _step_axis(ax, df, pts, x)
     ax.set_ylabel(metric)
     return ax
+
+
+def _metric_rows(
+    df: pd.DataFrame,
+    metrics: Sequence[str],
+    draw: Callable[..., Any],
+    axes: Sequence[Axes] | None,
+    params: Sequence[str],
+    x: str | None,
+    panel_size: tuple[float, float],
+) -> Figure:
+    """Rows of panels: per :func:`step_panels` group (env, kind, parameter) one panel per
+    metric, drawn by ``draw(rows, metric, ax=ax, x=x)``; or everything into ``axes``."""
+    if axes is not None:
+        for ax, metric in zip(axes, metrics, strict=True):
+            draw(df, metric, ax=ax, x=x or params[0])
+        _legend(axes[0])
+        return axes[0].figure
+    groups = [
+        (title, px, rows)
+        for title, px, rows in step_panels(df, params if x is None else (x,))
+        if _finite(rows, [metrics[0]]).shape[0]
+    ]
+    fig, flat = panel_grid(
+        len(groups) * len(metrics), panel_size, ncols=len(metrics), max_cols=len(metrics)
+    )
+    for i, (title, px, rows) in enumerate(groups):
+        for j, metric in enumerate(metrics):
+            ax = flat[i * len(metrics) + j]
+            draw(rows, metric, ax=ax, x=px)
+            ax.set_title(title)
+    if groups:
+        figure_legend(fig, flat)
+    else:
+        flat[0].set_visible(False)
+    return fig
 
 
 def plot_trust_region(
     df: pd.DataFrame,
     metrics: Sequence[str] = TRUST_REGION_METRICS,
     axes: Sequence[Axes] | None = None,
+    *,
+    x: str | None = None,
+    panel_size: tuple[float, float] = (2.2, 1.9),
 ) -> Figure:
-    """One :func:`plot_trust_region_metric` panel per metric, side by side. Returns the Figure."""
-    if axes is None:
-        fig, new = plt.subplots(
-            1, len(metrics), figsize=(2.2 * len(metrics), 2.0), constrained_layout=True
-        )
-        axes = list(np.atleast_1d(new))
-    for ax, metric in zip(axes, metrics, strict=True):
-        plot_trust_region_metric(df, metric, ax=ax)
-    _legend(axes[0])
-    return axes[0].figure
+    """:func:`plot_trust_region_metric` panels, one per metric side by side. Returns the Figure.
+
+    Without ``axes``: one row of panels per env, estimate kind and step-size parameter
+    (:func:`step_panels`: delta, and beta for the KL penalty; only ``x`` if given), titled
+    ``"<env>, <kind>"``, one legend below. With ``axes`` (one per metric): all of ``df`` in
+    them, against ``x`` (default delta)."""
+    return _metric_rows(
+        df, metrics, plot_trust_region_metric, axes, tuple(STEP_PARAMS), x, panel_size
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,7 +981,8 @@ def plot_trust_region(
 def plot_monotonic(
     df: pd.DataFrame, ax: Axes | None = None, *, x: str = "delta", z: float | None = None
 ) -> Axes:
-    """Fraction of a run's updates that made things worse (dJ < 0) vs ``x``, per algorithm.
+    """Fraction of a run's updates that made things worse (dJ < 0) vs ``x`` (delta, or beta
+    for the KL penalty), per algorithm.
 
     Points: runs; lines: mean across runs. With ``z``, an update counts as worse only when
     ``dJ + z * true/improvement_se < 0`` (significantly negative; for Monte Carlo dJ).
@@ -561,10 +996,9 @@ def plot_monotonic(
 
     pts = per_run(d, worse, x=x, agg="mean")
     _param_plot(ax, pts, x, line_stat="mean")
-    _log_axis(ax, "x", pts[x])
+    _step_axis(ax, d, pts, x)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("target KL δ" if x == "delta" else x)
-    ax.set_ylabel("fraction of updates with dJ < 0")
+    ax.set_ylabel("fraction with dJ < 0")
     _legend(ax)
     return ax
 
@@ -583,29 +1017,26 @@ def bound_vacuity(df: pd.DataFrame, prefer_exact: bool = True) -> pd.Series:
 def plot_bound_vacuity(
     df: pd.DataFrame, ax: Axes | None = None, *, x: str = "delta", tol: float = 1e-9
 ) -> Axes:
-    """On exact (tabular) updates: the TRPO bound's vacuity C·KLmax/dL vs ``x`` (per-run
-    median as points, median across runs as lines; log y; y = 1 dashed: above it the bound is
-    <= 0) and the number of bound violations (dJ < bound/trpo - tol; must be 0) as text."""
+    """On updates of tabular runs (where the bound is computed exactly, whatever estimator
+    trained the policy): the TRPO bound's vacuity C·KLmax/dL vs ``x`` (delta, or beta for the
+    KL penalty; per-run median as points, median across runs as lines; log y; y = 1 dashed:
+    above it the bound is <= 0) and the number of bound violations (dJ < bound/trpo - tol;
+    must be 0) as text, in the upper corner with fewer points."""
     ax = _axes(ax)
-    d = df[(estimate_kind(df) == "exact").to_numpy()]
+    d = df[is_tabular(df)]
+    d = d[np.isfinite(step_values(d, x).to_numpy(dtype=float))]
     pts = per_run(d, bound_vacuity, x=x, agg="median")
     pts = pts[pts["y"] > 0]
     _param_plot(ax, pts, x, line_stat="median")
-    ax.axhline(1.0, ls="--", color="0.3", lw=0.8)
+    ax.axhline(1.0, ls="--", color="0.3", lw=0.8, label="C·KLmax = dL (bound = 0)")
     violations, checked = bound_violations(d, tol=tol)
-    ax.text(
-        0.03,
-        0.97,
-        f"bound violations: {violations} / {checked}",
-        transform=ax.transAxes,
-        va="top",
-        fontsize=6,
-    )
-    _log_axis(ax, "x", pts[x])
+    _step_axis(ax, d, pts, x)
     if len(pts):
         _log_axis(ax, "y", data=np.r_[pts["y"].to_numpy(), 1.0])
-    ax.set_xlabel("target KL δ" if x == "delta" else x)
     ax.set_ylabel("C·KLmax / dL")
+    corner_text(
+        ax, f"bound violations: {violations} / {checked}", corners=("upper left", "upper right")
+    )
     _legend(ax, loc="lower right")
     return ax
 
@@ -663,15 +1094,14 @@ LINE_SEARCH_METRICS: tuple[str, ...] = ("trpo/backtracks", "trpo/accepted")
 
 
 def plot_line_search_metric(
-    df: pd.DataFrame, metric: str = "trpo/backtracks", ax: Axes | None = None
+    df: pd.DataFrame, metric: str = "trpo/backtracks", ax: Axes | None = None, *, x: str = "delta"
 ) -> Axes:
     """Mean of a line-search metric per run (points) and across runs (line) vs delta, per
     algorithm (runs that did not log it are left out)."""
     ax = _axes(ax)
-    pts = per_run(df, metric, x="delta", agg="mean")
-    _param_plot(ax, pts, "delta", line_stat="mean")
-    _log_axis(ax, "x", pts["delta"])
-    ax.set_xlabel("target KL δ")
+    pts = per_run(df, metric, x=x, agg="mean")
+    _param_plot(ax, pts, x, line_stat="mean")
+    _step_axis(ax, df, pts, x)
     ax.set_ylabel(
         {"trpo/backtracks": "mean backtracks", "trpo/accepted": "acceptance rate"}.get(
             metric, metric
@@ -679,6 +1109,9 @@ def plot_line_search_metric(
     )
     if metric == "trpo/accepted":
         ax.set_ylim(-0.02, 1.02)
+    elif len(pts):  # counts: from 0, and no negative ticks when all are 0
+        top = max(1.0, 1.05 * float(pts["y"].max()))
+        ax.set_ylim(-0.03 * top, top)
     return ax
 
 
@@ -686,14 +1119,10 @@ def plot_line_search(
     df: pd.DataFrame,
     metrics: Sequence[str] = LINE_SEARCH_METRICS,
     axes: Sequence[Axes] | None = None,
+    *,
+    panel_size: tuple[float, float] = (2.0, 1.8),
 ) -> Figure:
-    """Mean backtracks and acceptance rate per delta, two panels. Returns the Figure."""
-    if axes is None:
-        fig, new = plt.subplots(
-            1, len(metrics), figsize=(COLUMN_WIDTH * 1.2, 1.9), constrained_layout=True
-        )
-        axes = list(np.atleast_1d(new))
-    for ax, metric in zip(axes, metrics, strict=True):
-        plot_line_search_metric(df, metric, ax=ax)
-    _legend(axes[0])
-    return axes[0].figure
+    """Mean backtracks and acceptance rate per delta, two panels side by side. Returns the
+    Figure. Without ``axes``: one row per env and estimate kind (:func:`step_panels`), titled
+    ``"<env>, <kind>"``, one legend below; with ``axes``: all of ``df`` in them."""
+    return _metric_rows(df, metrics, plot_line_search_metric, axes, ("delta",), None, panel_size)

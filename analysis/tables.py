@@ -1,4 +1,4 @@
-"""The summary table: one row per (algorithm, env, setting), as CSV and markdown."""
+"""The summary table: one row per (algorithm, env, estimator, setting), as CSV and markdown."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from analysis.load import ALGO_ORDER, RUN_COLUMNS
 from analysis.stats import final_per_run, iqm, stratified_bootstrap_ci
 
 #: Columns that define a row of the summary table.
-SUMMARY_KEYS: tuple[str, ...] = ("algo", "env", "setting", "gamma", "gae_lambda")
+SUMMARY_KEYS: tuple[str, ...] = ("algo", "env", "estimator", "setting", "gamma", "gae_lambda")
 
 #: Columns of :func:`summary_table`, in order.
 SUMMARY_COLUMNS: tuple[str, ...] = (
@@ -65,7 +65,8 @@ def summary_table(
     level: float = 0.95,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """One row per :data:`SUMMARY_KEYS` (algo, env, setting, gamma, gae_lambda).
+    """One row per :data:`SUMMARY_KEYS` (algo, env, estimator, setting, gamma, gae_lambda):
+    runs trained with the exact and with the sampled estimator are summarised apart.
 
     Columns: final-return IQM over runs with its bootstrap CI, final ``true/J`` IQM (J before
     the last updates: exact on tabular envs, Monte Carlo elsewhere), mean ``kl/mean`` over all
@@ -125,7 +126,8 @@ def _sort(table: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
         _s=table["setting"].map(values).astype(float),
     )
     keyed = keyed.sort_values(
-        ["_a", "algo", "env", "_s", "setting", "gamma", "gae_lambda"], na_position="last"
+        ["_a", "algo", "env", "estimator", "_s", "setting", "gamma", "gae_lambda"],
+        na_position="last",
     )
     return keyed.drop(columns=["_a", "_s"]).reset_index(drop=True)
 

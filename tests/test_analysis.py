@@ -46,6 +46,7 @@ def make_cfg(
     lam: float = 0.95,
     env: str = "garnet",
     tabular: bool = True,
+    estimator: str | None = None,
     group: str = "sweep-a",
 ) -> dict[str, Any]:
     """A composed config shaped like the training app's ``.hydra/config.yaml``."""
@@ -71,7 +72,7 @@ def make_cfg(
         "batch_steps": 1024,
         "num_envs": 1,
         "normalize_advantages": True,
-        "algo": {**algos[algo], "estimator": "exact" if tabular else "sampled"},
+        "algo": {**algos[algo], "estimator": estimator or ("exact" if tabular else "sampled")},
         "env": {"name": env, "id": f"{env}-v0", "tabular": tabular},
         "policy": {"name": "tabular" if tabular else "mlp"},
         "logger": {"name": "none", "group": group, "project": "trpo-test"},
@@ -537,19 +538,41 @@ def test_learning_curves_split_by_setting(full_long: pd.DataFrame) -> None:
     assert [ln.get_label() for ln in ax.get_lines()] == ["trpo", "npg", "vpg", "kl_penalty"]
 
 
+def _points_under(artist: Any, ax: Any) -> int:
+    """How many scatter points of ``ax`` lie under ``artist``'s drawn extent."""
+    ax.figure.canvas.draw()
+    box = artist.get_window_extent()
+    n = 0
+    for coll in ax.collections:
+        pts = coll.get_offset_transform().transform(coll.get_offsets())
+        n += (
+            int(box.contains_points(pts).sum())
+            if hasattr(box, "contains_points")
+            else sum(box.contains(x, y) for x, y in pts)
+        )
+    return n
+
+
 def test_predicted_vs_true_panels_and_stats(full_long: pd.DataFrame) -> None:
     fig = plots.plot_predicted_vs_true(full_long, reps=200)
-    visible = {ax.get_title(): ax for ax in fig.axes if ax.get_visible() and ax.get_title()}
-    assert set(visible) == {
+    # only the panels with data, no hidden ones: 4 panels in 2 x 2
+    assert [ax.get_title() for ax in fig.axes] == [
         "trpo, exact, γ=0.99",
         "npg, exact, γ=0.99",
         "vpg, Monte Carlo, γ=0.99",
         "kl_penalty, exact, γ=0.99",
-    }
-    trpo = visible["trpo, exact, γ=0.99"]
+    ]
+    assert all(ax.get_visible() for ax in fig.axes)
+    assert fig.axes[0].get_subplotspec().get_geometry()[:2] == (2, 2)
+    trpo = fig.axes[0]
     offsets = [len(c.get_offsets()) for c in trpo.collections]
     assert offsets == [20, 20]  # one scatter per delta, 2 seeds x 10 updates
     assert [c.get_label() for c in trpo.collections] == ["delta=0.01", "delta=0.04"]
+    # a setting has one colour in every panel (npg runs delta=0.01 too)
+    npg = fig.axes[1]
+    np.testing.assert_allclose(
+        npg.collections[0].get_facecolor(), trpo.collections[0].get_facecolor()
+    )
     (diag,) = trpo.get_lines()
     np.testing.assert_allclose(diag.get_xdata(), diag.get_ydata())
     text = trpo.texts[0].get_text()
@@ -558,12 +581,68 @@ def test_predicted_vs_true_panels_and_stats(full_long: pd.DataFrame) -> None:
     d = full_long[full_long["algo"] == "trpo"]
     rho = sps.spearmanr(d["surrogate/improvement"], d["true/improvement"]).statistic
     assert f"ρ = {rho:.2f}" in text
+    # one legend, below all panels: settings in order, then the reference line
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "δ=0.01",
+        "δ=0.04",
+        "lr=0.01",
+        "β=theory",
+        "y = x",
+    ]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    lowest = min(ax.get_tightbbox(renderer).y0 for ax in fig.axes)
+    assert legend.get_window_extent(renderer).y1 <= lowest
+    # the statistics hide no point
+    for ax in fig.axes:
+        assert _points_under(ax.texts[0], ax) == 0
     # an exact line gives slope 2.00 [2.00, 2.00]
     line = full_long[full_long["algo"] == "vpg"].copy()
     line["true/improvement"] = 2 * line["surrogate/improvement"]
     ax = plots.scatter_panel(line, reps=100)
     assert "slope = 2.00 [2.00, 2.00]" in ax.texts[0].get_text()
     assert "ρ = 1.00 [1.00, 1.00]" in ax.texts[0].get_text()
+
+
+@pytest.fixture
+def two_env_long(tmp_path: Path) -> pd.DataFrame:
+    """The shape of the quick ``delta`` sweep: trpo over two deltas x two seeds on an exact
+    garnet with gamma 0.9 and on CartPole (Monte Carlo) with gamma 0.99."""
+    cfgs = [make_cfg("trpo", seed=s, delta=d, gamma=0.9) for d in (0.01, 0.04) for s in (0, 1)]
+    cfgs += [
+        make_cfg("trpo", seed=s, delta=d, env="cartpole", tabular=False)
+        for d in (0.01, 0.04)
+        for s in (0, 1)
+    ]
+    return load.load_runs(write_sweep(tmp_path / "two-env", cfgs))
+
+
+def test_predicted_vs_true_only_non_empty_panels(two_env_long: pd.DataFrame) -> None:
+    fig = plots.plot_predicted_vs_true(two_env_long, reps=100)
+    # exact at gamma 0.9 and Monte Carlo at gamma 0.99: 2 panels side by side, not 2 x 2
+    assert [ax.get_title() for ax in fig.axes] == [
+        "trpo, exact, γ=0.9",
+        "trpo, Monte Carlo, γ=0.99",
+    ]
+    assert fig.axes[0].get_subplotspec().get_geometry()[:2] == (1, 2)
+    for ax in fig.axes:
+        assert [len(c.get_offsets()) for c in ax.collections] == [20, 20]
+        assert "n = 40" in ax.texts[0].get_text()
+        assert ax.get_legend() is None
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["δ=0.01", "δ=0.04", "y = x"]
+
+
+def test_estimate_kind_follows_the_estimator() -> None:
+    df = pd.DataFrame(
+        {
+            "tabular": [True, True, False, True],
+            "estimator": ["exact", "sampled", "sampled", None],
+        }
+    )
+    assert list(plots.estimate_kind(df)) == ["exact", "Monte Carlo", "Monte Carlo", "exact"]
 
 
 def test_surrogate_error_and_bound_curve(full_long: pd.DataFrame) -> None:
@@ -584,6 +663,37 @@ def test_surrogate_error_and_bound_curve(full_long: pd.DataFrame) -> None:
     np.testing.assert_allclose(trpo.get_offsets()[:, 1], 1e-3)
     ax = plots.plot_surrogate_error(shifted, ax=plt.subplots()[1], prefer_exact=False)
     assert ax.collections[0].get_offsets()[:, 1].max() > 1e-2
+
+
+def test_surrogate_error_one_panel_per_env(two_env_long: pd.DataFrame) -> None:
+    fig = plots.plot_surrogate_error_panels(two_env_long)
+    garnet, cartpole = fig.axes
+    assert [garnet.get_title(), cartpole.get_title()] == ["garnet, exact", "cartpole, Monte Carlo"]
+    for ax in fig.axes:
+        # 2 deltas x 2 seeds x 10 updates, coloured by algorithm
+        assert {c.get_label(): len(c.get_offsets()) for c in ax.collections} == {"trpo": 40}
+        assert ax.collections[0].get_facecolor()[0][:3] == pytest.approx(plots.ALGO_COLORS["trpo"])
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    # the bound's C * KLmax only where bound/C was logged (the tabular garnet), over its KL
+    assert [ln.get_label() for ln in cartpole.get_lines()] == ["slope 1"]
+    bound, ref = garnet.get_lines()
+    assert bound.get_label() == "C·KLmax (TRPO bound)"
+    np.testing.assert_allclose(bound.get_ydata() / bound.get_xdata(), 5.0)
+    assert (bound.get_xdata().min(), bound.get_xdata().max()) == pytest.approx((0.02, 0.08))
+    slope = np.diff(np.log(ref.get_ydata())) / np.diff(np.log(ref.get_xdata()))
+    np.testing.assert_allclose(slope, 1.0)
+    # each panel's points are in its own env's units: garnet |dJ - dL| = 0.2 dL or 1.1 dL
+    g = two_env_long[two_env_long["env"] == "garnet"]
+    err = (g["true/improvement"] - g["exact/surrogate_improvement"]).abs()
+    np.testing.assert_allclose(
+        np.sort(garnet.collections[0].get_offsets()[:, 1]), np.sort(err.to_numpy())
+    )
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "trpo",
+        "C·KLmax (TRPO bound)",
+        "slope 1",
+    ]
 
 
 def test_improvement_vs_delta(full_long: pd.DataFrame) -> None:
@@ -610,13 +720,27 @@ def test_trust_region(full_long: pd.DataFrame) -> None:
     assert [len(c.get_offsets()) for c in kl_mean.collections] == [4, 2]
 
 
+def test_trust_region_row_per_env(two_env_long: pd.DataFrame) -> None:
+    fig = plots.plot_trust_region(two_env_long)
+    assert len(fig.axes) == 6  # 2 envs x 3 metrics
+    assert [ax.get_title() for ax in fig.axes] == ["garnet, exact"] * 3 + [
+        "cartpole, Monte Carlo"
+    ] * 3
+    assert [ax.get_ylabel() for ax in fig.axes[:3]] == list(plots.TRUST_REGION_METRICS)
+    for ax in fig.axes:
+        assert [len(c.get_offsets()) for c in ax.collections] == [4]  # 2 deltas x 2 seeds
+        np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), [0.01, 0.04])
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["trpo", "y = δ"]
+
+
 def test_monotonic_and_vacuity(full_long: pd.DataFrame) -> None:
     ax = plots.plot_monotonic(full_long)
     # updates 4 and 8 of 10 have dJ < 0
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [0.2, 0.2])
     assert [len(c.get_offsets()) for c in ax.collections] == [4, 2]
     ax = plots.plot_bound_vacuity(full_long)
-    assert ax.texts[0].get_text() == "bound violations: 0 / 80"  # trpo + npg exact updates
+    assert ax.texts[0].get_text() == "bound violations: 0 / 60"  # trpo + npg exact updates
     # vacuity = C KLmax / dL = 10 delta / (0.1 sqrt(delta) (1 + 0.05 i)), median over i
     i = np.arange(1, 11)
     expect = [np.median(10 * d / (0.1 * np.sqrt(d) * (1 + 0.05 * i))) for d in (0.01, 0.04)]
@@ -624,7 +748,60 @@ def test_monotonic_and_vacuity(full_long: pd.DataFrame) -> None:
     broken = full_long.copy()
     broken.loc[broken.index[0], "true/improvement"] = -1.0
     ax = plots.plot_bound_vacuity(broken)
-    assert ax.texts[0].get_text() == "bound violations: 1 / 80"
+    assert ax.texts[0].get_text() == "bound violations: 1 / 60"
+    assert _points_under(ax.texts[0], ax) == 0
+
+
+@pytest.fixture
+def penalty_long(tmp_path: Path) -> pd.DataFrame:
+    """The shape of the quick ``penalty`` sweep: kl_penalty over beta in (0.3, 1, theory) x two
+    seeds, exact and sampled on a garnet; ``penalty/beta`` logged (theory: C = 250 + i exact,
+    1500 + i sampled at update i)."""
+    root = tmp_path / "penalty"
+    root.mkdir()
+    (root / "multirun.yaml").write_text("x: 1\n")
+    job = 0
+    for est in ("exact", "sampled"):
+        for beta in (0.3, 1, "theory"):
+            for seed in (0, 1):
+                cfg = make_cfg("kl_penalty", seed=seed, beta=beta, gamma=0.9, estimator=est)
+                rows = make_rows(cfg, n=10)
+                for i, row in enumerate(rows, start=1):
+                    c = 250 if est == "exact" else 1500
+                    row["penalty/beta"] = c + i if beta == "theory" else beta
+                cols = [*METRICS, "penalty/beta"]
+                write_run(root / str(job), cfg, rows, job=job, columns=cols)
+                job += 1
+    return load.load_runs(root)
+
+
+def test_penalty_beta_axis_with_theory(penalty_long: pd.DataFrame) -> None:
+    exact = penalty_long[penalty_long["estimator"] == "exact"]
+    # theory runs sit at the median beta they logged: 250 + median(1..10)
+    x = plots.step_values(exact, "beta")
+    assert set(x[exact["beta_label"] == "theory"]) == {255.5}
+    assert set(x[exact["beta_label"] == "0.3"]) == {0.3}
+    ax = plots.plot_monotonic(exact, x="beta")
+    np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), [0.3, 1.0, 255.5])
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [0.2, 0.2, 0.2])
+    assert ax.get_xlabel() == "KL penalty β"
+    ax.figure.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["0.3", "1", "theory\n≈256"]
+    # the CLI: one panel per estimate kind, beta on x
+    fig = figures.fig_bound_vacuity(penalty_long, figures.Options())
+    assert [a.get_title() for a in fig.axes] == ["garnet, exact", "garnet, Monte Carlo"]
+    for a in fig.axes:
+        assert a.texts[0].get_text() == "bound violations: 0 / 60"  # 3 betas x 2 seeds x 10
+        assert [len(c.get_offsets()) for c in a.collections] == [6]
+    np.testing.assert_allclose(fig.axes[1].get_lines()[0].get_xdata(), [0.3, 1.0, 1505.5])
+    fig = figures.fig_monotonic(penalty_long, figures.Options())
+    assert len(fig.axes) == 2
+    fig = plots.plot_trust_region(penalty_long)
+    assert len(fig.axes) == 6  # exact and sampled rows x 3 metrics
+    assert all(ln.get_label() != "y = δ" for a in fig.axes for ln in a.get_lines())
+    with pytest.raises(figures.Skipped):  # no delta anywhere
+        figures.fig_improvement_vs_delta(penalty_long, figures.Options())
 
 
 def test_gae_heatmap_values(tmp_path: Path) -> None:
@@ -651,6 +828,38 @@ def test_gae_heatmap_values(tmp_path: Path) -> None:
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0.9", "0.99"]
 
 
+def test_log_axis_labels_thin_out_when_crowded() -> None:
+    deltas = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
+    labels = {}
+    for width in (2.0, 6.0):
+        fig, ax = plt.subplots(figsize=(width, 2))
+        ax.plot(deltas, deltas)
+        plots._log_axis(ax, "x", deltas)
+        fig.canvas.draw()
+        labels[width] = [t.get_text() for t in ax.get_xticklabels()]
+        assert list(ax.get_xticks()) == deltas  # a tick at every value either way
+    assert labels[2.0] == ["0.001", "", "0.01", "", "0.1", ""]
+    assert labels[6.0] == ["0.001", "0.003", "0.01", "0.03", "0.1", "0.3"]
+
+
+def test_corner_text_avoids_data() -> None:
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.scatter([0.05, 0.1, 0.1], [0.9, 0.95, 1.0])  # top left
+    ax.scatter([0.9, 1.0], [0.0, 0.05])  # bottom right
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    txt = plots.corner_text(ax, "some statistics\nover two lines")
+    assert (txt.get_ha(), txt.get_va()) == ("right", "top")  # the free corner
+    assert _points_under(txt, ax) == 0
+    # no free corner: the limit is pushed out until the data clear the text
+    fig, ax = plt.subplots(figsize=(3, 2))
+    grid = np.linspace(0, 1, 11)
+    ax.scatter(*[a.ravel() for a in np.meshgrid(grid, grid)])
+    txt = plots.corner_text(ax, "a\nb\nc", corners=("upper left",))
+    assert ax.get_ylim()[1] > 1.1
+    assert _points_under(txt, ax) == 0
+
+
 def test_line_search(full_long: pd.DataFrame) -> None:
     fig = plots.plot_line_search(full_long)
     backtracks, accepted = fig.axes
@@ -658,6 +867,36 @@ def test_line_search(full_long: pd.DataFrame) -> None:
     assert line.get_label() == "trpo"
     np.testing.assert_allclose(line.get_ydata(), [np.mean(np.arange(1, 11) % 3)] * 2)
     np.testing.assert_allclose(accepted.get_lines()[0].get_ydata(), [0.8, 0.8])
+    # no line search trouble at all: the counts' axis starts at 0, not at -0.04
+    calm = full_long.assign(**{"trpo/backtracks": full_long["trpo/backtracks"] * 0})
+    ax = plots.plot_line_search_metric(calm, "trpo/backtracks")
+    assert -0.05 <= ax.get_ylim()[0] < 0 and ax.get_ylim()[1] == 1.0
+
+
+def test_line_search_row_per_env(two_env_long: pd.DataFrame) -> None:
+    fig = plots.plot_line_search(two_env_long)
+    assert [ax.get_title() for ax in fig.axes] == ["garnet, exact"] * 2 + [
+        "cartpole, Monte Carlo"
+    ] * 2
+    assert [ax.get_ylabel() for ax in fig.axes] == ["mean backtracks", "acceptance rate"] * 2
+    for ax in fig.axes:
+        assert [len(c.get_offsets()) for c in ax.collections] == [4]
+
+
+def test_learning_curves_one_algorithm_coloured_by_setting(two_env_long: pd.DataFrame) -> None:
+    garnet = two_env_long[two_env_long["env"] == "garnet"]
+    ax = plots.plot_learning_curves(garnet, num_points=5, reps=50)
+    a, b = ax.get_lines()
+    assert [a.get_label(), b.get_label()] == ["trpo, delta=0.01", "trpo, delta=0.04"]
+    assert a.get_linestyle() == b.get_linestyle() == "-"
+    assert a.get_color() != b.get_color()
+    # the CLI: one panel per env and kind, exact J on the tabular env, one legend below
+    fig = figures.fig_learning_curves(two_env_long, figures.Options(reps=50))
+    assert [x.get_title() for x in fig.axes] == ["garnet, exact", "cartpole, Monte Carlo"]
+    assert [x.get_ylabel() for x in fig.axes] == ["J (IQM)", "return (IQM)"]
+    assert [len(x.get_lines()) for x in fig.axes] == [2, 2]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["trpo, δ=0.01", "trpo, δ=0.04"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -685,7 +924,15 @@ def test_summary_table_numbers(mixed_sweep: Path) -> None:
     assert t.loc["trpo", "setting"] == "delta=0.01"
     md = tables.summary_markdown(table)
     assert md.count("\n") == 2 + 4
-    assert "| trpo | garnet | delta=0.01 | 0.99 | 0.95 | 2 | 0 | 0 | 6 | 8 [3, 13] |" in md
+    assert "| trpo | garnet | exact | delta=0.01 | 0.99 | 0.95 | 2 | 0 | 0 | 6 | 8 [3, 13] |" in md
+
+
+def test_summary_table_separates_estimators(penalty_long: pd.DataFrame) -> None:
+    table = tables.summary_table(penalty_long, reps=50)
+    assert len(table) == 6  # 3 betas x (exact, sampled)
+    assert list(table["estimator"]) == ["exact"] * 3 + ["sampled"] * 3
+    assert list(table["setting"]) == ["beta=0.3", "beta=1", "beta=theory"] * 2
+    assert list(table["n_runs"]) == [2] * 6
 
 
 # --------------------------------------------------------------------------------------------
@@ -729,7 +976,7 @@ def test_cli_makes_every_figure(cli_sweep: Path, tmp_path: Path, capsys: Any) ->
     # final = mean of the last update (10% of 6 -> 1): 6 and 16 for seeds 0 and 1
     assert list(trpo["final_return_iqm"]) == [11.0] * 4
     text = (out / "summary.md").read_text()
-    assert text.startswith("| algo | env | setting | gamma | gae_lambda | n_runs |")
+    assert text.startswith("| algo | env | estimator | setting | gamma | gae_lambda | n_runs |")
 
 
 def test_cli_reports_skipped_figures(tmp_path: Path, capsys: Any) -> None:
@@ -744,6 +991,19 @@ def test_cli_reports_skipped_figures(tmp_path: Path, capsys: Any) -> None:
     made = {p.stem for p in out.glob("*.pdf")}
     assert made == {"learning_curves", "predicted_vs_true", "surrogate_error"}
     assert len(pd.read_csv(out / "summary.csv")) == 1
+
+
+def test_cli_png_width(tmp_path: Path, capsys: Any) -> None:
+    cfgs = [make_cfg("vpg", seed=s, env="cartpole", tabular=False) for s in (0, 1)]
+    sweep = write_sweep(tmp_path / "vpg", cfgs, n=4)
+    out = tmp_path / "figs"
+    args = [str(sweep), "--out", str(out), "--reps", "20", "--png-width", "400"]
+    assert figures.main(args) == 0
+    widths = {
+        p.stem: int.from_bytes(p.read_bytes()[16:20], "big") for p in out.glob("*.png")
+    }  # the PNG header's IHDR width
+    assert set(widths) == {"learning_curves", "predicted_vs_true", "surrogate_error"}
+    assert all(350 <= w <= 400 for w in widths.values()), widths
 
 
 def test_cli_without_runs(tmp_path: Path, capsys: Any) -> None:
