@@ -182,3 +182,17 @@ def test_categorical_sampling_frequencies_match_probabilities():
     actions = actor.sample(np.ones((200_000, 1)), np.random.default_rng(0))
     freq = np.bincount(actions, minlength=3) / actions.size
     np.testing.assert_allclose(freq, [0.2, 0.5, 0.3], atol=4 * np.sqrt(0.25 / 200_000))
+
+
+def test_runs_with_neighbouring_seeds_do_not_share_environment_streams():
+    from tests.conftest import compose_typed
+    from trpo_lab.envs import make_vector_env
+    from trpo_lab.rollout import Collector
+
+    cfg = compose_typed("env=pendulum", "num_envs=2")
+    first = {}
+    for seed in (0, 1):
+        collector = Collector(make_vector_env(cfg.env, 2, 0.9), 1, seed, False)
+        first[seed] = [tuple(np.round(o, 6)) for o in collector.raw_obs]
+    starts = first[0] + first[1]
+    assert len(set(starts)) == 4

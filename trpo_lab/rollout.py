@@ -94,8 +94,10 @@ class Collector:
         self.obs_rms = RunningMeanStd(encode_observations(
             self.obs_space, np.asarray([self.obs_space.sample()])).shape[1:]) \
             if normalize_obs else None
-        raw_obs, _ = envs.reset(seed=seed)
-        envs.action_space.seed(seed)
+        # independent streams per env: plain seed + i would give run seed k's second env the
+        # stream of run seed k+1's first env, correlating the seeds of a sweep
+        env_seeds = np.random.SeedSequence([seed, 0xE7]).generate_state(self.num_envs)
+        raw_obs, _ = envs.reset(seed=[int(s) for s in env_seeds])
         self.raw_obs = raw_obs
         self.episode_return = np.zeros(self.num_envs)
         self.episode_length = np.zeros(self.num_envs, np.int64)
