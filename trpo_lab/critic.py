@@ -33,9 +33,9 @@ class CriticTrainer:
         """One Adam step on mean (V(s) - target)^2, gradients by hand (see trpo_lab.mlp)."""
         cache = mlp.forward_cache(self.policy.critic, obs)
         error = cache.output.squeeze(-1) - targets
-        grads = mlp.vjp(self.policy.critic, cache, (2.0 / error.numel()) * error.unsqueeze(-1))
-        if not torch.isfinite(torch.cat([g.reshape(-1) for g in grads])).all():
+        if not torch.isfinite(error).all():  # finite errors and weights: finite gradients
             return
+        grads = mlp.vjp(self.policy.critic, cache, (2.0 / error.numel()) * error.unsqueeze(-1))
         for p, g in zip(self.params, grads):
             p.grad = g
         self.optimizer.step()
