@@ -134,3 +134,26 @@ def test_cli_refuses_unwritable_output_directory(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert str(blocker) in result.stderr
+
+
+def test_missing_mujoco_is_refused_with_the_install_command(monkeypatch):
+    import importlib.util
+
+    from trpo_lab.envs import EnvError, env_factory
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mujoco" else real_find_spec(name, *a))
+    with pytest.raises(EnvError) as info:
+        env_factory(typed("env=hopper").env, 0.99)
+    assert info.value.key == "env.id"
+    assert 'pip install -e ".[mujoco]"' in str(info.value)
+
+
+def test_hopper_builds_when_mujoco_is_installed():
+    pytest.importorskip("mujoco")
+    from trpo_lab.envs import make_vector_env
+
+    envs = make_vector_env(typed("env=hopper").env, 1, 0.99)
+    assert envs.single_action_space.shape == (3,)
+    envs.close()

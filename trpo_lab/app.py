@@ -6,19 +6,23 @@ Exit codes: 0 completed (or interrupted cleanly, resumable), 1 a run or a sweep 
 
 from __future__ import annotations
 
-import sys
-import traceback
-from pathlib import Path
-from typing import Any
+import time
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+PROCESS_STARTED = time.time()  # this module is the first the console script imports
 
-from trpo_lab.config import ConfigError, register_configs, to_typed, validate
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.experimental.callback import Callback  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException  # noqa: E402
+
+from trpo_lab.config import ConfigError, register_configs, to_typed, validate  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -73,6 +77,7 @@ def run_job(cfg: DictConfig) -> str:
     from trpo_lab.policies import PolicySpaceError
     from trpo_lab.train import StopSignal, Trainer, read_summary, write_summary
 
+    job_started = time.time()
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
@@ -85,7 +90,8 @@ def run_job(cfg: DictConfig) -> str:
             return "completed"
         group, tags = _sweep_identity(hc)
         trainer = Trainer(typed, run_dir, wandb_config=OmegaConf.to_container(cfg, resolve=True),
-                          group=group, tags=tags)
+                          group=group, tags=tags,
+                          clock_origins={"process": PROCESS_STARTED, "job": job_started})
     except (ConfigError, EnvError, PolicySpaceError, OmegaConfBaseException) as error:
         message = str(error).splitlines()[0]
         if isinstance(error, MissingMandatoryValue):

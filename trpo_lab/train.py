@@ -118,8 +118,11 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, *, wandb_config: dict | None = None,
-                 group: str | None = None, tags: list[str] | None = None):
+                 group: str | None = None, tags: list[str] | None = None,
+                 clock_origins: dict[str, float] | None = None):
         self.cfg, self.run_dir = cfg, run_dir
+        self.clock_origins = clock_origins or {}
+        self.first_update_at: float | None = None
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
@@ -285,11 +288,16 @@ class Trainer:
             "wall_s": self.wall_before + self._elapsed(), "wandb_run_id": self.run_id,
             "algo": algo_label(self.cfg.algo), "env": self.cfg.env.name, "seed": self.cfg.seed,
             "group": self.group,
+            # start-up: seconds from process start and from job start to the first update
+            "startup": {f"{name}_to_first_update_s": self.first_update_at - origin
+                        for name, origin in self.clock_origins.items()}
+            if self.first_update_at is not None else {},
         }
 
     def run(self, stop: StopSignal | None = None,
             on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         self.t_start = time.perf_counter()
+        self.first_update_at = time.time()
         progress = self._progress()
         status, error = "completed", None
         try:
