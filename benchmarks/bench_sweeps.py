@@ -2,12 +2,13 @@
 
     python benchmarks/bench_sweeps.py [--jobs 8] [--repeats 3] [--out DIR]
 
-Runs ``trpo-lab -m seed=0..N-1`` (TRPO on CartPole, 8 updates of 1024 steps per job, no W&B,
-no evaluation episodes) with the basic launcher (serial, one process), with joblib on 2 workers
-and with submitit_local (every job its own process), alternating, and prints the median sweep
-wall time, the speed-up against the serial sweep, and per-job start-up overhead: seconds from
-the job's start and from its process's start to its first update (``summary.json["startup"]``).
-Goals (issue 5): joblib on 2 workers >= 1.7x the serial sweep; joblib start-up <= 3 s.
+Runs ``trpo-lab -m seed=0..N-1`` (TRPO on CartPole, 32 updates of 1024 steps per job, about
+2 s of training, no W&B, no evaluation episodes) with the basic launcher (serial, one process),
+with joblib on 2 workers and with submitit_local (every job its own process), alternating, and
+prints the median sweep wall time, the speed-up against the serial sweep, and per-job start-up
+overhead: seconds from the job's start and from a fresh process's start to its first update
+(``summary.json["startup"]``). Goals (issue 5): joblib on 2 workers >= 1.7x the serial sweep;
+joblib start-up <= 3 s.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-JOB = ["total_steps=8192", "batch_steps=1024", "num_envs=2", "logger=none", "eval.episodes=0",
+JOB = ["total_steps=32768", "batch_steps=1024", "num_envs=2", "logger=none", "eval.episodes=0",
        "progress=false"]
 LAUNCHERS = {
     "basic (serial)": [],
@@ -63,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for name, launcher in LAUNCHERS.items():
-                sweep_dir = Path(tmp) / f"{repeat}-{len(walls[name])}-{name.split()[0]}"
+                sweep_dir = Path(tmp) / f"{repeat}-{name.split()[0].strip(',')}"
                 wall, summaries = run_sweep(launcher, args.jobs, sweep_dir)
                 walls[name].append(wall)
                 job_startup[name] += [s["startup"]["job_to_first_update_s"] for s in summaries]
