@@ -190,3 +190,18 @@ def test_random_numeric_overrides_run_or_are_refused_never_a_traceback(overrides
         assert out.err.strip(), args
     else:
         assert read_summary(run_dir)["status"] == "completed"
+
+
+def test_checkpointed_mujoco_envs_continue_their_episode(tmp_path):
+    pytest.importorskip("mujoco")
+    cfg = compose_typed("logger=none", "progress=false", "env=hopper", "total_steps=256",
+                        "batch_steps=128", "eval.episodes=0", "critic.epochs=1")
+    trainer = Trainer(cfg, tmp_path)
+    trainer.collector.collect(trainer.policy.numpy_actor())
+    torch.save(trainer.collector.state_dict(), tmp_path / "c.pt")
+    expected = trainer.envs.envs[0].step(np.zeros(3))[0]
+    (tmp_path / "other").mkdir()
+    other = Trainer(cfg, tmp_path / "other")  # a new process would rebuild the env like this
+    other.collector.load_state_dict(torch.load(tmp_path / "c.pt", weights_only=False))
+    np.testing.assert_allclose(other.envs.envs[0].step(np.zeros(3))[0], expected, rtol=1e-6,
+                               atol=1e-8)

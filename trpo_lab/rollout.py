@@ -193,6 +193,7 @@ class Collector:
             "total_steps": self.total_steps,
             "obs_rms": None if self.obs_rms is None else self.obs_rms.state_dict(),
             "envs": [env for env in self.envs.envs],
+            "physics": [physics_state(env) for env in self.envs.envs],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -204,6 +205,28 @@ class Collector:
         if self.obs_rms is not None:
             self.obs_rms.load_state_dict(state["obs_rms"])
         self.envs.envs = list(state["envs"])
+        for env, physics in zip(self.envs.envs, state["physics"]):
+            restore_physics(env, physics)
+
+
+def physics_state(env: gym.Env) -> dict | None:
+    """What pickling a MuJoCo env loses: it is rebuilt from its constructor arguments, so the
+    simulator state and the env's RNG are saved beside it (pure-Python envs pickle whole)."""
+    base = env.unwrapped
+    data = getattr(base, "data", None)
+    if data is None or not hasattr(base, "set_state"):
+        return None
+    return {"qpos": data.qpos.copy(), "qvel": data.qvel.copy(), "time": float(data.time),
+            "rng": base.np_random.bit_generator.state}
+
+
+def restore_physics(env: gym.Env, physics: dict | None) -> None:
+    if physics is None:
+        return
+    base = env.unwrapped
+    base.set_state(physics["qpos"], physics["qvel"])
+    base.data.time = physics["time"]
+    base.np_random.bit_generator.state = physics["rng"]
 
 
 @dataclass
