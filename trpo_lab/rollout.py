@@ -192,7 +192,7 @@ class Collector:
             "episode_length": self.episode_length,
             "total_steps": self.total_steps,
             "obs_rms": None if self.obs_rms is None else self.obs_rms.state_dict(),
-            "envs": [env for env in self.envs.envs],
+            "envs": list(self.envs.envs),
             "physics": [physics_state(env) for env in self.envs.envs],
         }
 

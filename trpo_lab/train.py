@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from trpo_lab.algos import algo_label, make_algorithm
-from trpo_lab.algos.common import predicted_improvement
+from trpo_lab.algos.common import predicted_improvement, ratio
 from trpo_lab.checkpoint import load_checkpoint, save_checkpoint
 from trpo_lab.config import Config
 from trpo_lab.critic import CriticTrainer
@@ -34,7 +34,7 @@ from trpo_lab.evaluation import MonteCarloEstimate, PairedEvaluator
 from trpo_lab.logging import MetricsCSV, WandbRun, resolve_wandb_mode
 from trpo_lab.numerics import flat_grad, flat_params, set_flat_params
 from trpo_lab.policies import Policy
-from trpo_lab.rollout import Batch, build_batch, exact_batch
+from trpo_lab.rollout import Batch, Collector, build_batch, exact_batch
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
@@ -86,16 +86,15 @@ def update_diagnostics(policy: Policy, batch: Batch) -> dict[str, float]:
         params = policy.dist_params(batch.obs)
         kl = policy.head.kl(batch.old_params, params)
         reverse = policy.head.kl(params, batch.old_params)
-        ratio = torch.exp(policy.head.log_prob(params, batch.actions) - batch.old_log_prob)
+        ratios = ratio(policy, batch, params)
         w = batch.weights
         return {
             "kl/mean": float((w * kl).sum()),
             "kl/max": float(kl.max()),
             "kl/reverse_mean": float((w * reverse).sum()),
-            "policy/max_ratio": float(ratio[w > 0].max()),
+            "policy/max_ratio": float(ratios[w > 0].max()),
             "policy/entropy": float((w * policy.head.entropy(params)).sum()),
-            "surrogate/improvement": float(
-                (batch.dl_weights * (ratio - 1.0) * batch.advantages).sum()),
+            "surrogate/improvement": float(predicted_improvement(policy, batch, params)),
         }
 
 
@@ -132,8 +131,6 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.algo = make_algorithm(self.policy, cfg.algo, cfg.gamma, self.generator)
         self.critic = CriticTrainer(self.policy, cfg.critic, self.generator)
-        from trpo_lab.rollout import Collector
-
         self.collector = Collector(self.envs, cfg.batch_steps // cfg.num_envs, cfg.seed,
                                    cfg.env.normalize_obs)
         self.mdp = tabular_model(self.envs) if cfg.env.tabular else None
