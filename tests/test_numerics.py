@@ -10,6 +10,7 @@ from trpo_lab.numerics import (
     categorical_entropy,
     categorical_kl,
     conjugate_gradient,
+    discounted_running_returns,
     flat_grad,
     gae,
     gaussian_entropy,
@@ -196,3 +197,66 @@ def test_runs_with_neighbouring_seeds_do_not_share_environment_streams():
         first[seed] = [tuple(np.round(o, 6)) for o in collector.raw_obs]
     starts = first[0] + first[1]
     assert len(set(starts)) == 4
+
+
+def test_discounted_running_returns_by_hand():
+    rewards = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    done = np.array([[False, False], [True, False], [False, False]])
+    got = discounted_running_returns(rewards, done, 0.5, np.array([10.0, 0.0]))
+    want = [[11.0, 2.0], [3.0 + 0.5 * 11.0, 4.0 + 0.5 * 2.0], [5.0, 6.0 + 0.5 * 5.0]]
+    np.testing.assert_allclose(got, want)
+
+
+def per_step_return_statistics(rewards: np.ndarray, done: np.ndarray, gamma: float):
+    """sb3 VecNormalize's reward bookkeeping, one env step at a time, as the reference:
+    returns = returns * gamma + r; ret_rms.update(returns); returns[dones] = 0."""
+    rms = RunningMeanStd(())
+    returns = np.zeros(rewards.shape[1])
+    for r, d in zip(rewards, done):
+        returns = returns * gamma + r
+        rms.update(returns)
+        returns[d] = 0.0
+    return rms
+
+
+def test_reward_normalisation_statistics_equal_per_step_updates_across_batches():
+    from tests.conftest import compose_typed
+    from trpo_lab.envs import make_vector_env
+    from trpo_lab.rollout import Collector
+
+    cfg = compose_typed("env=pendulum")
+    torch.manual_seed(0)
+    envs = make_vector_env(cfg.env, 2, 0.9)
+    policy = Policy(envs.single_observation_space, envs.single_action_space, cfg.policy, [8])
+    collector = Collector(envs, 150, 0, False, normalize_reward=True, gamma=0.9)
+    batches = [collector.collect(policy.numpy_actor()) for _ in range(3)]
+    reference = per_step_return_statistics(np.concatenate([b.rewards for b in batches]),
+                                           np.concatenate([b.done for b in batches]), 0.9)
+    assert sum(int(b.done.sum()) for b in batches) == 4  # 200-step episodes end inside batches
+    np.testing.assert_allclose(collector.return_rms.mean, reference.mean, rtol=1e-10)
+    np.testing.assert_allclose(collector.return_rms.var, reference.var, rtol=1e-10)
+    assert batches[-1].reward_scale == pytest.approx(np.sqrt(reference.var + 1e-8), rel=1e-10)
+
+
+def test_reward_scaled_batch_keeps_advantages_in_reward_units():
+    """With a zero critic GAE is linear in the rewards: the scaled batch's advantages, mapped
+    back to reward units, equal the unscaled ones, and its critic targets are 1/scale of them."""
+    from dataclasses import replace
+
+    from tests.conftest import compose_typed
+    from trpo_lab.envs import make_vector_env
+    from trpo_lab.rollout import Collector, build_batch
+
+    cfg = compose_typed("env=pendulum")
+    envs = make_vector_env(cfg.env, 2, 0.9)
+    policy = Policy(envs.single_observation_space, envs.single_action_space, cfg.policy, [8])
+    with torch.no_grad():
+        for p in policy.critic_parameters():
+            p.zero_()
+    data = Collector(envs, 300, 0, False).collect(policy.numpy_actor())
+    scale = 3.7  # |r| <= 16.3 on Pendulum: nothing is clipped at 10 * 3.7
+    plain = build_batch(policy, data, 0.9, 0.95, False)
+    scaled = build_batch(policy, replace(data, reward_scale=scale), 0.9, 0.95, False)
+    np.testing.assert_allclose(scaled.advantages, plain.advantages, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scale * scaled.returns, plain.returns, rtol=1e-5, atol=1e-5)
+    assert float(plain.advantages.abs().max()) > 10.0

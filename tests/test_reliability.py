@@ -51,11 +51,14 @@ def wandb_run_ids(run_dir: Path) -> set[str]:
     return {p.name.split("-")[-1] for p in (run_dir / "wandb").glob("offline-run-*")}
 
 
-def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("env", [
+    [], ["env=pendulum", "env.normalize_obs=true", "env.normalize_reward=true"]],
+    ids=["cartpole", "pendulum-normalised"])
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run(env, tmp_path):
     reference = tmp_path / "reference"
-    assert run_cli([*RUN, f"hydra.run.dir={reference}"], cwd=tmp_path).returncode == 0
+    assert run_cli([*RUN, *env, f"hydra.run.dir={reference}"], cwd=tmp_path).returncode == 0
     victim = tmp_path / "victim"
-    proc = start([*RUN, f"hydra.run.dir={victim}"], tmp_path)
+    proc = start([*RUN, *env, f"hydra.run.dir={victim}"], tmp_path)
     wait_for_rows(victim, 5, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -63,7 +66,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert 5 <= len(partial) < 16
     assert not (victim / "summary.json").exists()
 
-    resumed = run_cli([*RUN, f"hydra.run.dir={victim}"], cwd=tmp_path)
+    resumed = run_cli([*RUN, *env, f"hydra.run.dir={victim}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     got, want = read_metrics(victim), read_metrics(reference)
     assert got["iteration"].tolist() == list(range(16))

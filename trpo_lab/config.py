@@ -169,6 +169,11 @@ class EnvConfig:
     tabular: bool = param(False, no_check, "Set by the tabular env configs; do not override.")
     normalize_obs: bool = param(False, no_check,
                                 "Running mean/std observation normalisation (MuJoCo: true).")
+    normalize_reward: bool = param(
+        False, no_check,
+        "Divide rewards by the running std of the discounted return, clipped to +-10, as "
+        "sb3's VecNormalize (MuJoCo: true). Changes only the scale the critic learns in "
+        "(policy advantages are standardised anyway); logged estimates stay in reward units.")
     kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "check": no_check, "doc": "Extra keyword arguments for gymnasium.make."})
     num_states: int = param(50, interval(2, 100000, integer=True),
@@ -198,6 +203,9 @@ class CriticConfig:
     hidden_sizes: list[int] = param([64, 64], positive_int_list,
                                     "Critic hidden layers; [] gives a linear critic.")
     lr: float = param(1e-3, interval(0, 10, lo_open=True), "Critic Adam learning rate.")
+    adam_eps: float = param(1e-5, interval(0, 1, lo_open=True),
+                            "Critic Adam epsilon; 1e-5 as sb3 and baselines, torch's default "
+                            "is 1e-8.")
     epochs: int = param(5, interval(0, 10000, integer=True),
                         "Passes over the batch per update (0 = frozen critic).")
     minibatches: int = param(4, interval(1, 100000, integer=True), "Minibatches per epoch.")

@@ -17,7 +17,7 @@ class CriticTrainer:
     def __init__(self, policy: Policy, cfg: CriticConfig, generator: torch.Generator):
         self.policy, self.cfg, self.generator = policy, cfg, generator
         self.params = policy.critic_parameters()
-        self.optimizer = Adam(self.params, lr=cfg.lr)
+        self.optimizer = Adam(self.params, lr=cfg.lr, eps=cfg.adam_eps)
 
     def update(self, batch: Batch) -> dict[str, float]:
         """``epochs`` passes of minibatch MSE steps; explained variance is of the old values."""

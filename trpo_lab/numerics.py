@@ -66,6 +66,21 @@ def gae(
     return advantages
 
 
+def discounted_running_returns(rewards: np.ndarray, done: np.ndarray, gamma: float,
+                               initial: np.ndarray) -> np.ndarray:
+    """R_t = gamma * (1 - done_{t-1}) * R_{t-1} + r_t over a [T, num_envs] rollout, with
+    R_0 = ``initial`` + r_0: the backward-looking discounted return that reward normalisation
+    tracks. ``initial`` carries an earlier rollout's gamma * (1 - done) * R (zeros at start)."""
+    returns = np.empty_like(rewards, dtype=np.float64)
+    running = np.asarray(initial, dtype=np.float64)
+    keep = gamma * (1.0 - done.astype(np.float64))
+    for t in range(rewards.shape[0]):
+        running = running + rewards[t]
+        returns[t] = running
+        running = keep[t] * running
+    return returns
+
+
 def flat_params(params: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in params])
 

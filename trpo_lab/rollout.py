@@ -27,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from trpo_lab.numerics import RunningMeanStd, gae
+from trpo_lab.numerics import RunningMeanStd, discounted_running_returns, gae
 from trpo_lab.policies import NumpyActor, Policy, encode_observations
 
 
@@ -83,7 +83,7 @@ class Collector:
     """Steps a vector env for ``steps_per_env`` steps per batch; keeps episodes across batches."""
 
     def __init__(self, envs: gym.vector.VectorEnv, steps_per_env: int, seed: int,
-                 normalize_obs: bool):
+                 normalize_obs: bool, normalize_reward: bool = False, gamma: float = 0.99):
         self.envs = envs
         self.num_envs = envs.num_envs
         self.steps = steps_per_env
@@ -94,6 +94,11 @@ class Collector:
         self.obs_rms = RunningMeanStd(encode_observations(
             self.obs_space, np.asarray([self.obs_space.sample()])).shape[1:]) \
             if normalize_obs else None
+        # reward normalisation (as sb3's VecNormalize): the running variance of the discounted
+        # return sum_k gamma^k r_{t-k}, restarted at each episode's end, scales the rewards
+        self.gamma = gamma
+        self.return_rms = RunningMeanStd(()) if normalize_reward else None
+        self.discounted_return = np.zeros(envs.num_envs)
         # independent streams per env: plain seed + i would give run seed k's second env the
         # stream of run seed k+1's first env, correlating the seeds of a sweep
         env_seeds = np.random.SeedSequence([seed, 0xE7]).generate_state(self.num_envs)
@@ -163,7 +168,21 @@ class Collector:
             self.obs_rms.update(encode_observations(
                 self.obs_space, raw_buf.reshape(T * N, *raw_obs.shape[1:])))
         return RolloutData(obs_buf, act_buf, rew_buf, term_buf, done_buf, time_buf, last,
-                           final_index, finals, stats)
+                           final_index, finals, stats, self._reward_scale(rew_buf, done_buf))
+
+    def _reward_scale(self, rewards: np.ndarray, done: np.ndarray) -> float:
+        """Update the return statistics with this batch; the std the batch's rewards are
+        divided by (1 without reward normalisation).
+
+        The statistics take every step's discounted return, as sb3's per-step updates do (one
+        parallel-moments update of the same values); the whole batch then shares one scale.
+        """
+        if self.return_rms is None:
+            return 1.0
+        returns = discounted_running_returns(rewards, done, self.gamma, self.discounted_return)
+        self.discounted_return = self.gamma * (1.0 - done[-1]) * returns[-1]
+        self.return_rms.update(returns.reshape(-1))
+        return float(np.sqrt(self.return_rms.var + 1e-8))
 
     def _episode_bookkeeping(self, rewards: np.ndarray,
                              done: np.ndarray) -> tuple[np.ndarray, EpisodeStats]:
@@ -192,6 +211,8 @@ class Collector:
             "episode_length": self.episode_length,
             "total_steps": self.total_steps,
             "obs_rms": None if self.obs_rms is None else self.obs_rms.state_dict(),
+            "return_rms": None if self.return_rms is None else self.return_rms.state_dict(),
+            "discounted_return": self.discounted_return,
             "envs": list(self.envs.envs),
             "physics": [physics_state(env) for env in self.envs.envs],
         }
@@ -204,6 +225,9 @@ class Collector:
         self.total_steps = state["total_steps"]
         if self.obs_rms is not None:
             self.obs_rms.load_state_dict(state["obs_rms"])
+        if self.return_rms is not None:
+            self.return_rms.load_state_dict(state["return_rms"])
+        self.discounted_return = state["discounted_return"]
         self.envs.envs = list(state["envs"])
         for env, physics in zip(self.envs.envs, state["physics"]):
             restore_physics(env, physics)
@@ -241,10 +265,20 @@ class RolloutData:
     final_index: list[tuple[int, int]]
     final_obs: np.ndarray
     stats: EpisodeStats
+    reward_scale: float = 1.0  # the critic and GAE see clip(rewards / reward_scale, +-10)
+
+
+REWARD_CLIP = 10.0
 
 
 def build_batch(policy: Policy, data: RolloutData, gamma: float, lam: float,
                 normalize_advantages: bool) -> Batch:
+    """Critic values, GAE and weights for a rollout.
+
+    With reward normalisation (``data.reward_scale`` != 1) the critic and GAE work on the
+    scaled, clipped rewards; ``Batch.advantages`` is multiplied back to units of reward (exact
+    unless a reward was clipped) so every logged estimate stays in units of J.
+    """
     T, N, obs_dim = data.obs.shape  # noqa: N806
     flat_obs = data.obs.reshape(T * N, obs_dim)
     with torch.no_grad():
@@ -256,7 +290,10 @@ def build_batch(policy: Policy, data: RolloutData, gamma: float, lam: float,
     next_values[-1] = all_values[T * N: T * N + N]
     for (t, i), v in zip(data.final_index, all_values[T * N + N:]):
         next_values[t, i] = v  # terminated steps are zeroed inside gae
-    advantages = gae(data.rewards, values, next_values, data.terminated, data.done, gamma, lam)
+    rewards = data.rewards
+    if data.reward_scale != 1.0:
+        rewards = np.clip(rewards / data.reward_scale, -REWARD_CLIP, REWARD_CLIP)
+    advantages = gae(rewards, values, next_values, data.terminated, data.done, gamma, lam)
     starts = int((data.episode_time == 0).sum())
     episodes = starts if starts else N  # no start: one segment per env
     dl_weights = gamma ** data.episode_time.astype(np.float64) / episodes
@@ -266,7 +303,7 @@ def build_batch(policy: Policy, data: RolloutData, gamma: float, lam: float,
         _as_tensor(flat_obs),
         _as_tensor(data.actions.reshape(size, *data.actions.shape[2:]),
                    torch.long if policy.head.kind == "categorical" else torch.float32),
-        _as_tensor(advantages.reshape(size)),
+        _as_tensor(data.reward_scale * advantages.reshape(size)),
         _as_tensor((advantages + values).reshape(size)),
         _as_tensor(values.reshape(size)),
         torch.full((size,), 1.0 / size),

@@ -132,7 +132,7 @@ class Trainer:
         self.algo = make_algorithm(self.policy, cfg.algo, cfg.gamma, self.generator)
         self.critic = CriticTrainer(self.policy, cfg.critic, self.generator)
         self.collector = Collector(self.envs, cfg.batch_steps // cfg.num_envs, cfg.seed,
-                                   cfg.env.normalize_obs)
+                                   cfg.env.normalize_obs, cfg.env.normalize_reward, cfg.gamma)
         self.mdp = tabular_model(self.envs) if cfg.env.tabular else None
         if self.mdp is not None:
             from trpo_lab import exact  # scipy.linalg: only tabular runs pay for the import
