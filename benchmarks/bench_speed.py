@@ -30,11 +30,12 @@ Measured per run, inside the child unless said otherwise:
 Step counts are rounded up to whole updates, as sb3's ``learn()`` does (100k on CartPole-v1:
 100,352 steps on both sides). Both initialise orthogonally (gain sqrt 2, heads 0.01 and 1)
 and accept a line-search step only if the KL stays within the bound and the surrogate improves.
-What differs: sb3's VecNormalize updates the observation statistics every step (trpo-lab:
-after each batch) and sb3 accepts KL < target_kl (trpo-lab: <= delta). Departures from the
-rl-baselines3-zoo entries, on both sides: Pendulum-v1 without gSDE and with 20 critic epochs of
-minibatch 512 (zoo: gSDE, 15 epochs of 128); Hopper-v5 without reward normalisation (the zoo's
-``normalize: true`` also normalises rewards; trpo-lab has no reward normalisation).
+What differs: sb3's VecNormalize updates the observation and return statistics every step and
+scales each reward by that step's statistics (trpo-lab: statistics updated after each batch,
+with the same values; one reward scale per batch) and sb3 accepts KL < target_kl (trpo-lab: <=
+delta). Departures from the rl-baselines3-zoo entries, on both sides: Pendulum-v1 without gSDE
+and with 20 critic epochs of minibatch 512 (zoo: gSDE, 15 epochs of 128). Hopper-v5 is the
+zoo's MuJoCo entry as it is (one env, ``normalize: true``: observations and rewards).
 
 MB means 10^6 bytes. The per-env tables and the goals table go to stdout; with ``--out DIR``
 also to ``DIR/bench_speed.md`` and, one row per run / per goal, ``DIR/bench_speed_runs.csv`` and
@@ -91,7 +92,8 @@ class Setting:
     backtrack_iters: int = 10  # sb3 line_search_max_iter
     backtrack_coef: float = 0.8  # sb3 line_search_shrinking_factor
     critic_lr: float = 1e-3  # sb3 learning_rate (critic only in TRPO)
-    normalize_obs: bool = False  # sb3 VecNormalize(norm_obs=True, norm_reward=False)
+    normalize_obs: bool = False  # sb3 VecNormalize(norm_obs=True)
+    normalize_reward: bool = False  # sb3 VecNormalize(norm_reward=True)
     hidden: tuple[int, ...] = (64, 64)  # tanh, separate actor and critic on both sides
 
     @property
@@ -112,10 +114,10 @@ SETTINGS: dict[str, Setting] = {
     "pendulum": Setting("pendulum", "Pendulum-v1", n_envs=2, n_steps=1024, critic_batch=512,
                         critic_epochs=20, gamma=0.9, gae_lambda=0.95, cg_damping=0.1,
                         cg_iters=15),
-    # zoo MuJoCo defaults (Hopper-v4 entry), observation normalisation only
-    "hopper": Setting("hopper", "Hopper-v5", n_envs=2, n_steps=1024, critic_batch=128,
+    # zoo MuJoCo defaults (its Hopper entry: one env, VecNormalize of observations and rewards)
+    "hopper": Setting("hopper", "Hopper-v5", n_envs=1, n_steps=1024, critic_batch=128,
                       critic_epochs=20, gamma=0.99, gae_lambda=0.95, cg_damping=0.1,
-                      cg_iters=25, normalize_obs=True),
+                      cg_iters=25, normalize_obs=True, normalize_reward=True),
 }
 
 
@@ -128,6 +130,7 @@ def ours_overrides(s: Setting, seed: int, steps: int, run_dir: Path, wandb: bool
         f"seed={seed}", f"total_steps={steps}", f"batch_steps={s.batch_steps}",
         f"num_envs={s.n_envs}", f"gamma={s.gamma}", f"gae_lambda={s.gae_lambda}",
         "normalize_advantages=true", f"env.normalize_obs={str(s.normalize_obs).lower()}",
+        f"env.normalize_reward={str(s.normalize_reward).lower()}",
         f"algo.delta={s.max_kl}", f"algo.cg_iters={s.cg_iters}",
         f"algo.cg_damping={s.cg_damping}", f"algo.backtrack_iters={s.backtrack_iters}",
         f"algo.backtrack_coef={s.backtrack_coef}", "algo.line_search=true",
@@ -218,8 +221,9 @@ def child_sb3(spec: dict[str, Any]) -> dict[str, Any]:
 
     s = SETTINGS[spec["env"]]
     env = make_vec_env(s.env_id, n_envs=s.n_envs, seed=spec["seed"])
-    if s.normalize_obs:
-        env = VecNormalize(env, norm_obs=True, norm_reward=False, gamma=s.gamma)
+    if s.normalize_obs or s.normalize_reward:
+        env = VecNormalize(env, norm_obs=s.normalize_obs, norm_reward=s.normalize_reward,
+                           gamma=s.gamma)
     policy_kwargs = dict(net_arch=dict(pi=list(s.hidden), vf=list(s.hidden)),
                          activation_fn=torch.nn.Tanh)
     model = TRPO("MlpPolicy", env, policy_kwargs=policy_kwargs, **sb3_kwargs(s, spec["seed"]))
@@ -404,7 +408,8 @@ def env_table(runs: Sequence[Run], env: str) -> str:
              f"critic {s.critic_epochs} x {s.critic_minibatches} minibatches of "
              f"{s.critic_batch}, gamma {s.gamma}, lambda {s.gae_lambda}, "
              f"cg {s.cg_iters} / damping {s.cg_damping:g}, max KL {s.max_kl}, "
-             f"obs norm {'on' if s.normalize_obs else 'off'}")
+             f"obs norm {'on' if s.normalize_obs else 'off'}, "
+             f"reward norm {'on' if s.normalize_reward else 'off'}")
     return (f"{title}\n\n{markdown(ENV_HEADER, rows)}\n\n"
             f"ratio trpo-lab / sb3-contrib (median env steps/s): {fmt(ratio(runs, env), 2)}x\n")
 

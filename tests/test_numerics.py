@@ -10,6 +10,7 @@ from trpo_lab.numerics import (
     categorical_entropy,
     categorical_kl,
     conjugate_gradient,
+    conjugate_gradient_residual,
     discounted_running_returns,
     flat_grad,
     gae,
@@ -29,6 +30,18 @@ def test_conjugate_gradient_solves_random_spd_system():
     b = torch.tensor(rng.normal(size=12), dtype=torch.float64)
     x = conjugate_gradient(lambda v: a @ v, b, iters=12, residual_tol=1e-30)
     np.testing.assert_allclose(x.numpy(), np.linalg.solve(a.numpy(), b.numpy()), rtol=1e-9)
+
+
+@pytest.mark.parametrize("iters", [1, 3, 8])
+def test_conjugate_gradient_residual_is_b_minus_a_x(iters):
+    """The recursion's residual equals b - A x, also when CG stops early (TRPO's s^T F s)."""
+    rng = np.random.default_rng(iters)
+    m = rng.normal(size=(8, 8))
+    a = torch.tensor(m @ m.T + 0.1 * np.eye(8))
+    b = torch.tensor(rng.normal(size=8))
+    x, r = conjugate_gradient_residual(lambda v: a @ v, b, iters=iters)
+    torch.testing.assert_close(r, b - a @ x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(x @ (b - r), x @ a @ x, rtol=1e-9, atol=1e-9)
 
 
 def test_conjugate_gradient_is_exact_in_k_steps_for_k_distinct_eigenvalues():

@@ -19,6 +19,17 @@ def conjugate_gradient(
     Starts from x = 0, so after k iterations x minimises the A-norm error over the Krylov space
     span{b, Ab, ..., A^{k-1} b}; exact after dim(b) iterations in exact arithmetic.
     """
+    return conjugate_gradient_residual(Avp, b, iters, residual_tol)[0]
+
+
+def conjugate_gradient_residual(
+    Avp: Callable[[torch.Tensor], torch.Tensor],  # noqa: N803
+    b: torch.Tensor,
+    iters: int,
+    residual_tol: float = 1e-10,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`conjugate_gradient`, also returning its residual r = b - A x, updated by the
+    recursion: A x = b - r then costs no extra product (TRPO's x^T A x for the step size)."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
@@ -33,7 +44,7 @@ def conjugate_gradient(
         new_r_dot = r @ r
         p = r + (new_r_dot / r_dot) * p
         r_dot = new_r_dot
-    return x
+    return x, r
 
 
 def gae(

@@ -2,12 +2,12 @@
 
     maximise_theta'  L(theta') = sum_i w_i ratio_i A_i   s.t.  mean KL(pi_old || pi_theta') <= delta
 
-Direction s = F^-1 g by conjugate gradient on Fisher-vector products (double backprop of the
-mean KL at theta_old, plus damping * v); full step sqrt(2 delta / s^T F s) s, the largest step
-whose quadratic KL model equals delta. The line search shrinks it by ``backtrack_coef`` until
-the measured mean KL <= delta AND the surrogate improves; if no step passes, the old parameters
-are restored exactly and ``trpo/accepted`` = 0. Non-finite g, s, s^T F s, KL or surrogate reject
-the step.
+Direction s = F^-1 g by conjugate gradient on Fisher-vector products (the Hessian of the
+mean KL at theta_old, plus damping * v); s^T F s from CG's residual (F s = g - r); full step
+sqrt(2 delta / s^T F s) s, the largest step whose quadratic KL model equals delta. The line
+search shrinks it by ``backtrack_coef`` until the measured mean KL <= delta AND the surrogate
+improves; if no step passes, the old parameters are restored exactly and ``trpo/accepted`` = 0.
+Non-finite g, s, s^T F s, KL or surrogate reject the step.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from trpo_lab import mlp
 from trpo_lab.algos.common import mean_kl, surrogate
 from trpo_lab.config import TRPOConfig
-from trpo_lab.numerics import conjugate_gradient, flat_grad, flat_params, set_flat_params
+from trpo_lab.numerics import conjugate_gradient_residual, flat_grad, flat_params, set_flat_params
 from trpo_lab.policies import Policy
 from trpo_lab.rollout import Batch
 
@@ -79,8 +79,8 @@ def natural_step(policy: Policy, batch: Batch, cfg: TRPOConfig) -> NaturalStep:
     if not torch.isfinite(g).all():
         return NaturalStep(torch.full_like(g, float("nan")), g, float("nan"))
     fvp = fisher_vector_product(policy, batch, cfg.cg_damping)
-    direction = conjugate_gradient(fvp, g, cfg.cg_iters)
-    shs = float(direction @ fvp(direction))
+    direction, residual = conjugate_gradient_residual(fvp, g, cfg.cg_iters)
+    shs = float(direction @ (g - residual))  # s^T F s with F s = g - r: no extra product
     if shs == 0 and not direction.any():
         return NaturalStep(direction, g, 0.0)
     if not (shs > 0 and torch.isfinite(direction).all()):
