@@ -38,13 +38,23 @@ def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def wandb_records(run_dir: Path) -> list[dict]:
-    """Every record of the run's offline .wandb file, read back by the real wandb client."""
+def _wandb_inspect(run_dir: Path, *flags: str) -> str:
+    """``wandb leet inspect --json`` on the run's offline .wandb file: the real client's view."""
     wandb_file = next((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
-    out = subprocess.run(["wandb", "leet", "inspect", "--json", str(wandb_file)],
+    out = subprocess.run(["wandb", "leet", "inspect", "--json", *flags, str(wandb_file)],
                          capture_output=True, text=True, timeout=120, check=True,
                          stdin=subprocess.DEVNULL)
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    return out.stdout
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """Every record of the run's offline .wandb file, read back by the real wandb client."""
+    return [json.loads(line) for line in _wandb_inspect(run_dir).splitlines() if line.strip()]
+
+
+def wandb_summary(run_dir: Path) -> dict:
+    """The run's W&B summary as the real wandb client reads it back."""
+    return json.loads(_wandb_inspect(run_dir, "--summary"))["summary"]
 
 
 def wandb_history(run_dir: Path) -> list[dict]:

@@ -8,7 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY, read_metrics, read_summary, run_cli, wandb_history
+from tests.conftest import (
+    TINY,
+    read_metrics,
+    read_summary,
+    run_cli,
+    wandb_history,
+    wandb_summary,
+)
 from trpo_lab.logging import COLUMNS
 
 DESIGN_COLUMNS = COLUMNS[: COLUMNS.index("value/explained_variance") + 1]
@@ -60,3 +67,16 @@ def test_same_seed_gives_identical_metrics_and_other_seed_differs(tmp_path):
         runs[name] = read_metrics(run_dir).drop(columns=["time/wall_s", "time/sps"])
     pd.testing.assert_frame_equal(runs["a"], runs["b"])
     assert not np.allclose(runs["a"]["kl/mean"], runs["c"]["kl/mean"])
+
+
+def test_final_deterministic_evaluation_reaches_summary_and_wandb(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli([*TINY, "eval.final_episodes=3", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = read_summary(run_dir)
+    returns = summary["final_eval_returns"]
+    assert len(returns) == 3
+    # CartPole pays 1 per step: whole episode lengths between the shortest fall and the limit
+    assert all(r == int(r) and 8 <= r <= 500 for r in returns)
+    assert summary["final_eval_return"] == pytest.approx(np.mean(returns))
+    assert wandb_summary(run_dir)["final_eval_return"] == pytest.approx(np.mean(returns))

@@ -350,3 +350,30 @@ def test_registration_is_idempotent() -> None:
     assert gymnasium.spec("trpo_lab/Chain-v0") is spec
     env = gymnasium.make("trpo_lab.envs.tabular:trpo_lab/Chain-v0")
     assert isinstance(env.unwrapped, TabularEnv)
+
+
+@pytest.mark.parametrize("right_logit,expected", [(0.0, 0.5), (1.0, 43.0)])
+def test_deterministic_evaluation_on_a_deterministic_chain(right_logit, expected):
+    """Chain, 8 states, no slip, 50 steps. Tied logits: argmax takes action 0 (left) and
+    collects 0.01 at state 0 every step: 0.5. Right preferred: 7 steps to the end, then 1 per
+    step for the remaining 43."""
+    import gymnasium as gym
+    import torch
+
+    from tests.conftest import compose_typed
+    from trpo_lab.config import PolicyConfig
+    from trpo_lab.envs import env_factory
+    from trpo_lab.evaluation import deterministic_returns
+    from trpo_lab.policies import Policy, encode_observations
+
+    cfg = compose_typed("env=chain", "env.horizon=50", "+env.kwargs.slip=0.0")
+    make_env = env_factory(cfg.env, 0.99)
+    probe = make_env()
+    policy = Policy(probe.observation_space, probe.action_space, PolicyConfig(name="tabular"), [])
+    with torch.no_grad():
+        policy.actor[0].weight[1].fill_(right_logit)
+    space = probe.observation_space
+    returns = deterministic_returns(make_env, policy.numpy_actor(),
+                                    lambda obs: encode_observations(space, obs), 2, seed=0)
+    assert returns == pytest.approx([expected, expected])
+    assert isinstance(space, gym.spaces.Discrete)

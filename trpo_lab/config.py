@@ -227,6 +227,12 @@ class EvalConfig:
     episodes: int = param(4, interval(0, 100000, integer=True),
                           "Fresh stochastic episodes before and after each update, on paired "
                           "seeds, for the Monte Carlo true J and dJ. 0 = off.")
+    final_episodes: int = param(
+        0, interval(0, 100000, integer=True),
+        "Episodes with the deterministic policy (argmax, or the Gaussian mean) on fresh envs "
+        "when training completes; their mean undiscounted return is summary.json's "
+        "final_eval_return, the figure papers and the rl-baselines3-zoo report (10 is "
+        "usual). 0 = off.")
 
 
 @dataclass

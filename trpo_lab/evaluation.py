@@ -1,4 +1,5 @@
-"""Monte Carlo estimates of J and of J(pi') - J(pi) with common random numbers.
+"""Monte Carlo estimates of J and of J(pi') - J(pi) with common random numbers, and the
+deterministic evaluation of a final policy.
 
 Each update k draws ``episodes`` fresh episodes twice, once with pi and once with pi', on the
 same reset seeds and the same per-episode action noise (seeded by (seed, k, j)), so most of the
@@ -71,3 +72,29 @@ class PairedEvaluator:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+def deterministic_returns(make_env: Callable[[], gym.Env], actor: NumpyActor,
+                          encode: Callable[[np.ndarray], np.ndarray], episodes: int,
+                          seed: int) -> list[float]:
+    """Undiscounted returns of ``episodes`` fresh episodes (reset seeds seed, seed + 1, ...)
+    with the deterministic policy: the figure papers and the rl-baselines3-zoo report."""
+    env = make_env()
+    space = env.action_space
+    discrete = isinstance(space, gym.spaces.Discrete)
+    returns = []
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            total, done, steps = 0.0, False, 0
+            while not done and steps < MAX_EVAL_STEPS:
+                action = actor.mode(encode(np.asarray(obs)[None]))[0]
+                if not discrete:
+                    action = np.clip(action, space.low, space.high)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                done, steps = terminated or truncated, steps + 1
+            returns.append(total)
+    finally:
+        env.close()
+    return returns

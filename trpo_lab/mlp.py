@@ -81,10 +81,13 @@ def vjp(net: nn.Sequential, cache: Cache, cotangent: torch.Tensor) -> list[torch
     """J^T w as gradients per parameter, in ``net.parameters()`` order."""
     grads: list[np.ndarray] = []
     dz = _array(cotangent)
+    # the bias gradients sum over rows: as a product with ones (BLAS) that is many times
+    # faster than numpy's axis-0 reduction for these shapes
+    ones = np.ones(dz.shape[0], dz.dtype)
     for i in range(len(cache.weights) - 1, -1, -1):
         layer_grads = [dz.T @ cache.inputs[i]]
         if cache.biases[i] is not None:
-            layer_grads.append(dz.sum(0))
+            layer_grads.append(ones @ dz)
         grads = layer_grads + grads
         if i > 0:
             dz = (dz @ cache.weights[i]) * cache.slopes[i - 1]

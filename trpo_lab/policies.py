@@ -51,10 +51,17 @@ class CategoricalHead:
     def kl(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return categorical_kl(p, q)
 
-    def fisher_product(self, params: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """M u, M = diag(p) - p p^T: the Hessian of KL(p || softmax(z)) in the logits z."""
+    def fisher_operator(self, params: torch.Tensor, weights: torch.Tensor):
+        """u -> w M u row-wise, M = diag(p) - p p^T: the Hessian of KL(p || softmax(z)) in the
+        logits z, p = softmax(params); p and w p computed once for all of CG's products."""
         p = torch.softmax(params, dim=-1)
-        return p * u - p * (p * u).sum(-1, keepdim=True)
+        wp = weights.unsqueeze(-1) * p
+
+        def product(u: torch.Tensor) -> torch.Tensor:
+            pu = wp * u
+            return pu - p * pu.sum(-1, keepdim=True)
+
+        return product
 
     def entropy(self, params: torch.Tensor) -> torch.Tensor:
         return categorical_entropy(params)
@@ -79,11 +86,17 @@ class GaussianHead:
     def kl(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return gaussian_kl(*self.split(p), *self.split(q))
 
-    def fisher_product(self, params: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """M u, M = diag(1/sigma^2, 2): the Hessian of the KL in (mean, log_std)."""
+    def fisher_operator(self, params: torch.Tensor, weights: torch.Tensor):
+        """u -> w M u row-wise, M = diag(1/sigma^2, 2): the Hessian of the KL in
+        (mean, log_std); the diagonal w M computed once for all of CG's products."""
         _, log_std = self.split(params)
-        u_mean, u_log_std = self.split(u)
-        return torch.cat([u_mean * torch.exp(-2 * log_std), 2.0 * u_log_std], dim=-1)
+        w = weights.unsqueeze(-1)
+        diagonal = torch.cat([w * torch.exp(-2 * log_std), 2.0 * w.expand_as(log_std)], dim=-1)
+
+        def product(u: torch.Tensor) -> torch.Tensor:
+            return diagonal * u
+
+        return product
 
     def entropy(self, params: torch.Tensor) -> torch.Tensor:
         return gaussian_entropy(self.split(params)[1])
@@ -252,6 +265,12 @@ class NumpyActor:
             actions = (cdf <= threshold).sum(axis=1)
             return np.minimum(actions, out.shape[1] - 1)
         return out + np.exp(self.log_std) * noise
+
+    def mode(self, obs: np.ndarray) -> np.ndarray:
+        """The deterministic policy: the most probable action (ties: the lowest index), or the
+        Gaussian mean."""
+        out = self.forward(obs)
+        return out.argmax(axis=1) if self.kind == "categorical" else out
 
     def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return self.sample_from_noise(obs, self.noise(rng, obs.shape[0]))

@@ -30,7 +30,7 @@ from trpo_lab.checkpoint import load_checkpoint, save_checkpoint
 from trpo_lab.config import Config
 from trpo_lab.critic import CriticTrainer
 from trpo_lab.envs import env_factory, make_vector_env, tabular_model
-from trpo_lab.evaluation import MonteCarloEstimate, PairedEvaluator
+from trpo_lab.evaluation import MonteCarloEstimate, PairedEvaluator, deterministic_returns
 from trpo_lab.logging import MetricsCSV, WandbRun, resolve_wandb_mode
 from trpo_lab.numerics import flat_grad, flat_params, set_flat_params
 from trpo_lab.policies import Policy
@@ -151,6 +151,7 @@ class Trainer:
         self.run_id = os.environ.get("WANDB_RUN_ID") or os.urandom(4).hex()
         self.last_returns: list[float] = []
         self.last_true_J = math.nan
+        self.final_eval_returns: list[float] = []
         summary = read_summary(run_dir)
         self.resumed = (run_dir / CHECKPOINT).exists() and (
             cfg.resume or summary is None or summary.get("status") != "completed")
@@ -282,6 +283,9 @@ class Trainer:
             "final_return_mean": float(np.mean(self.last_returns)) if self.last_returns
             else None,
             "final_true_J": None if math.isnan(self.last_true_J) else self.last_true_J,
+            "final_eval_return": float(np.mean(self.final_eval_returns))
+            if self.final_eval_returns else None,
+            "final_eval_returns": self.final_eval_returns,
             "wall_s": self.wall_before + self._elapsed(), "wandb_run_id": self.run_id,
             "algo": algo_label(self.cfg.algo), "env": self.cfg.env.name, "seed": self.cfg.seed,
             "group": self.group,
@@ -334,6 +338,10 @@ class Trainer:
             progress.close()
         if status != "failed":
             self.checkpoint()
+        if status == "completed" and self.cfg.eval.final_episodes > 0:
+            self.final_eval_returns = deterministic_returns(
+                env_factory(self.cfg.env, self.cfg.gamma), self.policy.numpy_actor(),
+                self.collector.encode, self.cfg.eval.final_episodes, self.cfg.seed + 20_000)
         summary = self.summary(status, error)
         write_summary(self.run_dir, summary)
         self.metrics.close()

@@ -54,7 +54,7 @@ def fisher_vector_product(policy: Policy, batch: Batch, damping: float):
     sizes = [p.numel() for p in params]
     n_net = len(list(policy.actor.parameters()))
     cache = mlp.forward_cache(policy.actor, batch.obs)
-    weights = batch.weights.unsqueeze(-1)
+    weighted_fisher = policy.head.fisher_operator(batch.old_params, batch.weights)
     gaussian = policy.log_std is not None
 
     def fvp(v: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,7 @@ def fisher_vector_product(policy: Policy, batch: Batch, damping: float):
         u = mlp.jvp(policy.actor, cache, chunks[:n_net])
         if gaussian:
             u = torch.cat([u, chunks[-1].expand_as(u)], dim=-1)
-        w = weights * policy.head.fisher_product(batch.old_params, u)
+        w = weighted_fisher(u)
         if gaussian:
             w_mean, w_log_std = w.split(w.shape[-1] // 2, dim=-1)
             grads = [*mlp.vjp(policy.actor, cache, w_mean), w_log_std.sum(0)]
