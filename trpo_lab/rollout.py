@@ -227,7 +227,8 @@ class Collector:
             self.obs_rms.load_state_dict(state["obs_rms"])
         if self.return_rms is not None:
             self.return_rms.load_state_dict(state["return_rms"])
-        self.discounted_return = state["discounted_return"]
+        # checkpoints written before reward normalisation existed have neither key
+        self.discounted_return = state.get("discounted_return", np.zeros(self.num_envs))
         self.envs.envs = list(state["envs"])
         for env, physics in zip(self.envs.envs, state["physics"]):
             restore_physics(env, physics)

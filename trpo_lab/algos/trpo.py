@@ -116,7 +116,8 @@ class TRPO:
                 return rejected | {"guard/nonfinite": 1.0}
             return {"trpo/backtracks": 0.0, "trpo/accepted": 1.0,
                     "trpo/step_norm": float(step.full_step.norm())}
-        surr_old, _ = self._evaluate(batch)
+        # at theta_old every ratio is 1: the surrogate is sum_i w_i A_i, no forward pass needed
+        surr_old = float((batch.weights * batch.policy_advantages).sum())
         for k in range(self.cfg.backtrack_iters + 1):
             trial = step.full_step * self.cfg.backtrack_coef**k
             set_flat_params(params, old + trial)
