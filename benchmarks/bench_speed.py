@@ -33,9 +33,14 @@ and accept a line-search step only if the KL stays within the bound and the surr
 What differs: sb3's VecNormalize updates the observation and return statistics every step and
 scales each reward by that step's statistics (trpo-lab: statistics updated after each batch,
 with the same values; one reward scale per batch) and sb3 accepts KL < target_kl (trpo-lab: <=
-delta). Departures from the rl-baselines3-zoo entries, on both sides: Pendulum-v1 without gSDE
-and with 20 critic epochs of minibatch 512 (zoo: gSDE, 15 epochs of 128). Hopper-v5 is the
-zoo's MuJoCo entry as it is (one env, ``normalize: true``: observations and rewards).
+delta). sb3's KL of a diagonal Gaussian is the mean over action dimensions (the paper's KL, a
+sum, divided by the number of dimensions d), and so is its Fisher matrix: its target_kl and
+cg_damping on Hopper-v5 (d = 3) are trpo-lab's algo.delta and algo.cg_damping times 3, which
+the mapping applies (``Setting.kl_dims``); without it sb3's steps on Hopper are sqrt 3 longer
+(measured: KL after the step 0.020 vs 0.0066 from the same batch). Departures from the rl-
+baselines3-zoo entries, on both sides: Pendulum-v1 without gSDE and with 20 critic epochs of
+minibatch 512 (zoo: gSDE, 15 epochs of 128). Hopper-v5 is the zoo's MuJoCo entry as it is (one
+env, ``normalize: true``: observations and rewards).
 
 MB means 10^6 bytes. The per-env tables and the goals table go to stdout; with ``--out DIR``
 also to ``DIR/bench_speed.md`` and, one row per run / per goal, ``DIR/bench_speed_runs.csv`` and
@@ -88,13 +93,18 @@ class Setting:
     gae_lambda: float
     cg_damping: float
     cg_iters: int  # sb3 cg_max_steps
-    max_kl: float = 0.01  # sb3 target_kl; trpo-lab algo.delta
+    max_kl: float = 0.01  # sb3 target_kl; trpo-lab algo.delta = kl_dims * max_kl
     backtrack_iters: int = 10  # sb3 line_search_max_iter
     backtrack_coef: float = 0.8  # sb3 line_search_shrinking_factor
     critic_lr: float = 1e-3  # sb3 learning_rate (critic only in TRPO)
     normalize_obs: bool = False  # sb3 VecNormalize(norm_obs=True)
     normalize_reward: bool = False  # sb3 VecNormalize(norm_reward=True)
     hidden: tuple[int, ...] = (64, 64)  # tanh, separate actor and critic on both sides
+    # sb3-contrib's KL of a diagonal Gaussian is the mean over action dimensions of the
+    # per-dimension KL (``kl_divergence(...).mean()`` over a [batch, dims] tensor), i.e. the
+    # paper's KL / dims; so is its Fisher matrix. Its (target_kl, cg_damping) on a d-dim Box
+    # are exactly trpo-lab's (d * target_kl, d * cg_damping): same direction, same step.
+    kl_dims: int = 1
 
     @property
     def batch_steps(self) -> int:
@@ -117,7 +127,7 @@ SETTINGS: dict[str, Setting] = {
     # zoo MuJoCo defaults (its Hopper entry: one env, VecNormalize of observations and rewards)
     "hopper": Setting("hopper", "Hopper-v5", n_envs=1, n_steps=1024, critic_batch=128,
                       critic_epochs=20, gamma=0.99, gae_lambda=0.95, cg_damping=0.1,
-                      cg_iters=25, normalize_obs=True, normalize_reward=True),
+                      cg_iters=25, normalize_obs=True, normalize_reward=True, kl_dims=3),
 }
 
 
@@ -131,8 +141,9 @@ def ours_overrides(s: Setting, seed: int, steps: int, run_dir: Path, wandb: bool
         f"num_envs={s.n_envs}", f"gamma={s.gamma}", f"gae_lambda={s.gae_lambda}",
         "normalize_advantages=true", f"env.normalize_obs={str(s.normalize_obs).lower()}",
         f"env.normalize_reward={str(s.normalize_reward).lower()}",
-        f"algo.delta={s.max_kl}", f"algo.cg_iters={s.cg_iters}",
-        f"algo.cg_damping={s.cg_damping}", f"algo.backtrack_iters={s.backtrack_iters}",
+        f"algo.delta={s.kl_dims * s.max_kl:g}", f"algo.cg_iters={s.cg_iters}",
+        f"algo.cg_damping={s.kl_dims * s.cg_damping:g}",
+        f"algo.backtrack_iters={s.backtrack_iters}",
         f"algo.backtrack_coef={s.backtrack_coef}", "algo.line_search=true",
         f"policy.hidden_sizes={hidden}", "policy.activation=tanh", "policy.init_log_std=0.0",
         f"critic.hidden_sizes={hidden}", f"critic.lr={s.critic_lr}",
@@ -408,7 +419,10 @@ def env_table(runs: Sequence[Run], env: str) -> str:
     title = (f"### {s.env_id}: {steps:,} env steps, n_envs {s.n_envs} x n_steps {s.n_steps}, "
              f"critic {s.critic_epochs} x {s.critic_minibatches} minibatches of "
              f"{s.critic_batch}, gamma {s.gamma}, lambda {s.gae_lambda}, "
-             f"cg {s.cg_iters} / damping {s.cg_damping:g}, max KL {s.max_kl}, "
+             f"cg {s.cg_iters} / damping {s.cg_damping:g}, max KL {s.max_kl}"
+             + (f" (sb3's KL averages {s.kl_dims} action dims: trpo-lab delta "
+                f"{s.kl_dims * s.max_kl:g}, damping {s.kl_dims * s.cg_damping:g})"
+                if s.kl_dims > 1 else "") + ", "
              f"obs norm {'on' if s.normalize_obs else 'off'}, "
              f"reward norm {'on' if s.normalize_reward else 'off'}")
     return (f"{title}\n\n{markdown(ENV_HEADER, rows)}\n\n"

@@ -79,4 +79,5 @@ def test_final_deterministic_evaluation_reaches_summary_and_wandb(tmp_path):
     # CartPole pays 1 per step: whole episode lengths between the shortest fall and the limit
     assert all(r == int(r) and 8 <= r <= 500 for r in returns)
     assert summary["final_eval_return"] == pytest.approx(np.mean(returns))
+    assert summary["final_eval_s"] > 0  # timed apart from wall_s, the training time
     assert wandb_summary(run_dir)["final_eval_return"] == pytest.approx(np.mean(returns))

@@ -152,6 +152,7 @@ class Trainer:
         self.last_returns: list[float] = []
         self.last_true_J = math.nan
         self.final_eval_returns: list[float] = []
+        self.final_eval_s = 0.0  # kept out of wall_s, which times training
         summary = read_summary(run_dir)
         self.resumed = (run_dir / CHECKPOINT).exists() and (
             cfg.resume or summary is None or summary.get("status") != "completed")
@@ -286,7 +287,9 @@ class Trainer:
             "final_eval_return": float(np.mean(self.final_eval_returns))
             if self.final_eval_returns else None,
             "final_eval_returns": self.final_eval_returns,
-            "wall_s": self.wall_before + self._elapsed(), "wandb_run_id": self.run_id,
+            "final_eval_s": self.final_eval_s,
+            "wall_s": self.wall_before + self._elapsed() - self.final_eval_s,
+            "wandb_run_id": self.run_id,
             "algo": algo_label(self.cfg.algo), "env": self.cfg.env.name, "seed": self.cfg.seed,
             "group": self.group,
             # start-up: seconds from process start and from job start to the first update
@@ -339,9 +342,11 @@ class Trainer:
         if status != "failed":
             self.checkpoint()
         if status == "completed" and self.cfg.eval.final_episodes > 0:
+            start = time.perf_counter()
             self.final_eval_returns = deterministic_returns(
                 env_factory(self.cfg.env, self.cfg.gamma), self.policy.numpy_actor(),
                 self.collector.encode, self.cfg.eval.final_episodes, self.cfg.seed + 20_000)
+            self.final_eval_s = time.perf_counter() - start
         summary = self.summary(status, error)
         write_summary(self.run_dir, summary)
         self.metrics.close()
