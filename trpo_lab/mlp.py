@@ -90,5 +90,9 @@ def vjp(net: nn.Sequential, cache: Cache, cotangent: torch.Tensor) -> list[torch
             layer_grads.append(ones @ dz)
         grads = layer_grads + grads
         if i > 0:
-            dz = (dz @ cache.weights[i]) * cache.slopes[i - 1]
+            # a one-column dz (a value head, a 1-d Gaussian) makes dz @ W an outer product,
+            # for which OpenBLAS's inner-dimension-1 matrix product is about 4x slower than
+            # numpy's broadcast multiply
+            back = dz * cache.weights[i] if dz.shape[1] == 1 else dz @ cache.weights[i]
+            dz = back * cache.slopes[i - 1]
     return [torch.from_numpy(np.ascontiguousarray(g)) for g in grads]
