@@ -208,3 +208,22 @@ def test_checkpointed_mujoco_envs_continue_their_episode(tmp_path):
     other.collector.load_state_dict(torch.load(tmp_path / "c.pt", weights_only=False))
     np.testing.assert_allclose(other.envs.envs[0].step(np.zeros(3))[0], expected, rtol=1e-6,
                                atol=1e-8)
+
+
+def test_a_failing_final_evaluation_keeps_the_completed_run(tmp_path, monkeypatch):
+    """Training is done when the final evaluation starts: its error is recorded, the summary,
+    checkpoint and metrics are still written, and the run stays completed."""
+    from tests.conftest import train_in_process
+    from trpo_lab import train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulator exploded")
+
+    monkeypatch.setattr(train, "deterministic_returns", broken)
+    metrics = train_in_process(tmp_path, "total_steps=256", "batch_steps=128",
+                               "eval.episodes=0", "eval.final_episodes=3")
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "completed" and len(metrics) == 2
+    assert summary["final_eval_error"] == "RuntimeError: simulator exploded"
+    assert summary["final_eval_return"] is None and summary["final_eval_returns"] == []
+    assert (tmp_path / "checkpoint.pt").exists()

@@ -173,7 +173,8 @@ class EnvConfig:
         False, no_check,
         "Divide rewards by the running std of the discounted return, clipped to +-10, as "
         "sb3's VecNormalize (MuJoCo: true). Changes only the scale the critic learns in "
-        "(policy advantages are standardised anyway); logged estimates stay in reward units.")
+        "(policy advantages are standardised anyway); logged estimates of J and dJ stay in "
+        "reward units, value/loss is in the critic's scaled units.")
     kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "check": no_check, "doc": "Extra keyword arguments for gymnasium.make."})
     num_states: int = param(50, interval(2, 100000, integer=True),

@@ -77,15 +77,17 @@ class PairedEvaluator:
 def deterministic_returns(make_env: Callable[[], gym.Env], actor: NumpyActor,
                           encode: Callable[[np.ndarray], np.ndarray], episodes: int,
                           seed: int) -> list[float]:
-    """Undiscounted returns of ``episodes`` fresh episodes (reset seeds seed, seed + 1, ...)
-    with the deterministic policy: the figure papers and the rl-baselines3-zoo report."""
+    """Undiscounted returns of ``episodes`` fresh episodes with the deterministic policy: the
+    figure papers and the rl-baselines3-zoo report. Reset seeds come from a SeedSequence of
+    the run's seed, so runs with neighbouring seeds do not share start states."""
     env = make_env()
     space = env.action_space
     discrete = isinstance(space, gym.spaces.Discrete)
     returns = []
+    reset_seeds = np.random.SeedSequence([seed, 0xE7A1]).generate_state(episodes)
     try:
-        for episode in range(episodes):
-            obs, _ = env.reset(seed=seed + episode)
+        for reset_seed in reset_seeds:
+            obs, _ = env.reset(seed=int(reset_seed))
             total, done, steps = 0.0, False, 0
             while not done and steps < MAX_EVAL_STEPS:
                 action = actor.mode(encode(np.asarray(obs)[None]))[0]

@@ -153,6 +153,7 @@ class Trainer:
         self.last_true_J = math.nan
         self.final_eval_returns: list[float] = []
         self.final_eval_s = 0.0  # kept out of wall_s, which times training
+        self.final_eval_error: str | None = None
         summary = read_summary(run_dir)
         self.resumed = (run_dir / CHECKPOINT).exists() and (
             cfg.resume or summary is None or summary.get("status") != "completed")
@@ -287,7 +288,7 @@ class Trainer:
             "final_eval_return": float(np.mean(self.final_eval_returns))
             if self.final_eval_returns else None,
             "final_eval_returns": self.final_eval_returns,
-            "final_eval_s": self.final_eval_s,
+            "final_eval_s": self.final_eval_s, "final_eval_error": self.final_eval_error,
             "wall_s": self.wall_before + self._elapsed() - self.final_eval_s,
             "wandb_run_id": self.run_id,
             "algo": algo_label(self.cfg.algo), "env": self.cfg.env.name, "seed": self.cfg.seed,
@@ -343,9 +344,12 @@ class Trainer:
             self.checkpoint()
         if status == "completed" and self.cfg.eval.final_episodes > 0:
             start = time.perf_counter()
-            self.final_eval_returns = deterministic_returns(
-                env_factory(self.cfg.env, self.cfg.gamma), self.policy.numpy_actor(),
-                self.collector.encode, self.cfg.eval.final_episodes, self.cfg.seed + 20_000)
+            try:
+                self.final_eval_returns = deterministic_returns(
+                    env_factory(self.cfg.env, self.cfg.gamma), self.policy.numpy_actor(),
+                    self.collector.encode, self.cfg.eval.final_episodes, self.cfg.seed)
+            except Exception as exc:  # noqa: BLE001  (training is done: record, keep the run)
+                self.final_eval_error = f"{type(exc).__name__}: {exc}"
             self.final_eval_s = time.perf_counter() - start
         summary = self.summary(status, error)
         write_summary(self.run_dir, summary)
