@@ -64,35 +64,32 @@ def resolve(path: str):
     return getattr(owner, attr) if attr else owner
 
 
-def overrides(seed: int, steps: int, run_dir: Path) -> list[str]:
-    return ours_overrides(SETTINGS["cartpole"], seed, steps, run_dir, wandb=False)
-
-
-def train(args: list[str]) -> dict:
+def train(seed: int, steps: int, run_dir: Path) -> dict:
+    """One run through trpo-lab's real entry point; its summary.json."""
     from trpo_lab import app
-    from trpo_lab.train import SUMMARY
+    from trpo_lab.train import read_summary
 
-    sys.argv = ["trpo-lab", *args]
+    sys.argv = ["trpo-lab", *ours_overrides(SETTINGS["cartpole"], seed, steps, run_dir,
+                                            wandb=False)]
     app.main()
-    run_dir = Path(next(a for a in args if a.startswith("hydra.run.dir=")).split("=", 1)[1])
-    import json
-
-    summary = json.loads((run_dir / SUMMARY).read_text())
-    if summary["status"] != "completed":
-        raise RuntimeError(f"run ended {summary['status']}: {summary['error']}")
+    summary = read_summary(run_dir)
+    if summary is None or summary["status"] != "completed":
+        raise RuntimeError(f"run in {run_dir} did not complete: {summary}")
     return summary
 
 
 def env_floor_s(steps: int, seed: int) -> float:
-    """Seconds two CartPole-v1 envs take for ``steps`` steps in total with random actions,
-    stepped as the Collector steps them (direct calls, same-step reset)."""
+    """Seconds the setting's CartPole-v1 envs take for ``steps`` steps in total with random
+    actions, stepped as the Collector steps them (direct calls, same-step reset)."""
     import gymnasium as gym
     import numpy as np
 
-    envs = [gym.make("CartPole-v1") for _ in range(2)]
+    setting = SETTINGS["cartpole"]
+    envs = [gym.make(setting.env_id) for _ in range(setting.n_envs)]
     for i, env in enumerate(envs):
         env.reset(seed=seed + i)
-    actions = np.random.default_rng(seed).integers(0, 2, size=(steps // 2, 2))
+    actions = np.random.default_rng(seed).integers(
+        0, 2, size=(steps // setting.n_envs, setting.n_envs))
     start = time.perf_counter()
     for row in actions:
         for env, action in zip(envs, row):
@@ -162,7 +159,7 @@ def phase_shares(steps: int, seed: int, work: Path) -> dict[str, float]:
         _timed(resolve(owner), attr, {name: 0.0}, name,
                on_result=lambda _, name=name: counts.__setitem__(name, counts[name] + 1))
     try:
-        summary = train(overrides(seed, steps, work / f"phases-{seed}"))
+        summary = train(seed, steps, work / f"phases-{seed}")
     finally:
         for owner, attr in [*PHASES.values(), *counted.values()]:  # unwrap for the next run
             target = resolve(owner)
@@ -200,7 +197,7 @@ def function_profile(steps: int, seed: int, work: Path, top: int) -> list[tuple[
 
     Trainer.run = profiled_run
     try:
-        train(overrides(seed, steps, work / "cprofile"))
+        train(seed, steps, work / "cprofile")
     finally:
         Trainer.run = run
     stats = pstats.Stats(profiler)
