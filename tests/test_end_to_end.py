@@ -16,7 +16,7 @@ from tests.conftest import (
     wandb_history,
     wandb_summary,
 )
-from trpo_lab.logging import COLUMNS
+from trpo_lab.logging import COLUMNS, TIME_COLUMNS
 
 DESIGN_COLUMNS = COLUMNS[: COLUMNS.index("value/explained_variance") + 1]
 GYM_EMPTY = ["bound/trpo", "bound/cpo", "bound/C", "bound/eps", "exact/surrogate_improvement",
@@ -64,7 +64,7 @@ def test_same_seed_gives_identical_metrics_and_other_seed_differs(tmp_path):
         result = run_cli([*TINY, "logger=none", f"seed={seed}", f"hydra.run.dir={run_dir}"],
                          cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-        runs[name] = read_metrics(run_dir).drop(columns=["time/wall_s", "time/sps"])
+        runs[name] = read_metrics(run_dir).drop(columns=TIME_COLUMNS)
     pd.testing.assert_frame_equal(runs["a"], runs["b"])
     assert not np.allclose(runs["a"]["kl/mean"], runs["c"]["kl/mean"])
 

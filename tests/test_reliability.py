@@ -23,10 +23,11 @@ from tests.conftest import (
     run_cli,
     wandb_records,
 )
+from trpo_lab.logging import TIME_COLUMNS
 from trpo_lab.train import CHECKPOINT, NumericalFailure, Trainer
 
 RUN = ["total_steps=16384", "batch_steps=1024", "checkpoint.every=2", "eval.episodes=2"]
-TIMELESS = ["time/wall_s", "time/sps"]
+TIMELESS = TIME_COLUMNS
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:

@@ -14,6 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from tests.conftest import read_metrics, read_summary, run_cli, wandb_records
 from trpo_lab.app import CONF_DIR
 from trpo_lab.config import register_configs
+from trpo_lab.logging import TIME_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = ROOT / "sweeps"
@@ -106,7 +107,7 @@ def test_rerunning_resumes_an_interrupted_job_from_its_checkpoint(tmp_path):
     assert again.returncode == 0
     resumed = read_metrics(job)
     assert resumed["iteration"].tolist() == [0, 1, 2, 3]
-    timeless = ["time/wall_s", "time/sps"]
+    timeless = TIME_COLUMNS
     assert resumed.drop(columns=timeless).equals(complete.drop(columns=timeless))
 
 

@@ -225,9 +225,22 @@ class LoggerConfig:
 
 @dataclass
 class EvalConfig:
-    episodes: int = param(4, interval(0, 100000, integer=True),
-                          "Fresh stochastic episodes before and after each update, on paired "
-                          "seeds, for the Monte Carlo true J and dJ. 0 = off.")
+    episodes: int = param(
+        64, interval(0, 100000, integer=True),
+        "Fresh stochastic episodes of pi and of pi' per evaluated update, stepped together in "
+        "one vector env on paired reset seeds and paired noise (common random numbers), for "
+        "the Monte Carlo true J and dJ and their standard errors. 0 = off. The SE of dJ falls "
+        "as 1/sqrt(episodes); 64 resolves most CartPole updates (benchmarks/bench_truth.py).")
+    heldout_episodes: int = param(
+        16, interval(0, 100000, integer=True),
+        "Fresh episodes of the old policy per evaluated update, never trained on, on which "
+        "surrogate/improvement_heldout (dL) and surrogate/linear_heldout are estimated with "
+        "their standard error over episodes. Counted in heldout/env_steps, not env_steps. "
+        "0 = off. About batch_steps worth of steps is a good size.")
+    every: int = param(
+        1, interval(1, 10**9, integer=True),
+        "Evaluate (true/*, mc/*, held-out dL) every N updates; the others leave those cells "
+        "empty. Raise it where episodes are expensive (MuJoCo: 1,000-step episodes).")
     final_episodes: int = param(
         0, interval(0, 100000, integer=True),
         "Episodes with the deterministic policy (argmax, or the Gaussian mean) on fresh envs "
@@ -329,6 +342,11 @@ def validate(cfg: Config) -> None:
     if cfg.env.name == "garnet" and cfg.env.branching > cfg.env.num_states:
         raise ConfigError("env.branching", cfg.env.branching,
                           f"must be <= env.num_states={cfg.env.num_states}")
+    if cfg.env.tabular and cfg.env.normalize_obs:
+        raise ConfigError("env.normalize_obs", True,
+                          f"must be false on tabular envs (env={cfg.env.name}): the exact "
+                          "columns evaluate the policy on the MDP's states, not on normalised "
+                          "one-hot vectors")
     if cfg.policy.name == "tabular" and not cfg.env.tabular:
         raise ConfigError("policy", "tabular",
                           f"a tabular policy needs a tabular env ({', '.join(TABULAR_ENVS)}) "

@@ -1,11 +1,23 @@
-"""Monte Carlo estimates of J and of J(pi') - J(pi) with common random numbers, and the
-deterministic evaluation of a final policy.
+"""Fresh episodes of a fixed policy, stepped together: the Monte Carlo truth J and dJ, the
+held-out batch, and the deterministic evaluation of a final policy.
 
-Each update k draws ``episodes`` fresh episodes twice, once with pi and once with pi', on the
-same reset seeds and the same per-episode action noise (seeded by (seed, k, j)), so most of the
-randomness cancels in the paired difference. J is the discounted return sum_t gamma^t r_t at the
-run's gamma; standard errors are std / sqrt(n) (ddof = 1) of the returns and of the paired
-differences.
+:class:`EpisodeSampler` runs ``episodes`` fresh episodes of one policy side by side in one
+vector env, with one batched policy call per step:
+
+- gymnasium's own numpy vector env where the id has one (``gym.make_vec(id, N,
+  vectorization_mode="vector_entry_point")``, e.g. CartPole), else a SyncVectorEnv;
+- on tabular envs the model itself (:class:`TabularEpisodes`): P, R, mu and the horizon H of the
+  env, sampled by inverse CDFs for N episodes at once.
+
+Every random number is indexed by (key, episode, t): the reset seeds come from the key, the
+policy's noise at step t is one draw of N values per step (whether an episode is still running or
+not), and a tabular env's transition noise likewise. Two calls with the same key are therefore
+paired by common random numbers: episode j of pi and episode j of pi' start in the same state and
+see the same noise at every step, so most of the randomness cancels in J(pi') - J(pi).
+
+J is the discounted return sum_t gamma^t r_t at the run's gamma; an episode runs until it
+terminates or is truncated by its time limit (``MAX_EVAL_STEPS`` as a last resort for an env
+without one).
 """
 
 from __future__ import annotations
@@ -16,9 +28,11 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
+from trpo_lab.config import EnvConfig
+from trpo_lab.envs import env_factory, make_kwargs, tabular_horizon
 from trpo_lab.policies import NumpyActor
 
-MAX_EVAL_STEPS = 1_000_000
+MAX_EVAL_STEPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -33,45 +47,219 @@ class MonteCarloEstimate:
         return MonteCarloEstimate(float(samples.mean()), se)
 
 
-class PairedEvaluator:
-    def __init__(self, make_env: Callable[[], gym.Env], episodes: int, gamma: float, seed: int,
-                 encode: Callable[[np.ndarray], np.ndarray]):
-        self.envs = [make_env() for _ in range(episodes)]
-        self.episodes, self.gamma, self.seed, self.encode = episodes, gamma, seed, encode
-        space = self.envs[0].action_space
+def paired_difference(new: np.ndarray, old: np.ndarray) -> MonteCarloEstimate:
+    """J(pi') - J(pi) from paired episodes: the mean paired difference and its standard
+    error."""
+    return MonteCarloEstimate.of(new - old)
+
+
+@dataclass
+class Episodes:
+    """N fresh episodes of one policy. ``returns`` are discounted; the per-step arrays [T, N]
+    are filled only when recorded (the held-out batch), with ``alive[t, j]`` true for the steps
+    of episode j (t < its length)."""
+
+    returns: np.ndarray  # [N] discounted returns
+    lengths: np.ndarray  # [N]
+    raw_obs: np.ndarray | None = None  # [T, N, ...] as the env returned them
+    obs: np.ndarray | None = None  # [T, N, obs_dim] encoded as the actor saw them
+    next_obs: np.ndarray | None = None  # [T, N, obs_dim] encoded observation reached at t
+    actions: np.ndarray | None = None  # [T, N, ...]
+    rewards: np.ndarray | None = None  # [T, N]
+    terminated: np.ndarray | None = None  # [T, N]
+    done: np.ndarray | None = None  # [T, N] terminated or truncated at t
+    alive: np.ndarray | None = None  # [T, N]
+
+    @property
+    def steps(self) -> int:
+        return int(self.lengths.sum())
+
+    def columns(self, index: slice) -> Episodes:
+        """The episodes in ``index`` (per-step arrays sliced along the episode axis)."""
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[:, index]
+
+        return Episodes(self.returns[index], self.lengths[index], cut(self.raw_obs),
+                        cut(self.obs), cut(self.next_obs), cut(self.actions), cut(self.rewards),
+                        cut(self.terminated), cut(self.done), cut(self.alive))
+
+
+class GymEpisodes:
+    """``copies`` x N episodes in one vector env with NEXT_STEP autoreset (the step that ends an
+    episode returns its final observation, what a truncated episode bootstraps from); row
+    c N + j of copy c starts where row j does.
+
+    gymnasium's numpy vector envs keep their state as one (k, num_envs) array whose transpose is
+    the observation (CartPole); their copies are made by copying state columns after the reset.
+    Any other env is a SyncVectorEnv whose copies are reset with the same seeds.
+    """
+
+    def __init__(self, env_id: str, make_env: Callable[[], gym.Env], n: int, copies: int,
+                 kwargs: dict):
+        self.n, self.copies = n, copies
+        self.envs: gym.vector.VectorEnv | None = None
+        if gym.spec(env_id).vector_entry_point is not None:
+            try:
+                self.envs = gym.make_vec(env_id, n * copies,
+                                         vectorization_mode="vector_entry_point", **kwargs)
+            except TypeError:  # kwargs the vector entry point does not take
+                self.envs = None
+            if self.envs is not None and not self._state_copyable():
+                self.envs.close()
+                self.envs = None
+        self.vector_state = self.envs is not None
+        if self.envs is None:
+            self.envs = gym.vector.SyncVectorEnv(
+                [make_env for _ in range(n * copies)], copy=False,
+                autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+        self.action_space = self.envs.single_action_space
+
+    def _state_copyable(self) -> bool:
+        obs, _ = self.envs.reset(seed=0)
+        state = getattr(self.envs.unwrapped, "state", None)
+        return isinstance(state, np.ndarray) and state.shape[-1] == self.n * self.copies \
+            and np.array_equal(obs, state.T.astype(obs.dtype))
+
+    def reset(self, seeds: np.ndarray) -> np.ndarray:
+        if not self.vector_state:
+            return self.envs.reset(seed=[int(s) for s in seeds] * self.copies)[0]
+        obs, _ = self.envs.reset(seed=int(seeds[0]))
+        state = self.envs.unwrapped.state
+        state[..., self.n:] = np.tile(state[..., : self.n], self.copies - 1)
+        return state.T.astype(obs.dtype)
+
+    def step(self, actions: np.ndarray, _uniform: np.ndarray):
+        obs, reward, terminated, truncated, _ = self.envs.step(actions)
+        return obs, np.asarray(reward, np.float64), terminated, truncated
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+class TabularEpisodes:
+    """``copies`` x N episodes of a tabular model (P, R, mu), truncated after ``horizon``
+    steps, exactly as :class:`trpo_lab.envs.tabular.TabularEnv` samples them, but all at once by
+    inverse CDFs; the copies use the same uniforms.
+
+    Next states come from one sorted array over the nonzero entries of P's CSR form: entry k of
+    row r = s A + a holds r + (cumulative probability within the row), so the next state of
+    (s, a) with uniform u is the column of the first entry above r + u (O(N log nnz) a step,
+    no dense [S, A, S] array).
+    """
+
+    def __init__(self, mdp, horizon: int, n: int, copies: int):
+        self.mdp, self.horizon, self.n, self.copies = mdp, horizon, n, copies
+        csr = mdp.transition_csr
+        rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+        within = np.empty_like(csr.data)
+        for r in range(csr.shape[0]):
+            lo, hi = csr.indptr[r], csr.indptr[r + 1]
+            within[lo:hi] = np.cumsum(csr.data[lo:hi])
+            within[hi - 1] = 1.0
+        self.keys = rows + within
+        self.columns = csr.indices
+        self.num_actions = mdp.num_actions
+        self.mu_cdf = np.cumsum(mdp.mu)
+        self.mu_cdf[-1] = 1.0
+        self.action_space = gym.spaces.Discrete(mdp.num_actions)
+        self.state = np.zeros(n * copies, np.int64)
+        self.t = 0
+
+    def reset(self, seeds: np.ndarray) -> np.ndarray:
+        uniform = np.random.default_rng(int(seeds[0])).random(self.n)
+        self.state = np.tile(np.searchsorted(self.mu_cdf, uniform, side="right"), self.copies)
+        self.t = 0
+        return self.state.copy()
+
+    def step(self, actions: np.ndarray, uniform: np.ndarray):
+        row = self.state * self.num_actions + np.asarray(actions, np.int64)
+        reward = self.mdp.R[self.state, actions]
+        entry = np.searchsorted(self.keys, row + np.tile(uniform, self.copies), side="right")
+        self.state = self.columns[entry].astype(np.int64)
+        self.t += 1
+        truncated = np.full(self.n * self.copies, self.t >= self.horizon)
+        return self.state.copy(), reward, np.zeros(self.n * self.copies, bool), truncated
+
+    def close(self) -> None:
+        pass
+
+
+def episode_envs(env_cfg: EnvConfig, gamma: float, n: int, copies: int,
+                 mdp=None) -> GymEpisodes | TabularEpisodes:
+    """``copies`` x N paired episodes side by side: the tabular model when there is one, else
+    gymnasium's vector entry point if the id has one, else a SyncVectorEnv."""
+    if mdp is not None:
+        return TabularEpisodes(mdp, tabular_horizon(env_cfg, gamma), n, copies)
+    return GymEpisodes(env_cfg.id, env_factory(env_cfg, gamma), n, copies,
+                       make_kwargs(env_cfg, gamma))
+
+
+class EpisodeSampler:
+    """Fresh episodes of one policy per env copy, all in lockstep; see the module docstring.
+
+    :meth:`run` steps actor i in copy i; the copies start alike and every actor gets the same
+    noise, so row j of every copy is one paired episode (common random numbers across the
+    actors). One call of the stacked actors and one vector-env step per time step.
+    """
+
+    def __init__(self, envs: GymEpisodes | TabularEpisodes, gamma: float, seed: int):
+        self.envs, self.episodes, self.copies = envs, envs.n, envs.copies
+        self.gamma, self.seed = gamma, seed
+        space = envs.action_space
         self.discrete = isinstance(space, gym.spaces.Discrete)
         self.low = None if self.discrete else space.low
         self.high = None if self.discrete else space.high
 
-    def discounted_returns(self, actor: NumpyActor, update: int) -> np.ndarray:
-        """Discounted return of each of the update's episodes under ``actor``."""
-        n = self.episodes
-        seeds = np.random.SeedSequence([self.seed, update]).generate_state(n)
-        rngs = [np.random.default_rng([self.seed, update, j]) for j in range(n)]
-        obs = np.stack([env.reset(seed=int(s))[0] for env, s in zip(self.envs, seeds)])
-        returns = np.zeros(n)
-        discount = np.ones(n)
-        active = np.ones(n, bool)
+    def run(self, actors: list[NumpyActor], encode: Callable[[np.ndarray], np.ndarray],
+            key: tuple[int, ...], record: bool = False) -> list[Episodes]:
+        """Episodes of each actor with the random numbers of ``key``; with ``record``, the
+        first actor's steps are kept (for a held-out batch)."""
+        n, m = self.episodes, self.copies
+        if len(actors) != m:
+            raise ValueError(f"the sampler steps {m} env copies: pass {m} actors")
+        stacked = NumpyActor.stack([actor.as_float32() for actor in actors])
+        seeds = np.random.SeedSequence([self.seed, *key]).generate_state(n)
+        policy_rng = np.random.default_rng([self.seed, *key, 1])
+        env_rng = np.random.default_rng([self.seed, *key, 2])
+        raw = self.envs.reset(seeds)
+        returns = np.zeros((m, n))
+        lengths = np.zeros((m, n), np.int64)
+        discount = 1.0
+        active = np.ones((m, n), bool)
+        steps: list[tuple] = []
         for _ in range(MAX_EVAL_STEPS):
-            idx = np.flatnonzero(active)
-            if idx.size == 0:
-                break
-            noise = np.stack([actor.noise(rngs[j], 1)[0] for j in idx])
-            actions = actor.sample_from_noise(self.encode(obs[idx]), noise)
+            x = encode(raw)
+            noise = stacked.noise(policy_rng, n).astype(np.float32)
+            actions = stacked.sample_from_noise(x.reshape(m, n, -1), noise)
+            flat_actions = actions.reshape(m * n, *actions.shape[2:])
             if not self.discrete:
-                actions = np.clip(actions, self.low, self.high)
-            for a, j in zip(actions, idx):
-                next_obs, reward, terminated, truncated, _ = self.envs[j].step(a)
-                returns[j] += discount[j] * reward
-                discount[j] *= self.gamma
-                obs[j] = next_obs
-                if terminated or truncated:
-                    active[j] = False
-        return returns
+                flat_actions = np.clip(flat_actions, self.low, self.high)
+            next_raw, reward, terminated, truncated = self.envs.step(flat_actions,
+                                                                      env_rng.random(n))
+            reward = reward.reshape(m, n)
+            done = np.logical_or(terminated, truncated).reshape(m, n)
+            returns += np.where(active, discount * reward, 0.0)
+            lengths += active
+            if record:
+                steps.append((raw[:n], x[:n], actions[0], reward[0], terminated[:n], done[0],
+                              active[0].copy(), next_raw[:n]))
+            active &= ~done
+            raw = next_raw
+            discount *= self.gamma
+            if not active.any():
+                break
+        episodes = [Episodes(returns[i], lengths[i]) for i in range(m)]
+        if record:
+            raw_obs, obs, acts, rewards, terminated, done, alive, next_raw = (
+                np.stack(column) for column in zip(*steps))
+            T = obs.shape[0]  # noqa: N806
+            next_obs = encode(next_raw.reshape(T * n, *next_raw.shape[2:])).reshape(obs.shape)
+            episodes[0] = Episodes(returns[0], lengths[0], raw_obs, obs, next_obs, acts,
+                                   rewards, terminated, done, alive)
+        return episodes
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        self.envs.close()
 
 
 def deterministic_returns(make_env: Callable[[], gym.Env], actor: NumpyActor,

@@ -32,10 +32,13 @@ from trpo_lab.envs.tabular import TabularMDP
 
 __all__ = [
     "PairDiagnostics",
+    "PenalisedOptimum",
     "PolicyEvaluation",
     "categorical_kl",
     "compare",
     "evaluate",
+    "kl_ball_best_response",
+    "maximize_penalized_surrogate",
     "policy_reward",
     "policy_transition",
     "q_from_v",
@@ -126,9 +129,9 @@ def categorical_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
     positive = p > 0.0
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 * inf where p = q = 0: masked
         log_ratio = np.log(np.where(positive, p, 1.0)) - np.log(q)
-    terms = np.where(positive, p * log_ratio, 0.0)
+        terms = np.where(positive, p * log_ratio, 0.0)
     return np.maximum(terms.sum(axis=-1), 0.0)
 
 
@@ -301,3 +304,105 @@ def compare(mdp: TabularMDP, pi_old: np.ndarray, pi_new: np.ndarray, gamma: floa
         tv_max=tv_max, tv_mean=float(d_old @ tv),
         eps=eps, eps_prime=eps_prime, C=C,
         bound_trpo=bound_trpo, bound_trpo_tight=surrogate - tight_penalty, bound_cpo=bound_cpo)
+
+
+# ------------------------------------------------------------------------------------------------
+# TRPO's Algorithm 1: the exact maximiser of dL - C KLmax over tabular policies
+# ------------------------------------------------------------------------------------------------
+
+_BISECTION_STEPS = 64  # log(mu - max A) in [-60, 60] to 7e-18
+_GOLDEN_STEPS = 200
+_GOLDEN_RTOL = 1e-10  # on t*; M is flat at its maximum, so M(t) is exact to ~1e-20 relative
+
+
+@dataclass(frozen=True)
+class PenalisedOptimum:
+    """The maximiser ``pi_new`` of M(pi') = dL(pi') - C KLmax(pi, pi') over all policies, with
+    ``value`` = M(pi_new), ``surrogate_improvement`` = dL(pi_new) and ``kl_max``."""
+
+    pi_new: np.ndarray
+    value: float
+    surrogate_improvement: float
+    kl_max: float
+
+
+def kl_ball_best_response(p: np.ndarray, advantages: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Per row s: argmax_q sum_a q(a) A(s, a) subject to KL(p_s || q) <= t_s.
+
+    The KKT conditions give the one-parameter family q_a(mu) = (p_a / (mu - A_a)) / Z(mu) for
+    mu > max_a A_a (actions with p_a = 0 get q_a = 0); KL(p || q(mu)) falls from infinity to 0
+    as mu grows, so mu is found by bisection on log(mu - max A). Rows with t_s = 0 or constant
+    advantages keep q = p. Vectorised over rows: p, advantages [S, A], t [S].
+    """
+    p = np.asarray(p, dtype=np.float64)
+    a = np.asarray(advantages, dtype=np.float64)
+    t = np.broadcast_to(np.asarray(t, dtype=np.float64), p.shape[:1])
+    support = p > 0.0
+    a_max = np.where(support, a, -np.inf).max(axis=1, keepdims=True)
+    spread = np.where(support, a_max - a, 0.0).max(axis=1, keepdims=True)
+    scale = np.maximum(spread, 1e-300)
+
+    def family(log_gap: np.ndarray) -> np.ndarray:
+        mu = a_max + scale * np.exp(log_gap)
+        weights = np.where(support, p / np.where(support, mu - a, 1.0), 0.0)
+        return weights / weights.sum(axis=1, keepdims=True)
+
+    lo = np.full((p.shape[0], 1), -60.0)  # mu - max A = scale e^-60: q nearly greedy
+    hi = np.full((p.shape[0], 1), 60.0)  # scale e^60: q = p to double precision
+    target = t[:, None]
+    for _ in range(_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        too_far = categorical_kl(p, family(mid))[:, None] > target
+        lo = np.where(too_far, mid, lo)
+        hi = np.where(too_far, hi, mid)
+    q = family(hi)  # KL(p || q) <= t on the hi side
+    keep = (t <= 0.0) | (spread[:, 0] <= 0.0)
+    return np.where(keep[:, None], p, q)
+
+
+def maximize_penalized_surrogate(pi: np.ndarray, advantages: np.ndarray, rho: np.ndarray,
+                                 C: float) -> PenalisedOptimum:  # noqa: N803
+    """TRPO's Algorithm 1 step: argmax over policies pi' of dL(pi') - C max_s KL(pi || pi')[s],
+    dL(pi') = sum_s rho(s) sum_a pi'(a|s) A(s, a) (``advantages`` = A_pi, exact).
+
+    For a level t of the max KL, each state's best policy is :func:`kl_ball_best_response`
+    with the same t, so the problem is max_t F(t), F(t) = sum_s rho(s) g_s(t) - C t, with g_s
+    the value of the KL-ball problem: concave in t (the value of a convex program in its
+    constraint level). F(t*) >= F(0) = 0 and g_s(t) <= max_a A(s, a) bound t* by
+    t_hi = sum_s rho(s) max_a A(s, a) / C; a golden-section search on [0, t_hi] finds t*.
+    """
+    if not C > 0.0:
+        raise ValueError(f"the penalty coefficient C must be > 0, got {C}")
+    pi = np.asarray(pi, dtype=np.float64)
+    a = np.asarray(advantages, dtype=np.float64)
+    rho = np.asarray(rho, dtype=np.float64)
+    baseline = float(rho @ np.einsum("sa,sa->s", pi, a))  # 0 for exact advantages
+
+    def objective(t: float) -> tuple[float, np.ndarray]:
+        q = kl_ball_best_response(pi, a, np.full(pi.shape[0], t))
+        surrogate = float(rho @ np.einsum("sa,sa->s", q, a)) - baseline
+        return surrogate - C * t, q
+
+    best_a = np.where(pi > 0.0, a, -np.inf).max(axis=1)
+    lo, hi = 0.0, max(float(rho @ np.maximum(best_a, 0.0)) / C, 0.0) * 1.01 + 1e-300
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    x1, x2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    f1, f2 = objective(x1)[0], objective(x2)[0]
+    for _ in range(_GOLDEN_STEPS):
+        if f1 >= f2:
+            hi, x2, f2 = x2, x1, f1
+            x1 = hi - ratio * (hi - lo)
+            f1 = objective(x1)[0]
+        else:
+            lo, x1, f1 = x1, x2, f2
+            x2 = lo + ratio * (hi - lo)
+            f2 = objective(x2)[0]
+        if hi - lo <= _GOLDEN_RTOL * max(hi, 1e-300):
+            break
+    value, q = objective(0.5 * (lo + hi))
+    if value < 0.0:  # only rounding can make the interior worse than staying put
+        value, q = 0.0, pi.copy()
+    kl_max = float(categorical_kl(pi, q).max())
+    surrogate = float(rho @ np.einsum("sa,sa->s", q, a)) - baseline
+    return PenalisedOptimum(pi_new=q, value=surrogate - C * kl_max,
+                            surrogate_improvement=surrogate, kl_max=kl_max)

@@ -12,19 +12,25 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = [
-    "iteration", "env_steps", "time/wall_s", "time/sps",
+    "iteration", "env_steps", "time/wall_s", "time/sps", "time/eval_s", "heldout/env_steps",
+    "eval/env_steps",
     "rollout/return_mean", "rollout/length_mean", "rollout/episodes",
     "kl/mean", "kl/max", "kl/reverse_mean", "policy/max_ratio", "policy/entropy",
     "surrogate/linear", "surrogate/improvement",
+    "surrogate/improvement_heldout", "surrogate/improvement_heldout_se", "surrogate/linear_heldout",
     "true/J", "true/J_se", "true/improvement", "true/improvement_se",
     "bound/trpo", "bound/cpo", "bound/C", "bound/eps",
     "exact/surrogate_improvement", "exact/pdl_residual",
-    "mc/J", "mc/improvement", "mc/improvement_se",
+    "mc/J", "mc/J_se", "mc/improvement", "mc/improvement_se",
     "trpo/backtracks", "trpo/accepted", "trpo/step_norm",
     "value/loss", "value/explained_variance",
     # beyond DESIGN.md's table: numerical guard and the penalty actually used
     "guard/nonfinite", "guard/bad_updates", "penalty/beta",
 ]
+
+
+# columns that measure the machine, not the run: they differ between identical runs
+TIME_COLUMNS = ["time/wall_s", "time/sps", "time/eval_s"]
 
 
 def _cell(value: Any) -> str:

@@ -190,6 +190,16 @@ class Policy(nn.Module):
             self.log_std = None
         self.critic = _mlp(obs_dim, list(critic_hidden), 1, "tanh", 1.0)
 
+    def set_tabular_probabilities(self, pi: np.ndarray) -> None:
+        """Make a tabular policy's table equal ``pi`` [S, A] (logits log pi; the softmax of a
+        row of log-probabilities is the row itself)."""
+        if self.policy_name != "tabular":
+            raise TypeError(f"only a tabular policy has a table to set, not {self.policy_name}")
+        (table,) = self.actor.parameters()
+        logits = np.log(np.maximum(np.asarray(pi, np.float64), np.finfo(np.float64).tiny))
+        with torch.no_grad():
+            table.copy_(torch.as_tensor(logits.T, dtype=table.dtype))
+
     def actor_parameters(self) -> list[nn.Parameter]:
         extra = [] if self.log_std is None else [self.log_std]
         return [*self.actor.parameters(), *extra]
@@ -230,7 +240,12 @@ class Policy(nn.Module):
 
 @dataclass
 class NumpyActor:
-    """The actor's function evaluated in numpy, for fast per-step sampling in rollouts."""
+    """The actor's function evaluated in numpy, for fast per-step sampling in rollouts.
+
+    :meth:`stack` makes one actor of several with the same architecture: weights get a leading
+    axis, observations are [m, N, obs_dim] and one call evaluates all m actors (the evaluator
+    steps pi and pi' together this way).
+    """
 
     weights: list[tuple[np.ndarray, np.ndarray | None]]
     activation: object
@@ -248,22 +263,44 @@ class NumpyActor:
                 x = self.activation(x)
         return x
 
+    def as_float32(self) -> NumpyActor:
+        """The same actor in float32: about 3x faster per call on 64 rows (numpy's float32
+        tanh), for the evaluator's many-row calls; rollouts keep float64."""
+        def cast(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a.astype(np.float32)
+
+        return NumpyActor([(cast(w), cast(b)) for w, b in self.weights], self.activation,
+                          self.kind, cast(self.log_std))
+
+    @staticmethod
+    def stack(actors: list[NumpyActor]) -> NumpyActor:
+        """m actors as one: forward([m, N, d]) row-block i is actors[i].forward(x[i])."""
+        first = actors[0]
+        weights = []
+        for i, (_, bias) in enumerate(first.weights):
+            w = np.stack([a.weights[i][0] for a in actors])
+            b = None if bias is None else np.stack([a.weights[i][1] for a in actors])[:, None]
+            weights.append((w, b))
+        log_std = None if first.log_std is None else np.stack(
+            [a.log_std for a in actors])[:, None]
+        return NumpyActor(weights, first.activation, first.kind, log_std)
+
     def noise(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """The random numbers one sampling step consumes, for ``n`` states."""
         if self.kind == "categorical":
             return rng.random(n)
-        return rng.standard_normal((n, self.log_std.shape[0]))
+        return rng.standard_normal((n, self.log_std.shape[-1]))
 
     def sample_from_noise(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """Inverse-CDF sampling (Categorical) or mean + std * z (Gaussian) from given noise."""
         out = self.forward(obs)
         if self.kind == "categorical":
-            logits = out - out.max(axis=1, keepdims=True)
+            logits = out - out.max(axis=-1, keepdims=True)
             probs = np.exp(logits)
-            cdf = np.cumsum(probs, axis=1)
-            threshold = noise[:, None] * cdf[:, -1:]
-            actions = (cdf <= threshold).sum(axis=1)
-            return np.minimum(actions, out.shape[1] - 1)
+            cdf = np.cumsum(probs, axis=-1)
+            threshold = noise[..., None] * cdf[..., -1:]
+            actions = (cdf <= threshold).sum(axis=-1)
+            return np.minimum(actions, out.shape[-1] - 1)
         return out + np.exp(self.log_std) * noise
 
     def mode(self, obs: np.ndarray) -> np.ndarray:

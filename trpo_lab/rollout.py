@@ -21,12 +21,14 @@ The weights of a batch:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gymnasium as gym
 import numpy as np
 import torch
 
+from trpo_lab.evaluation import Episodes
 from trpo_lab.numerics import RunningMeanStd, discounted_running_returns, gae
 from trpo_lab.policies import NumpyActor, Policy, encode_observations
 
@@ -113,6 +115,20 @@ class Collector:
         if self.obs_rms is not None:
             x = self.obs_rms.normalize(x).astype(np.float32)
         return x
+
+    def frozen_encoder(self) -> Callable[[np.ndarray], np.ndarray]:
+        """:meth:`encode` with the normalisation statistics as they are now: the input map of
+        the policy that is about to collect a batch (the statistics change after it)."""
+        if self.obs_rms is None:
+            return self.encode
+        frozen = RunningMeanStd(self.obs_rms.mean.shape)
+        frozen.load_state_dict(self.obs_rms.state_dict())
+        space = self.obs_space
+
+        def encode(raw_obs: np.ndarray) -> np.ndarray:
+            return frozen.normalize(encode_observations(space, raw_obs)).astype(np.float32)
+
+        return encode
 
     def collect(self, actor: NumpyActor) -> RolloutData:
         """Step every env ``steps`` times with ``actor``; autoreset in the same step.
@@ -272,6 +288,13 @@ class RolloutData:
 REWARD_CLIP = 10.0
 
 
+def scaled_rewards(rewards: np.ndarray, reward_scale: float) -> np.ndarray:
+    """What the critic and GAE see: rewards / scale clipped to +-REWARD_CLIP (1: unchanged)."""
+    if reward_scale == 1.0:
+        return rewards
+    return np.clip(rewards / reward_scale, -REWARD_CLIP, REWARD_CLIP)
+
+
 def build_batch(policy: Policy, data: RolloutData, gamma: float, lam: float,
                 normalize_advantages: bool) -> Batch:
     """Critic values, GAE and weights for a rollout.
@@ -291,9 +314,7 @@ def build_batch(policy: Policy, data: RolloutData, gamma: float, lam: float,
     next_values[-1] = all_values[T * N: T * N + N]
     for (t, i), v in zip(data.final_index, all_values[T * N + N:]):
         next_values[t, i] = v  # terminated steps are zeroed inside gae
-    rewards = data.rewards
-    if data.reward_scale != 1.0:
-        rewards = np.clip(rewards / data.reward_scale, -REWARD_CLIP, REWARD_CLIP)
+    rewards = scaled_rewards(data.rewards, data.reward_scale)
     advantages = gae(rewards, values, next_values, data.terminated, data.done, gamma, lam)
     starts = int((data.episode_time == 0).sum())
     episodes = starts if starts else N  # no start: one segment per env
@@ -333,3 +354,51 @@ def exact_batch(policy: Policy, pi: np.ndarray, advantages: np.ndarray, rho: np.
     return finish_batch(policy, _as_tensor(obs), torch.as_tensor(actions), adv, nan, nan,
                         _as_tensor(weights), _as_tensor(dl_weights), normalize_advantages,
                         exact=True)
+
+
+@dataclass
+class HeldoutBatch:
+    """Fresh episodes of the old policy, never trained on, as a :class:`Batch` of their steps
+    with ``dl_weights`` = gamma^t / n (t from the episode's reset, n episodes), so that
+    sum_i dl_weights_i (ratio_i - 1) A_i is the TRPO paper's dL estimator on whole episodes;
+    ``episode`` maps each step to its episode, for the standard error over episodes."""
+
+    batch: Batch
+    episode: torch.Tensor
+    episodes: int
+    env_steps: int
+
+
+def heldout_batch(policy: Policy, episodes: Episodes, gamma: float, lam: float,
+                  reward_scale: float, exact_advantages: np.ndarray | None = None) -> HeldoutBatch:
+    """The held-out batch of ``episodes`` (recorded), with the current (pre-update) critic.
+
+    Advantages are GAE(gamma, lam) on the critic's values in its reward scale, multiplied back
+    to units of reward, exactly as for the training batch; with ``exact_advantages`` (a tabular
+    model's A_pi[s, a], for runs that update on the exact batch) they are looked up instead.
+    """
+    T, N, obs_dim = episodes.obs.shape  # noqa: N806
+    alive = episodes.alive
+    if exact_advantages is not None:
+        advantages = exact_advantages[episodes.raw_obs, episodes.actions]
+    else:
+        with torch.no_grad():
+            both = policy.value(_as_tensor(np.concatenate(
+                [episodes.obs.reshape(T * N, obs_dim), episodes.next_obs.reshape(T * N, obs_dim)]
+            ))).double().numpy()
+        values, next_values = both[: T * N].reshape(T, N), both[T * N:].reshape(T, N)
+        advantages = reward_scale * gae(scaled_rewards(episodes.rewards, reward_scale), values,
+                                        next_values, episodes.terminated, episodes.done, gamma,
+                                        lam)
+    t_index = np.broadcast_to(np.arange(T)[:, None], (T, N))
+    episode_index = np.broadcast_to(np.arange(N)[None, :], (T, N))
+    size = int(alive.sum())
+    actions = episodes.actions[alive]
+    batch = finish_batch(
+        policy, _as_tensor(episodes.obs[alive]),
+        _as_tensor(actions, torch.long if policy.head.kind == "categorical" else torch.float32),
+        _as_tensor(advantages[alive]), torch.full((size,), float("nan")),
+        torch.full((size,), float("nan")), torch.full((size,), 1.0 / size),
+        _as_tensor(gamma ** t_index[alive].astype(np.float64) / N), normalize=False,
+        exact=False)
+    return HeldoutBatch(batch, torch.as_tensor(episode_index[alive]), N, size)

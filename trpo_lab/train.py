@@ -25,16 +25,22 @@ import numpy as np
 import torch
 
 from trpo_lab.algos import algo_label, make_algorithm
-from trpo_lab.algos.common import predicted_improvement, ratio
+from trpo_lab.algos.common import heldout_improvement, predicted_improvement, ratio
 from trpo_lab.checkpoint import load_checkpoint, save_checkpoint
 from trpo_lab.config import Config
 from trpo_lab.critic import CriticTrainer
 from trpo_lab.envs import env_factory, make_vector_env, tabular_model
-from trpo_lab.evaluation import MonteCarloEstimate, PairedEvaluator, deterministic_returns
+from trpo_lab.evaluation import (
+    EpisodeSampler,
+    MonteCarloEstimate,
+    deterministic_returns,
+    episode_envs,
+    paired_difference,
+)
 from trpo_lab.logging import MetricsCSV, WandbRun, resolve_wandb_mode
 from trpo_lab.numerics import flat_grad, flat_params, set_flat_params
 from trpo_lab.policies import Policy
-from trpo_lab.rollout import Batch, Collector, build_batch, exact_batch
+from trpo_lab.rollout import Batch, Collector, build_batch, exact_batch, heldout_batch
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
@@ -138,10 +144,9 @@ class Trainer:
             from trpo_lab import exact  # scipy.linalg: only tabular runs pay for the import
 
             self.exact = exact
-        self.evaluator = None
-        if cfg.eval.episodes > 0:
-            self.evaluator = PairedEvaluator(env_factory(cfg.env, cfg.gamma), cfg.eval.episodes,
-                                             cfg.gamma, cfg.seed + 10_000, self.collector.encode)
+        self.sampler = self._sampler()
+        self.heldout_env_steps = 0
+        self.eval_env_steps = 0
         self.updates = cfg.total_steps // cfg.batch_steps
         self.iteration = 0  # updates done
         self.env_steps = 0
@@ -172,6 +177,16 @@ class Trainer:
                 name=f"{label}-{cfg.env.name}-seed{cfg.seed}-{run_dir.name}",
                 config=wandb_config or {}, run_dir=run_dir, run_id=self.run_id)
 
+    def _sampler(self) -> EpisodeSampler | None:
+        """Rows [0, eval.episodes) of the sampler are the paired evaluation, the next
+        eval.heldout_episodes rows the held-out batch (old policy only; independent episodes)."""
+        rows = self.cfg.eval.episodes + self.cfg.eval.heldout_episodes
+        if rows == 0:
+            return None
+        copies = 2 if self.cfg.eval.episodes else 1
+        return EpisodeSampler(episode_envs(self.cfg.env, self.cfg.gamma, rows, copies, self.mdp),
+                              self.cfg.gamma, self.cfg.seed + 10_000)
+
     # ----------------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
         return {
@@ -179,6 +194,7 @@ class Trainer:
             "bad_updates": self.bad_updates, "wall_s": self.wall_before + self._elapsed(),
             "run_id": self.run_id, "last_returns": self.last_returns,
             "last_true_J": self.last_true_J,
+            "heldout_env_steps": self.heldout_env_steps, "eval_env_steps": self.eval_env_steps,
             "policy": self.policy.state_dict(), "algo": self.algo.state_dict(),
             "critic": self.critic.state_dict(), "collector": self.collector.state_dict(),
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
@@ -190,6 +206,9 @@ class Trainer:
         self.bad_updates, self.wall_before = state["bad_updates"], state["wall_s"]
         self.run_id, self.last_returns = state["run_id"], state["last_returns"]
         self.last_true_J = state["last_true_J"]
+        # checkpoints written before the held-out batch existed have neither counter
+        self.heldout_env_steps = state.get("heldout_env_steps", 0)
+        self.eval_env_steps = state.get("eval_env_steps", 0)
         self.policy.load_state_dict(state["policy"])
         self.algo.load_state_dict(state["algo"])
         self.critic.load_state_dict(state["critic"])
@@ -214,7 +233,11 @@ class Trainer:
         cfg, k = self.cfg, self.iteration
         t0 = time.perf_counter()
         row: dict[str, Any] = {"iteration": k}
+        # the policy that collects this batch: the actor now, with the observation statistics
+        # now (collecting updates them); every estimate about pi uses exactly this map
+        encode_old = self.collector.frozen_encoder()
         actor_old = self.policy.numpy_actor()
+        reward_scale = 1.0
         if self.mdp is not None:
             pi_old = self._pi_table()
             old_eval = self.exact.evaluate(self.mdp, pi_old, cfg.gamma)
@@ -223,6 +246,7 @@ class Trainer:
                                 cfg.normalize_advantages)
         else:
             data = self.collector.collect(actor_old)
+            reward_scale = data.reward_scale
             batch = build_batch(self.policy, data, cfg.gamma, cfg.gae_lambda,
                                 cfg.normalize_advantages)
             returns = data.stats.returns
@@ -233,8 +257,6 @@ class Trainer:
             row["rollout/episodes"] = len(returns)
         self.env_steps += cfg.batch_steps
         row["env_steps"] = self.env_steps
-        if self.evaluator is not None:
-            returns_old = self.evaluator.discounted_returns(actor_old, k)
 
         params = self.policy.actor_parameters()
         theta_old = flat_params(params)
@@ -249,16 +271,14 @@ class Trainer:
                 info.update({"trpo/accepted": 0.0, "trpo/step_norm": 0.0})
         row.update(info)
         row.update(update_diagnostics(self.policy, batch))
-        row["surrogate/linear"] = float(grad_dl @ (theta_new - theta_old))
-        if self.evaluator is not None:
-            returns_new = self.evaluator.discounted_returns(self.policy.numpy_actor(), k)
-            j = MonteCarloEstimate.of(returns_old)
-            dj = MonteCarloEstimate.of(returns_new - returns_old)
-            prefix, j_key = ("mc/", "mc/J") if self.mdp is not None else ("true/", "true/J")
-            row.update({j_key: j.mean, f"{prefix}improvement": dj.mean,
-                        f"{prefix}improvement_se": dj.se})
-            if self.mdp is None:
-                row["true/J_se"] = j.se
+        step = theta_new - theta_old
+        row["surrogate/linear"] = float(grad_dl @ step)
+        if k % cfg.eval.every == 0 and self.sampler is not None:
+            start = time.perf_counter()
+            row.update(self._evaluate(actor_old, encode_old, theta_old, theta_new,
+                                      reward_scale, old_eval.A if cfg.algo.estimator == "exact"
+                                      else None))
+            row["time/eval_s"] = time.perf_counter() - start
         if self.mdp is not None:
             row.update(exact_diagnostics(
                 self.exact.compare(self.mdp, pi_old, self._pi_table(), cfg.gamma,
@@ -274,8 +294,44 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         row["time/wall_s"] = self.wall_before + self._elapsed()
         row["time/sps"] = cfg.batch_steps / elapsed if elapsed > 0 else math.nan
+        row["heldout/env_steps"] = self.heldout_env_steps
+        row["eval/env_steps"] = self.eval_env_steps
         self.iteration += 1
         return row
+
+    def _evaluate(self, actor_old, encode_old, theta_old: torch.Tensor, theta_new: torch.Tensor,
+                  reward_scale: float, exact_advantages: np.ndarray | None) -> dict[str, float]:
+        """Paired Monte Carlo J and dJ, and dL on the held-out episodes, for one update.
+
+        Both policies see the observation map ``encode_old`` of the collecting policy. The
+        held-out batch (the old policy's log-probabilities and gradient, the pre-update
+        critic's advantages) is built with the actor set back to theta_old for a moment.
+        """
+        cfg, k, out = self.cfg, self.iteration, {}
+        n_eval = cfg.eval.episodes
+        actors = [actor_old, self.policy.numpy_actor()] if n_eval else [actor_old]
+        runs = self.sampler.run(actors, encode_old, (k,), record=cfg.eval.heldout_episodes > 0)
+        if n_eval:
+            old, new = (run.columns(slice(0, n_eval)) for run in runs)
+            self.eval_env_steps += old.steps + new.steps
+            j = MonteCarloEstimate.of(old.returns)
+            dj = paired_difference(new.returns, old.returns)
+            prefix = "mc/" if self.mdp is not None else "true/"
+            out.update({f"{prefix}J": j.mean, f"{prefix}J_se": j.se,
+                        f"{prefix}improvement": dj.mean, f"{prefix}improvement_se": dj.se})
+        if cfg.eval.heldout_episodes:
+            params = self.policy.actor_parameters()
+            set_flat_params(params, theta_old)
+            heldout = heldout_batch(self.policy, runs[0].columns(slice(n_eval, None)),
+                                    cfg.gamma, cfg.gae_lambda, reward_scale, exact_advantages)
+            grad = flat_grad(predicted_improvement(self.policy, heldout.batch), params)
+            set_flat_params(params, theta_new)
+            dl, dl_se = heldout_improvement(self.policy, heldout)
+            self.heldout_env_steps += heldout.env_steps
+            out.update({"surrogate/improvement_heldout": dl,
+                        "surrogate/improvement_heldout_se": dl_se,
+                        "surrogate/linear_heldout": float(grad @ (theta_new - theta_old))})
+        return out
 
     # ----------------------------------------------------------------- the loop
     def summary(self, status: str, error: str | None = None) -> dict[str, Any]:
@@ -357,8 +413,8 @@ class Trainer:
         if self.wandb is not None:
             self.wandb.finish(status, summary)
         self.envs.close()
-        if self.evaluator is not None:
-            self.evaluator.close()
+        if self.sampler is not None:
+            self.sampler.close()
 
     def _progress(self):
         if not (self.cfg.progress and sys.stdout.isatty()):

@@ -6,7 +6,7 @@ import torch
 
 from trpo_lab.optim import SGD, Adam
 from trpo_lab.policies import Policy
-from trpo_lab.rollout import Batch
+from trpo_lab.rollout import Batch, HeldoutBatch
 
 
 def ratio(policy: Policy, batch: Batch, params: torch.Tensor | None = None) -> torch.Tensor:
@@ -32,6 +32,20 @@ def predicted_improvement(policy: Policy, batch: Batch,
                           params: torch.Tensor | None = None) -> torch.Tensor:
     """dL_hat = sum_i dl_weights_i (ratio_i - 1) A_i with raw advantages: units of J."""
     return (batch.dl_weights * (ratio(policy, batch, params) - 1.0) * batch.advantages).sum()
+
+
+def heldout_improvement(policy: Policy, heldout: HeldoutBatch,
+                        params: torch.Tensor | None = None) -> tuple[float, float]:
+    """dL_hat on the held-out episodes and its standard error over episodes: the estimate is
+    the mean over the n episodes of sum_t gamma^t (ratio_t - 1) A_t."""
+    batch = heldout.batch
+    with torch.no_grad():
+        terms = batch.dl_weights * (ratio(policy, batch, params) - 1.0) * batch.advantages
+        per_episode = torch.zeros(heldout.episodes, dtype=terms.dtype).index_add_(
+            0, heldout.episode, terms) * heldout.episodes
+    n = heldout.episodes
+    se = float(per_episode.std() / n**0.5) if n > 1 else float("nan")
+    return float(per_episode.mean()), se
 
 
 def guarded_step(optimizer: Adam | SGD, loss: torch.Tensor,

@@ -2,9 +2,14 @@
 
     maximise_theta'  L(theta') = sum_i w_i ratio_i A_i   s.t.  mean KL(pi_old || pi_theta') <= delta
 
-Direction s = F^-1 g by conjugate gradient on Fisher-vector products (the Hessian of the
-mean KL at theta_old, plus damping * v); s^T F s from CG's residual (F s = g - r); full step
-sqrt(2 delta / s^T F s) s, the largest step whose quadratic KL model equals delta. The line
+Direction s = (F + damping I)^-1 g by conjugate gradient on Fisher-vector products (F the
+Hessian of the mean KL at theta_old); full step sqrt(2 delta / s^T F s) s, the largest step
+whose quadratic KL model equals delta. s^T F s uses the undamped F, from CG's residual r:
+(F + damping I) s = g - r, so s^T F s = s^T (g - r) - damping |s|^2 (no extra product).
+Damping regularises the direction only; measuring the step with the damped matrix would
+shrink it wherever damping dominates F (a tabular policy's Fisher entries are about
+d_pi(s) pi (1 - pi), so damping 0.1 gave steps of 5% of delta). If s^T F s is not positive
+(CG's rounding), the damped value is used. The line
 search shrinks it by ``backtrack_coef`` until the measured mean KL <= delta AND the surrogate
 improves; if no step passes, the old parameters are restored exactly and ``trpo/accepted`` = 0.
 Non-finite g, s, s^T F s, KL or surrogate reject the step.
@@ -28,7 +33,7 @@ from trpo_lab.rollout import Batch
 class NaturalStep:
     full_step: torch.Tensor  # sqrt(2 delta / s^T F s) s
     gradient: torch.Tensor  # g, gradient of the surrogate at theta_old
-    shs: float  # s^T F s
+    shs: float  # s^T F s (undamped F)
 
     @property
     def finite(self) -> bool:
@@ -80,7 +85,9 @@ def natural_step(policy: Policy, batch: Batch, cfg: TRPOConfig) -> NaturalStep:
         return NaturalStep(torch.full_like(g, float("nan")), g, float("nan"))
     fvp = fisher_vector_product(policy, batch, cfg.cg_damping)
     direction, residual = conjugate_gradient_residual(fvp, g, cfg.cg_iters)
-    shs = float(direction @ (g - residual))  # s^T F s with F s = g - r: no extra product
+    damped_shs = float(direction @ (g - residual))  # s^T (F + damping I) s
+    fisher_shs = damped_shs - cfg.cg_damping * float(direction @ direction)
+    shs = fisher_shs if fisher_shs > 0 else damped_shs
     if shs == 0 and not direction.any():
         return NaturalStep(direction, g, 0.0)
     if not (shs > 0 and torch.isfinite(direction).all()):
