@@ -77,7 +77,13 @@ _CB = sns.color_palette("colorblind", 10)
 ALGO_COLORS: dict[str, tuple[float, float, float]] = dict(zip(ALGO_ORDER, _CB, strict=False))
 
 DJ = "true/improvement"
+DJ_SE = "true/improvement_se"
 DL = "surrogate/improvement"
+DL_HELDOUT = "surrogate/improvement_heldout"
+DL_HELDOUT_SE = "surrogate/improvement_heldout_se"
+#: Which estimate of dL the figures use: on held-out episodes (never trained on) or in-sample
+#: (the batch the update was fitted to, which over-predicts).
+PREDICTIONS: tuple[str, ...] = ("heldout", "in_sample")
 DL_EXACT = "exact/surrogate_improvement"
 
 
@@ -631,6 +637,8 @@ def scatter_panel(
     *,
     x: str = DL,
     y: str = DJ,
+    xerr: str | None = None,
+    yerr: str | None = None,
     hue: str = "setting",
     colors: Mapping[Any, Any] | None = None,
     reps: int = 1000,
@@ -638,19 +646,28 @@ def scatter_panel(
     seed: int = 0,
 ) -> Axes:
     """One predicted-vs-true panel: one scatter per ``hue`` level (one point per update; colours
-    from ``colors`` or :func:`palette`), the line y = x, and Spearman's rho and the OLS slope
+    from ``colors`` or :func:`palette`), with +-1 standard error bars from the columns ``xerr``
+    and ``yerr`` where given and finite, the line y = x, and Spearman's rho and the OLS slope
     with bootstrap CIs as text in the upper-left or lower-right corner (off the diagonal),
     whichever covers fewer points."""
     ax = _axes(ax)
     d = _finite(df, [x, y])
     levels = ordered_levels(d, hue) if hue in d.columns else []
     colors = {**palette(levels, hue), **(colors or {})}
+
+    def draw(sub: pd.DataFrame, color: Any, label: str | None) -> None:
+        bars = {name: sub[col].to_numpy(dtype=float) for name, col in
+                (("xerr", xerr), ("yerr", yerr)) if col is not None and col in sub.columns}
+        bars = {k: np.where(np.isfinite(v), v, 0.0) for k, v in bars.items()}
+        if any(v.any() for v in bars.values()):
+            ax.errorbar(sub[x], sub[y], fmt="none", ecolor=color, alpha=0.25, lw=0.5, **bars)
+        ax.scatter(sub[x], sub[y], s=5, color=color, alpha=0.7, label=label, lw=0)
+
     for lv in levels:
-        sub = d[d[hue] == lv]
-        ax.scatter(sub[x], sub[y], s=5, color=colors[lv], alpha=0.7, label=str(lv), lw=0)
+        draw(d[d[hue] == lv], colors[lv], str(lv))
     rest = d[d[hue].isna()] if hue in d.columns else d
     if len(rest):
-        ax.scatter(rest[x], rest[y], s=5, color="0.5", alpha=0.7, lw=0)
+        draw(rest, "0.5", None)
     if len(d):
         lo = float(min(d[x].min(), d[y].min()))
         hi = float(max(d[x].max(), d[y].max()))
@@ -667,10 +684,29 @@ def scatter_panel(
     return ax
 
 
+def prediction_frame(df: pd.DataFrame, prediction: str = "heldout") -> pd.DataFrame:
+    """``df`` with columns ``_dl`` and ``_dl_se``: the dL estimate the figures draw.
+
+    ``prediction="heldout"``: the estimate on held-out episodes with its standard error where
+    the run logged one; updates on the exact batch (exact dL) and older runs without a held-out
+    estimate fall back to ``surrogate/improvement`` (no error bar). ``"in_sample"``: always
+    ``surrogate/improvement``, the batch the update was fitted to.
+    """
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+    in_sample = df[DL].astype(float)
+    if prediction == "in_sample" or DL_HELDOUT not in df.columns:
+        return df.assign(_dl=in_sample, _dl_se=np.nan)
+    heldout = df[DL_HELDOUT].astype(float).where(estimate_kind(df) != KINDS[0])
+    use = np.isfinite(heldout)
+    se = df[DL_HELDOUT_SE].astype(float) if DL_HELDOUT_SE in df.columns else np.nan
+    return df.assign(_dl=heldout.where(use, in_sample), _dl_se=pd.Series(se, df.index).where(use))
+
+
 def plot_predicted_vs_true(
     df: pd.DataFrame,
     *,
-    x: str = DL,
+    prediction: str = "heldout",
     y: str = DJ,
     hue: str = "setting",
     reps: int = 1000,
@@ -681,13 +717,19 @@ def plot_predicted_vs_true(
 ) -> Figure:
     """Surrogate-predicted vs true improvement, one point per update. Returns a Figure.
 
+    The prediction is :func:`prediction_frame`'s: by default dL on held-out episodes, with
+    +-1 SE bars on both axes (dL's over held-out episodes, dJ's over paired evaluation
+    episodes; exact values have none); ``prediction="in_sample"`` draws the estimate on the
+    training batch instead.
+
     One panel per (algorithm, gamma, estimate kind) that has data, and no empty ones: per
     algorithm and gamma the exact and the Monte Carlo panel (:func:`estimate_kind`) side by
     side, at most ``max_cols`` panels a row. Each panel is drawn by :func:`scatter_panel` and
     titled ``"<algo>, <kind>, γ=<gamma>"``. Colour = the step-size ``setting`` (delta or beta,
     ...), the same colour for a setting in every panel; one legend below the panels.
     """
-    d = _finite(df, [x, y]).copy()
+    x = "_dl"
+    d = _finite(prediction_frame(df, prediction), [x, y]).copy()
     d["kind"] = estimate_kind(d)
     gamma = d["gamma"].astype(float) if "gamma" in d.columns else pd.Series(np.nan, d.index)
     d["_gamma"] = gamma.fillna(-1.0)
@@ -704,8 +746,11 @@ def plot_predicted_vs_true(
     for ax, (algo, g, kind) in zip(axes, panels, strict=False):
         panel = d[(d["algo"] == algo) & (d["_gamma"] == g) & (d["kind"] == kind)]
         scatter_panel(
-            panel, ax, x=x, y=y, hue=hue, colors=colors, reps=reps, level=level, seed=seed
+            panel, ax, x=x, y=y, xerr="_dl_se", yerr=DJ_SE if y == DJ else None, hue=hue,
+            colors=colors, reps=reps, level=level, seed=seed
         )
+        ax.set_xlabel("predicted dL (held-out)" if prediction == "heldout" else
+                      "predicted dL (in-sample)")
         ax.set_title(f"{algo}, {kind}, γ={g:g}" if g >= 0 else f"{algo}, {kind}")
     if not panels:
         axes[0].set_visible(False)
@@ -719,13 +764,26 @@ def plot_predicted_vs_true(
 # --------------------------------------------------------------------------------------------
 
 
-def predicted_improvement(df: pd.DataFrame, prefer_exact: bool = True) -> pd.Series:
+def predicted_improvement(df: pd.DataFrame, prefer_exact: bool = True,
+                          prediction: str = "heldout") -> pd.Series:
     """dL per update: the exact ``exact/surrogate_improvement`` where logged (tabular runs) if
-    ``prefer_exact``, else the batch estimate ``surrogate/improvement``."""
-    batch = df[DL].astype(float)
+    ``prefer_exact``, else the estimate of :func:`prediction_frame` (held-out by default)."""
+    estimate = prediction_frame(df, prediction)["_dl"]
     if not prefer_exact or DL_EXACT not in df.columns:
-        return batch
-    return df[DL_EXACT].astype(float).where(lambda s: np.isfinite(s), batch)
+        return estimate
+    return df[DL_EXACT].astype(float).where(lambda s: np.isfinite(s), estimate)
+
+
+def surrogate_error_noise(df: pd.DataFrame, prefer_exact: bool = True,
+                          prediction: str = "heldout") -> pd.Series:
+    """The standard error of dJ - dL per update, sqrt(SE(dJ)^2 + SE(dL)^2), with SE 0 for an
+    exact value: below about twice this, a measured surrogate error is Monte Carlo noise."""
+    frame = prediction_frame(df, prediction)
+    dl_se = frame["_dl_se"].astype(float).fillna(0.0)
+    if prefer_exact and DL_EXACT in df.columns:
+        dl_se = dl_se.where(~np.isfinite(df[DL_EXACT].astype(float)), 0.0)
+    dj_se = df[DJ_SE].astype(float).fillna(0.0) if DJ_SE in df.columns else 0.0 * dl_se
+    return np.sqrt(dj_se**2 + dl_se**2)
 
 
 def plot_surrogate_error(
@@ -744,10 +802,13 @@ def plot_surrogate_error(
     References: the TRPO bound's penalty ``C * KLmax`` with the median ``bound/C`` of the data,
     over the KL range of the updates that logged ``bound/C`` (tabular runs; no curve without
     any), and a slope-1 line through the data's geometric mean (error = O(KL) for a smooth
-    policy class). Non-positive values are dropped.
+    policy class). Where the estimates are Monte Carlo, a dashed line marks the noise floor:
+    the median over the updates of 1.96 :func:`surrogate_error_noise`, below which an error
+    cannot be told from sampling noise. Non-positive values are dropped.
     """
     ax = _axes(ax)
-    d = df.assign(_dl=predicted_improvement(df, prefer_exact))
+    d = df.assign(_dl=predicted_improvement(df, prefer_exact),
+                  _noise=surrogate_error_noise(df, prefer_exact))
     d = _finite(d, [DJ, "_dl", kl]).copy()
     d["err"] = (d[DJ] - d["_dl"]).abs()
     d = d[(d["err"] > 0) & (d[kl] > 0)]
@@ -766,6 +827,9 @@ def plot_surrogate_error(
         gm_k = float(np.exp(np.log(d[kl]).mean()))
         gm_e = float(np.exp(np.log(d["err"]).mean()))
         ax.plot(ks, gm_e * ks / gm_k, ls=":", color="0.4", lw=1, label="slope 1")
+        floor = 1.96 * float(np.median(d["_noise"].to_numpy(dtype=float)))
+        if floor > 0:
+            ax.axhline(floor, ls="--", color="0.5", lw=0.8, label="MC noise floor (1.96 SE)")
     _log_axis(ax, "x", data=d[kl])
     _log_axis(ax, "y", data=np.r_[d["err"].to_numpy(), ax.get_ylim()])
     ax.set_xlabel("KL max")

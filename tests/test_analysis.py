@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+from matplotlib.collections import LineCollection, PathCollection  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
 from analysis import figures, load, plots, stats, tables  # noqa: E402
@@ -108,6 +109,8 @@ def make_rows(cfg: dict[str, Any], n: int = 10, base: float = 0.0) -> list[dict[
             "true/J_se": 0.0 if tabular else 0.01,
             "true/improvement": dj,
             "true/improvement_se": 0.0 if tabular else 0.01,
+            "surrogate/improvement_heldout": 0.9 * dl,
+            "surrogate/improvement_heldout_se": 0.002,
             "value/loss": 0.1,
             "value/explained_variance": 0.9,
         }
@@ -628,11 +631,44 @@ def test_predicted_vs_true_only_non_empty_panels(two_env_long: pd.DataFrame) -> 
     ]
     assert fig.axes[0].get_subplotspec().get_geometry()[:2] == (1, 2)
     for ax in fig.axes:
-        assert [len(c.get_offsets()) for c in ax.collections] == [20, 20]
+        points = [c for c in ax.collections if isinstance(c, PathCollection)]
+        assert [len(c.get_offsets()) for c in points] == [20, 20]
         assert "n = 40" in ax.texts[0].get_text()
         assert ax.get_legend() is None
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == ["δ=0.01", "δ=0.04", "y = x"]
+
+
+def test_predicted_vs_true_draws_the_heldout_prediction_with_error_bars(
+        two_env_long: pd.DataFrame) -> None:
+    """Monte Carlo panels: x = the held-out dL (0.9 dL in the fixture) with +-SE bars on both
+    axes; exact panels: the exact dL, no bars; in_sample: x = surrogate/improvement."""
+    exact_ax, mc_ax = plots.plot_predicted_vs_true(two_env_long, reps=100).axes
+    mc = two_env_long[two_env_long["env"] == "cartpole"]
+    xs = np.sort(np.concatenate([c.get_offsets()[:, 0] for c in mc_ax.collections
+                                 if isinstance(c, PathCollection)]))
+    np.testing.assert_allclose(xs, np.sort(0.9 * mc["surrogate/improvement"].to_numpy()))
+    bars = [c for c in mc_ax.collections if isinstance(c, LineCollection)]
+    widths = {round(float(np.ptp(seg[:, axis])), 6) for c in bars for seg in c.get_segments()
+              for axis in (0, 1) if np.ptp(seg[:, axis]) > 0}
+    assert widths == {0.004, 0.02}  # 2 x SE(dL) = 0.004 and 2 x SE(dJ) = 0.02
+    assert not [c for c in exact_ax.collections if isinstance(c, LineCollection)]
+    assert mc_ax.get_xlabel() == "predicted dL (held-out)"
+    in_sample = plots.plot_predicted_vs_true(two_env_long, reps=100, prediction="in_sample")
+    xs = np.sort(np.concatenate([c.get_offsets()[:, 0] for c in in_sample.axes[1].collections
+                                 if isinstance(c, PathCollection)]))
+    np.testing.assert_allclose(xs, np.sort(mc["surrogate/improvement"].to_numpy()))
+
+
+def test_surrogate_error_draws_the_monte_carlo_noise_floor(two_env_long: pd.DataFrame) -> None:
+    """The floor is 1.96 sqrt(SE(dJ)^2 + SE(dL held-out)^2) = 1.96 sqrt(0.01^2 + 0.002^2) on
+    CartPole; none on the exact garnet (both values exact)."""
+    mc = two_env_long[two_env_long["env"] == "cartpole"]
+    ax = plots.plot_surrogate_error(mc)
+    (floor,) = [line for line in ax.get_lines() if line.get_label().startswith("MC noise")]
+    assert floor.get_ydata()[0] == pytest.approx(1.96 * np.hypot(0.01, 0.002))
+    ax = plots.plot_surrogate_error(two_env_long[two_env_long["env"] != "cartpole"])
+    assert not [line for line in ax.get_lines() if line.get_label().startswith("MC noise")]
 
 
 def test_estimate_kind_follows_the_estimator() -> None:
@@ -675,7 +711,9 @@ def test_surrogate_error_one_panel_per_env(two_env_long: pd.DataFrame) -> None:
         assert ax.collections[0].get_facecolor()[0][:3] == pytest.approx(plots.ALGO_COLORS["trpo"])
         assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     # the bound's C * KLmax only where bound/C was logged (the tabular garnet), over its KL
-    assert [ln.get_label() for ln in cartpole.get_lines()] == ["slope 1"]
+    # and the Monte Carlo noise floor only where the estimates are Monte Carlo (CartPole)
+    assert [ln.get_label() for ln in cartpole.get_lines()] == ["slope 1",
+                                                               "MC noise floor (1.96 SE)"]
     bound, ref = garnet.get_lines()
     assert bound.get_label() == "C·KLmax (TRPO bound)"
     np.testing.assert_allclose(bound.get_ydata() / bound.get_xdata(), 5.0)
@@ -693,6 +731,7 @@ def test_surrogate_error_one_panel_per_env(two_env_long: pd.DataFrame) -> None:
         "trpo",
         "C·KLmax (TRPO bound)",
         "slope 1",
+        "MC noise floor (1.96 SE)",
     ]
 
 
