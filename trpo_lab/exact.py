@@ -310,9 +310,8 @@ def compare(mdp: TabularMDP, pi_old: np.ndarray, pi_new: np.ndarray, gamma: floa
 # TRPO's Algorithm 1: the exact maximiser of dL - C KLmax over tabular policies
 # ------------------------------------------------------------------------------------------------
 
-_BISECTION_STEPS = 64  # log(mu - max A) in [-60, 60] to 7e-18
-_GOLDEN_STEPS = 200
-_GOLDEN_RTOL = 1e-10  # on t*; M is flat at its maximum, so M(t) is exact to ~1e-20 relative
+_ROOT_STEPS = 100  # cap on regula-falsi steps; they converge in about 10-20
+_ROOT_RTOL = 1e-13  # on log(mu - max A) and log t
 
 
 @dataclass(frozen=True)
@@ -326,38 +325,79 @@ class PenalisedOptimum:
     kl_max: float
 
 
+def _decreasing_root(f, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Roots of decreasing functions, one per element: f(lo) > 0 > f(hi), by regula falsi with
+    the Illinois modification (superlinear, never leaves the bracket), vectorised."""
+    f_lo, f_hi = f(lo), f(hi)
+    side = np.zeros_like(lo)
+    for _ in range(_ROOT_STEPS):
+        x = (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
+        x = np.where(np.isfinite(x), x, 0.5 * (lo + hi))
+        fx = f(x)
+        left = fx > 0  # the root lies right of x
+        lo, f_lo = np.where(left, x, lo), np.where(left, fx, f_lo)
+        hi, f_hi = np.where(left, hi, x), np.where(left, f_hi, fx)
+        # Illinois: halve the stale end's value when the same end is kept twice
+        f_hi = np.where(left & (side > 0), 0.5 * f_hi, f_hi)
+        f_lo = np.where(~left & (side < 0), 0.5 * f_lo, f_lo)
+        side = np.where(left, 1.0, -1.0)
+        if np.all(hi - lo <= _ROOT_RTOL * np.maximum(1.0, np.abs(hi))):
+            break
+    return 0.5 * (lo + hi)
+
+
+class _KLBall:
+    """The per-state family q_a(mu) = (p_a / (mu - A_a)) / Z(mu), mu = max A + spread e^u."""
+
+    def __init__(self, p: np.ndarray, advantages: np.ndarray):
+        self.p = np.asarray(p, dtype=np.float64)
+        self.a = np.asarray(advantages, dtype=np.float64)
+        self.support = self.p > 0.0
+        a_max = np.where(self.support, self.a, -np.inf).max(axis=1, keepdims=True)
+        self.a_max = a_max
+        self.spread = np.where(self.support, a_max - self.a, 0.0).max(axis=1, keepdims=True)
+        self.movable = self.spread[:, 0] > 0.0  # constant advantages: q = p for every t
+
+    def weights(self, u: np.ndarray) -> np.ndarray:
+        # mu - A_a formed as (max A - A_a) + spread e^u: never 0, even where mu == max A in
+        # floating point
+        gap = (self.a_max - self.a) + np.maximum(self.spread, 1e-300) * np.exp(u)
+        return np.where(self.support, self.p / np.where(self.support, gap, 1.0), 0.0)
+
+    def policy(self, u: np.ndarray) -> np.ndarray:
+        w = self.weights(u)
+        return w / w.sum(axis=1, keepdims=True)
+
+    def multiplier(self, u: np.ndarray) -> np.ndarray:
+        """lambda = 1 / sum_a p_a / (mu - A_a), the derivative of the state's value in t."""
+        return np.where(self.movable, 1.0 / self.weights(u).sum(axis=1), 0.0)
+
+    def solve(self, t: np.ndarray) -> np.ndarray:
+        """u per state with KL(p || q(u)) = t: log KL falls from +inf to -inf in u."""
+        log_t = np.log(np.maximum(t, 1e-300))
+
+        def excess(u: np.ndarray) -> np.ndarray:
+            kl = categorical_kl(self.p, self.policy(u[:, None]))
+            return np.log(np.maximum(kl, 1e-300)) - log_t
+
+        n = self.p.shape[0]
+        return _decreasing_root(excess, np.full(n, -60.0), np.full(n, 60.0))[:, None]
+
+
 def kl_ball_best_response(p: np.ndarray, advantages: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Per row s: argmax_q sum_a q(a) A(s, a) subject to KL(p_s || q) <= t_s.
 
     The KKT conditions give the one-parameter family q_a(mu) = (p_a / (mu - A_a)) / Z(mu) for
     mu > max_a A_a (actions with p_a = 0 get q_a = 0); KL(p || q(mu)) falls from infinity to 0
-    as mu grows, so mu is found by bisection on log(mu - max A). Rows with t_s = 0 or constant
-    advantages keep q = p. Vectorised over rows: p, advantages [S, A], t [S].
+    as mu grows, so mu is found by regula falsi on log KL in log(mu - max A). Rows with
+    t_s = 0 or constant advantages keep q = p. Vectorised over rows: p, advantages [S, A],
+    t [S].
     """
-    p = np.asarray(p, dtype=np.float64)
-    a = np.asarray(advantages, dtype=np.float64)
-    t = np.broadcast_to(np.asarray(t, dtype=np.float64), p.shape[:1])
-    support = p > 0.0
-    a_max = np.where(support, a, -np.inf).max(axis=1, keepdims=True)
-    spread = np.where(support, a_max - a, 0.0).max(axis=1, keepdims=True)
-    scale = np.maximum(spread, 1e-300)
-
-    def family(log_gap: np.ndarray) -> np.ndarray:
-        mu = a_max + scale * np.exp(log_gap)
-        weights = np.where(support, p / np.where(support, mu - a, 1.0), 0.0)
-        return weights / weights.sum(axis=1, keepdims=True)
-
-    lo = np.full((p.shape[0], 1), -60.0)  # mu - max A = scale e^-60: q nearly greedy
-    hi = np.full((p.shape[0], 1), 60.0)  # scale e^60: q = p to double precision
-    target = t[:, None]
-    for _ in range(_BISECTION_STEPS):
-        mid = 0.5 * (lo + hi)
-        too_far = categorical_kl(p, family(mid))[:, None] > target
-        lo = np.where(too_far, mid, lo)
-        hi = np.where(too_far, hi, mid)
-    q = family(hi)  # KL(p || q) <= t on the hi side
-    keep = (t <= 0.0) | (spread[:, 0] <= 0.0)
-    return np.where(keep[:, None], p, q)
+    ball = _KLBall(p, advantages)
+    t = np.broadcast_to(np.asarray(t, dtype=np.float64), ball.p.shape[:1])
+    q = ball.policy(ball.solve(t))
+    keep = (t <= 0.0) | ~ball.movable
+    return np.where(keep[:, None], ball.p, q)
 
 
 def maximize_penalized_surrogate(pi: np.ndarray, advantages: np.ndarray, rho: np.ndarray,
@@ -366,10 +406,13 @@ def maximize_penalized_surrogate(pi: np.ndarray, advantages: np.ndarray, rho: np
     dL(pi') = sum_s rho(s) sum_a pi'(a|s) A(s, a) (``advantages`` = A_pi, exact).
 
     For a level t of the max KL, each state's best policy is :func:`kl_ball_best_response`
-    with the same t, so the problem is max_t F(t), F(t) = sum_s rho(s) g_s(t) - C t, with g_s
-    the value of the KL-ball problem: concave in t (the value of a convex program in its
-    constraint level). F(t*) >= F(0) = 0 and g_s(t) <= max_a A(s, a) bound t* by
-    t_hi = sum_s rho(s) max_a A(s, a) / C; a golden-section search on [0, t_hi] finds t*.
+    with the same t (a state never gains from staying inside the ball once t is paid for), so
+    the problem is max_t F(t), F(t) = sum_s rho(s) g_s(t) - C t, g_s the value of the
+    state's KL-ball problem: concave in t (the value of a convex program in its constraint
+    level), with F'(t) = sum_s rho(s) lambda_s(t) - C (envelope theorem, lambda_s the KL
+    multiplier, decreasing in t). t* solves F'(t*) = 0, found by regula falsi in log t between
+    a t whose F' > 0 and t_hi = sum_s rho(s) max_a A(s, a) / C (F(t*) >= F(0) = 0 and
+    g_s <= max_a A(s, a) bound t* by it).
     """
     if not C > 0.0:
         raise ValueError(f"the penalty coefficient C must be > 0, got {C}")
@@ -377,32 +420,26 @@ def maximize_penalized_surrogate(pi: np.ndarray, advantages: np.ndarray, rho: np
     a = np.asarray(advantages, dtype=np.float64)
     rho = np.asarray(rho, dtype=np.float64)
     baseline = float(rho @ np.einsum("sa,sa->s", pi, a))  # 0 for exact advantages
-
-    def objective(t: float) -> tuple[float, np.ndarray]:
-        q = kl_ball_best_response(pi, a, np.full(pi.shape[0], t))
-        surrogate = float(rho @ np.einsum("sa,sa->s", q, a)) - baseline
-        return surrogate - C * t, q
-
+    ball = _KLBall(pi, a)
     best_a = np.where(pi > 0.0, a, -np.inf).max(axis=1)
-    lo, hi = 0.0, max(float(rho @ np.maximum(best_a, 0.0)) / C, 0.0) * 1.01 + 1e-300
-    ratio = (np.sqrt(5.0) - 1.0) / 2.0
-    x1, x2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    f1, f2 = objective(x1)[0], objective(x2)[0]
-    for _ in range(_GOLDEN_STEPS):
-        if f1 >= f2:
-            hi, x2, f2 = x2, x1, f1
-            x1 = hi - ratio * (hi - lo)
-            f1 = objective(x1)[0]
-        else:
-            lo, x1, f1 = x1, x2, f2
-            x2 = lo + ratio * (hi - lo)
-            f2 = objective(x2)[0]
-        if hi - lo <= _GOLDEN_RTOL * max(hi, 1e-300):
-            break
-    value, q = objective(0.5 * (lo + hi))
-    if value < 0.0:  # only rounding can make the interior worse than staying put
-        value, q = 0.0, pi.copy()
+    t_hi = float(rho @ np.maximum(best_a, 0.0)) / C
+    if not (ball.movable & (rho > 0)).any() or t_hi <= 0.0:
+        return PenalisedOptimum(pi.copy(), 0.0, 0.0, 0.0)
+
+    def slope(log_t: np.ndarray) -> np.ndarray:
+        u = ball.solve(np.full(pi.shape[0], float(np.exp(log_t[0]))))
+        return np.array([np.log(max(float(rho @ ball.multiplier(u)), 1e-300)) - np.log(C)])
+
+    log_lo = np.array([np.log(t_hi) - 1.0])
+    while slope(log_lo)[0] <= 0.0 and log_lo[0] > np.log(t_hi) - 700.0:
+        log_lo = log_lo - 10.0
+    log_t = _decreasing_root(slope, log_lo, np.array([np.log(t_hi)]))
+    q = np.where(ball.movable[:, None],
+                 ball.policy(ball.solve(np.full(pi.shape[0], float(np.exp(log_t[0]))))), pi)
     kl_max = float(categorical_kl(pi, q).max())
     surrogate = float(rho @ np.einsum("sa,sa->s", q, a)) - baseline
-    return PenalisedOptimum(pi_new=q, value=surrogate - C * kl_max,
-                            surrogate_improvement=surrogate, kl_max=kl_max)
+    value = surrogate - C * kl_max
+    if value < 0.0:  # only rounding can make the optimum worse than staying put
+        return PenalisedOptimum(pi.copy(), 0.0, 0.0, 0.0)
+    return PenalisedOptimum(pi_new=q, value=value, surrogate_improvement=surrogate,
+                            kl_max=kl_max)
