@@ -124,7 +124,8 @@ def poison_advantages(monkeypatch, at_calls: set[int]):
 def test_nan_advantages_reject_the_update_and_the_run_goes_on(algo, tmp_path, monkeypatch):
     poison_advantages(monkeypatch, {1})
     cfg = compose_typed("logger=none", "progress=false", f"algo={algo}", "total_steps=512",
-                        "batch_steps=128", "eval.episodes=0", "critic.epochs=1")
+                        "batch_steps=128", "eval.episodes=0", "eval.heldout_episodes=0",
+                        "critic.epochs=1")
     trainer = Trainer(cfg, tmp_path)
     params = []
     trainer.run(on_row=lambda row: params.append(
@@ -199,7 +200,8 @@ def test_random_numeric_overrides_run_or_are_refused_never_a_traceback(overrides
 def test_checkpointed_mujoco_envs_continue_their_episode(tmp_path):
     pytest.importorskip("mujoco")
     cfg = compose_typed("logger=none", "progress=false", "env=hopper", "total_steps=256",
-                        "batch_steps=128", "eval.episodes=0", "critic.epochs=1")
+                        "batch_steps=128", "eval.episodes=0", "eval.heldout_episodes=0",
+                        "critic.epochs=1")
     trainer = Trainer(cfg, tmp_path)
     trainer.collector.collect(trainer.policy.numpy_actor())
     torch.save(trainer.collector.state_dict(), tmp_path / "c.pt")
