@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
+import logging as pylogging
 import math
 import os
+import shutil
+import socket
+import sys
 import threading
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 COLUMNS = [
     "iteration", "env_steps", "time/wall_s", "time/sps", "time/eval_s", "heldout/env_steps",
@@ -80,6 +86,9 @@ class MetricsCSV:
         self.file.close()
 
 
+WANDB_DEFAULT_URL = "https://api.wandb.ai"
+
+
 def wandb_api_key_configured() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -98,24 +107,73 @@ def resolve_wandb_mode(mode: str) -> str:
     return "online" if wandb_api_key_configured() else "offline"
 
 
+def wandb_server(environ: Mapping[str, str]) -> tuple[str, int]:
+    """Where a connection to W&B goes first: the https (or http) proxy when one is set, else the
+    W&B server (``WANDB_BASE_URL``, by default https://api.wandb.ai)."""
+    url = urlsplit(environ.get("WANDB_BASE_URL") or WANDB_DEFAULT_URL)
+    scheme = url.scheme or "https"
+    proxy = next((environ[k] for k in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY")
+                  if environ.get(k)), None)
+    target = url
+    if proxy:
+        target = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    default_port = 443 if target.scheme == "https" else 80
+    return target.hostname or "api.wandb.ai", target.port or default_port
+
+
+def connection_problem(host: str, port: int, timeout: float) -> str | None:
+    """None when a TCP connection to ``host:port`` opens within ``timeout`` seconds, else what
+    went wrong. Name resolution counts against the timeout too (the attempt runs in a thread:
+    ``getaddrinfo`` itself has no timeout)."""
+    outcome: dict[str, OSError | None] = {}
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome["error"] = None
+        except OSError as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=attempt, name="wandb-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "error" not in outcome:
+        return f"no connection within {timeout:g} s"
+    error = outcome["error"]
+    return None if error is None else f"{type(error).__name__}: {error.strerror or error}"
+
+
 class WandbRun:
     """A real wandb run that never prompts and never blocks training.
 
     The mode goes into the environment before wandb starts (an ``init(mode="offline")`` alone
-    still contacts the server at exit). ``wandb.init`` (about a second: it starts W&B's service
-    process) runs in a background thread while training starts; rows logged before it is ready
-    are queued and sent in order. An online ``init`` that fails falls back to offline with a
-    warning; if W&B cannot start at all, or a ``log`` raises, training goes on with a warning,
-    since metrics.csv is the record of the run.
+    still contacts the server at exit). An online run first checks that a TCP connection to the
+    W&B server opens within ``connect_timeout`` seconds; if not it logs offline from the start
+    (:attr:`fallback` says why), instead of waiting for W&B's own 60 s init timeout.
+    ``wandb.init`` (about a second: it starts W&B's service process) runs in a background
+    thread while training starts; rows logged before it is ready are queued and sent in order,
+    with the update index as W&B's step, so that a resumed run's history continues where the
+    checkpoint left it. An online ``init`` that still fails falls back to offline too (one line
+    on stderr) and removes the run directory the failed attempt left; if W&B cannot start at
+    all, or a ``log`` raises, training goes on with a warning, since metrics.csv is the record
+    of the run.
     """
 
     def __init__(self, *, mode: str, project: str, entity: str | None, group: str | None,
                  job_type: str, tags: list[str], name: str, config: dict, run_dir: Path,
-                 run_id: str):
+                 run_id: str, connect_timeout: float = 1.0):
+        self.fallback: str | None = None  # why a run meant to log online logs offline
+        if mode == "online":
+            host, port = wandb_server(os.environ)
+            problem = connection_problem(host, port, connect_timeout)
+            if problem is not None:
+                self.fallback = f"cannot reach {host}:{port} ({problem})"
+                mode = "offline"
         os.environ["WANDB_MODE"] = mode
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_CONSOLE", "off")
         self.mode = mode
+        self.run_dir, self.run_id = run_dir, run_id
         self.kwargs = dict(project=project, entity=entity, group=group, job_type=job_type,
                            tags=tags, name=name, config=config, dir=str(run_dir), id=run_id,
                            resume="allow", reinit="finish_previous")
@@ -126,21 +184,33 @@ class WandbRun:
         self.thread = threading.Thread(target=self._start, name="wandb-init", daemon=True)
         self.thread.start()
 
+    def _online_run_dirs(self) -> set[Path]:
+        return set((self.run_dir / "wandb").glob(f"run-*-{self.run_id}"))
+
     def _start(self) -> None:
         try:
             import wandb
 
             self.wandb = wandb
+            before = self._online_run_dirs()
             try:
                 run = wandb.init(settings=self._settings(self.mode), **self.kwargs)
             except Exception as error:  # noqa: BLE001  (any failure to reach W&B: go offline)
                 if self.mode != "online":
                     raise
-                warnings.warn(f"W&B online init failed ({error}); logging offline instead",
-                              stacklevel=2)
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else \
+                    type(error).__name__
+                self.fallback = f"online init failed ({reason})"
                 wandb.teardown()  # the failed online attempt still holds the run id
+                # W&B's own analytics would report the failure to the same server at exit and
+                # log its refusal through the root logger (Hydra prints it like an error)
+                pylogging.getLogger("opentelemetry").setLevel(pylogging.CRITICAL)
+                for leftover in self._online_run_dirs() - before:
+                    shutil.rmtree(leftover, ignore_errors=True)
                 os.environ["WANDB_MODE"] = self.mode = "offline"
                 run = wandb.init(settings=self._settings("offline"), **self.kwargs)
+                print(f"trpo-lab: W&B {self.fallback}; logging offline instead, upload later "
+                      f"with: wandb sync {Path(run.dir).parent}", file=sys.stderr, flush=True)
             run.define_metric("env_steps")
             run.define_metric("*", step_metric="env_steps")
             self.run = run
@@ -166,9 +236,29 @@ class WandbRun:
             self._send(row)
         return True
 
+    def final_mode(self) -> str | None:
+        """The mode W&B really logs in (``online``, ``offline``, ``disabled``) once its init
+        has finished; None when W&B could not start."""
+        self.thread.join()
+        return self.mode if self.run is not None else None
+
+    def planned_location(self) -> str:
+        """Where the run's W&B data goes, known before init finishes: the offline run's
+        directory pattern, or the online run's project and id."""
+        if self.mode == "offline":
+            return str(self.run_dir / "wandb" / f"offline-run-*-{self.run_id}")
+        project = "/".join(p for p in (self.kwargs["entity"], self.kwargs["project"]) if p)
+        return f"{project}, run id {self.run_id}"
+
+    def location(self) -> tuple[str | None, str | None]:
+        """``(local directory, URL)`` of the started run (URL None offline)."""
+        if self.run is None:
+            return None, None
+        return str(Path(self.run.dir).parent), getattr(self.run, "url", None)
+
     def _send(self, row: dict[str, Any]) -> None:
         try:
-            self.run.log(row)
+            self.run.log(row, step=int(row["iteration"]))
         except Exception as error:  # noqa: BLE001  (the CSV is the record; keep training)
             warnings.warn(f"W&B log failed ({error}); metrics.csv keeps the data", stacklevel=3)
 
@@ -184,9 +274,15 @@ class WandbRun:
         elif self._ready():
             self._send(clean)
 
-    def finish(self, status: str, summary: dict[str, Any]) -> None:
+    def finish(self, status: str, summary: dict[str, Any], exit_code: int | None = None) -> None:
+        """Finish the W&B run: ``exit_code`` 0 for a completed run (W&B: finished), 1 for a
+        failed one (failed); an interrupted run is marked preempting (W&B: preempted, the state
+        of a run that stopped early and resumes later, not failed) and finishes with its
+        process's exit code (130 after Ctrl-C)."""
         if not self._ready():
             return
+        if exit_code is None:
+            exit_code = {"completed": 0, "interrupted": 130}.get(status, 1)
         try:
             if self.pairs:
                 table = self.wandb.Table(
@@ -196,6 +292,8 @@ class WandbRun:
             for key, value in summary.items():
                 if isinstance(value, int | float | str) and not isinstance(value, bool):
                     self.run.summary[key] = value
-            self.run.finish(exit_code=0 if status == "completed" else 1)
+            if status == "interrupted":
+                self.run.mark_preempting()
+            self.run.finish(exit_code=exit_code)
         except Exception as error:  # noqa: BLE001
             warnings.warn(f"W&B finish failed ({error})", stacklevel=2)
