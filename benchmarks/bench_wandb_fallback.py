@@ -79,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for index in range(args.repeats):
             order = list(VARIANTS) if index % 2 == 0 else list(reversed(VARIANTS))
             for label in order:
-                run_dir = Path(work) / f"{index}-{len(walls[label])}-{label.split(',')[0]}"
+                slug = "".join(c if c.isalnum() else "-" for c in label)
+                run_dir = Path(work) / f"{index}-{slug}"
                 wall, mode = time_run(run_dir, label, args.base_url, args.total_steps)
                 walls[label].append(wall)
                 modes[label].add(mode)

@@ -156,11 +156,11 @@ def start_lines(trainer: Any) -> list[str]:
     if wandb is not None:
         where = wandb.planned_location()
         if wandb.mode == "offline":
-            why = f"{wandb.fallback}, so " if wandb.fallback else ""
-            lines.append(f"trpo-lab: W&B: {why}logging offline to {where}; upload later with: "
+            lines.append(f"trpo-lab: W&B: logging offline to {where}; upload later with: "
                          f"wandb sync {where}")
-        else:
-            lines.append(f"trpo-lab: W&B: logging {wandb.mode} to {where}")
+        elif wandb.mode == "online":
+            lines.append(f"trpo-lab: W&B: logging online to {where} (offline if its server "
+                         f"cannot be reached)")
     return lines
 
 

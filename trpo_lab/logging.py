@@ -39,6 +39,12 @@ COLUMNS = [
 TIME_COLUMNS = ["time/wall_s", "time/sps", "time/eval_s"]
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -86,17 +92,21 @@ class MetricsCSV:
         self.file.close()
 
 
-WANDB_DEFAULT_URL = "https://api.wandb.ai"
+#: The hosts an API key in ~/.netrc may be stored for: W&B's own and, from wandb 0.29 on, the
+#: default server of the wandb client (CoreWeave Forge).
+WANDB_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
 
 
 def wandb_api_key_configured() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
+    hosts = [*WANDB_HOSTS, urlsplit(os.environ.get("WANDB_BASE_URL", "")).hostname or ""]
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
-        return "api.wandb.ai" in netrc.read_text()
+        text = netrc.read_text()
     except OSError:
         return False
+    return any(host and host in text for host in hosts)
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -107,10 +117,10 @@ def resolve_wandb_mode(mode: str) -> str:
     return "online" if wandb_api_key_configured() else "offline"
 
 
-def wandb_server(environ: Mapping[str, str]) -> tuple[str, int]:
-    """Where a connection to W&B goes first: the https (or http) proxy when one is set, else the
-    W&B server (``WANDB_BASE_URL``, by default https://api.wandb.ai)."""
-    url = urlsplit(environ.get("WANDB_BASE_URL") or WANDB_DEFAULT_URL)
+def wandb_server(base_url: str, environ: Mapping[str, str]) -> tuple[str, int]:
+    """Where a connection to the W&B server at ``base_url`` goes first: the https (or http)
+    proxy when ``environ`` sets one, else the server itself."""
+    url = urlsplit(base_url)
     scheme = url.scheme or "https"
     proxy = next((environ[k] for k in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY")
                   if environ.get(k)), None)
@@ -118,7 +128,7 @@ def wandb_server(environ: Mapping[str, str]) -> tuple[str, int]:
     if proxy:
         target = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     default_port = 443 if target.scheme == "https" else 80
-    return target.hostname or "api.wandb.ai", target.port or default_port
+    return target.hostname or "localhost", target.port or default_port
 
 
 def connection_problem(host: str, port: int, timeout: float) -> str | None:
@@ -147,37 +157,37 @@ class WandbRun:
     """A real wandb run that never prompts and never blocks training.
 
     The mode goes into the environment before wandb starts (an ``init(mode="offline")`` alone
-    still contacts the server at exit). An online run first checks that a TCP connection to the
-    W&B server opens within ``connect_timeout`` seconds; if not it logs offline from the start
-    (:attr:`fallback` says why), instead of waiting for W&B's own 60 s init timeout.
-    ``wandb.init`` (about a second: it starts W&B's service process) runs in a background
-    thread while training starts; rows logged before it is ready are queued and sent in order,
-    with the update index as W&B's step, so that a resumed run's history continues where the
-    checkpoint left it. An online ``init`` that still fails falls back to offline too (one line
-    on stderr) and removes the run directory the failed attempt left; if W&B cannot start at
-    all, or a ``log`` raises, training goes on with a warning, since metrics.csv is the record
-    of the run.
+    still contacts the server at exit). ``wandb.init`` (about a second: it starts W&B's service
+    process) runs in a background thread while training starts; rows logged before it is ready
+    are queued and sent in order, with the update index as W&B's step, so that a resumed run's
+    history continues where the checkpoint left it.
+
+    A run meant to log online first opens a TCP connection to the W&B server wandb would use
+    (its ``base_url``: ``WANDB_BASE_URL``, ``wandb login --host`` or wandb's default; or the
+    proxy) within ``connect_timeout`` seconds; without one it logs offline instead of waiting
+    for W&B's own 60 s init timeout. An online ``init`` that still fails falls back to offline
+    too, and removes the run directory the failed attempt left. Either way one line on stderr
+    says so and how to upload the run later, and :attr:`fallback` keeps the reason. If W&B
+    cannot start at all, or a ``log`` raises, training goes on with a warning, since
+    metrics.csv is the record of the run.
     """
 
     def __init__(self, *, mode: str, project: str, entity: str | None, group: str | None,
                  job_type: str, tags: list[str], name: str, config: dict, run_dir: Path,
                  run_id: str, connect_timeout: float = 1.0):
-        self.fallback: str | None = None  # why a run meant to log online logs offline
-        if mode == "online":
-            host, port = wandb_server(os.environ)
-            problem = connection_problem(host, port, connect_timeout)
-            if problem is not None:
-                self.fallback = f"cannot reach {host}:{port} ({problem})"
-                mode = "offline"
         os.environ["WANDB_MODE"] = mode
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_CONSOLE", "off")
         self.mode = mode
+        self.fallback: str | None = None  # why a run meant to log online logs offline
+        self.connect_timeout = connect_timeout
         self.run_dir, self.run_id = run_dir, run_id
         self.kwargs = dict(project=project, entity=entity, group=group, job_type=job_type,
                            tags=tags, name=name, config=config, dir=str(run_dir), id=run_id,
                            resume="allow", reinit="finish_previous")
         self.run = None
+        self.local_dir: str | None = None
+        self.url: str | None = None
         self.error: BaseException | None = None
         self.pending: list[dict[str, Any]] = []
         self.pairs: list[list[float]] = []
@@ -187,30 +197,49 @@ class WandbRun:
     def _online_run_dirs(self) -> set[Path]:
         return set((self.run_dir / "wandb").glob(f"run-*-{self.run_id}"))
 
+    def _server_problem(self) -> str | None:
+        """Why the W&B server wandb would use cannot be reached, or None."""
+        base_url = self.wandb.setup().settings.base_url
+        host, port = wandb_server(base_url, os.environ)
+        problem = connection_problem(host, port, self.connect_timeout)
+        return None if problem is None else f"cannot reach {host}:{port} ({problem})"
+
+    def _go_offline(self, reason: str) -> None:
+        """Forget the online attempt (W&B's settings, its analytics) and log offline."""
+        self.fallback = reason
+        self.wandb.teardown()  # the online settings, and a failed attempt's hold on the run id
+        # W&B's own analytics would report a failed init to the same server at exit and log
+        # its refusal through the root logger (Hydra prints that like an error)
+        pylogging.getLogger("opentelemetry").setLevel(pylogging.CRITICAL)
+        os.environ["WANDB_MODE"] = self.mode = "offline"
+
     def _start(self) -> None:
         try:
             import wandb
 
             self.wandb = wandb
             before = self._online_run_dirs()
+            run = None
+            if self.mode == "online":
+                problem = self._server_problem()
+                if problem is not None:
+                    self._go_offline(problem)
             try:
                 run = wandb.init(settings=self._settings(self.mode), **self.kwargs)
             except Exception as error:  # noqa: BLE001  (any failure to reach W&B: go offline)
                 if self.mode != "online":
                     raise
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else \
-                    type(error).__name__
-                self.fallback = f"online init failed ({reason})"
-                wandb.teardown()  # the failed online attempt still holds the run id
-                # W&B's own analytics would report the failure to the same server at exit and
-                # log its refusal through the root logger (Hydra prints it like an error)
-                pylogging.getLogger("opentelemetry").setLevel(pylogging.CRITICAL)
+                self._go_offline(f"online init failed ({first_line(error)})")
                 for leftover in self._online_run_dirs() - before:
                     shutil.rmtree(leftover, ignore_errors=True)
-                os.environ["WANDB_MODE"] = self.mode = "offline"
+            if run is None:
                 run = wandb.init(settings=self._settings("offline"), **self.kwargs)
-                print(f"trpo-lab: W&B {self.fallback}; logging offline instead, upload later "
-                      f"with: wandb sync {Path(run.dir).parent}", file=sys.stderr, flush=True)
+            self.local_dir = str(Path(run.dir).parent)
+            self.url = getattr(run, "url", None) if self.mode == "online" else None
+            if self.fallback is not None:
+                print(f"trpo-lab: W&B: {self.fallback}, so logging offline to {self.local_dir}; "
+                      f"upload later with: wandb sync {self.local_dir}",
+                      file=sys.stderr, flush=True)
             run.define_metric("env_steps")
             run.define_metric("*", step_metric="env_steps")
             self.run = run
@@ -252,9 +281,7 @@ class WandbRun:
 
     def location(self) -> tuple[str | None, str | None]:
         """``(local directory, URL)`` of the started run (URL None offline)."""
-        if self.run is None:
-            return None, None
-        return str(Path(self.run.dir).parent), getattr(self.run, "url", None)
+        return self.local_dir, self.url
 
     def _send(self, row: dict[str, Any]) -> None:
         try:
