@@ -10,11 +10,16 @@ LABELS: dict[str, str] = {
     "env_steps": "environment steps",
     "time/wall_s": "wall time (s)",
     "time/sps": "env steps per second",
+    "time/eval_s": "evaluation time (s)",
+    "heldout/env_steps": "held-out env steps",
+    "eval/env_steps": "evaluation env steps",
     # returns and J
     "rollout/return_mean": "return",
     "rollout/length_mean": "episode length",
     "true/J": "J",
     "mc/J": "J (Monte Carlo)",
+    "true/J_se": "SE of J",
+    "true/improvement_se": "SE of dJ",
     # size of the update
     "kl/mean": "mean KL(old‖new)",
     "kl/max": "max KL(old‖new)",
@@ -23,6 +28,8 @@ LABELS: dict[str, str] = {
     "policy/entropy": "entropy",
     # predicted and true improvement, bounds
     "surrogate/improvement": "predicted dL",
+    "surrogate/improvement_heldout": "predicted dL (held-out batch)",
+    "surrogate/linear_heldout": "first-order dL (held-out batch)",
     "surrogate/linear": "first-order dL (g·Δθ)",
     "exact/surrogate_improvement": "exact dL",
     "true/improvement": "true dJ",
