@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -336,10 +337,13 @@ def figure_legend(
     return legend
 
 
-def caption(fig: Figure, text: str) -> Any:
+def caption(fig: Figure, text: str, fontsize: float = 6.5) -> Any:
     """Say on the figure what its points, lines and bands aggregate (median, IQM, mean; over
-    runs or updates) and over how many: one small line above the panels."""
-    return fig.suptitle(text, fontsize=6.5, color="0.25")
+    runs or updates) and over how many: small text above the panels, wrapped to the figure's
+    width (about 0.5 em a character), so that it never widens the figure."""
+    chars_per_line = max(20, int(fig.get_size_inches()[0] * 72 / (0.5 * fontsize)))
+    wrapped = "\n".join(textwrap.wrap(text, chars_per_line, break_on_hyphens=False))
+    return fig.suptitle(wrapped, fontsize=fontsize, color="0.25")
 
 
 def count_text(counts: Sequence[int], unit: str) -> str:

@@ -35,7 +35,7 @@ def test_every_figure_names_its_aggregate_and_n_and_no_axis_a_raw_column(tmp_pat
     with plots.paper_style():
         for name, build in figures.FIGURES.items():
             fig = build(long, opts)
-            caption = fig.get_suptitle()
+            caption = " ".join(fig.get_suptitle().split())  # wrapped to the figure's width
             assert re.search(r"\b(IQM|median|mean|not aggregated)\b", caption), (name, caption)
             assert re.search(r"\bn = \d", caption) or "n = updates" in caption, (name, caption)
             texts = [t for ax in fig.axes for t in (ax.get_xlabel(), ax.get_ylabel())]
@@ -50,15 +50,15 @@ def test_trust_region_axes_read_as_quantities(tmp_path):
     assert [ax.get_ylabel() for ax in fig.axes[:3]] == [
         "mean KL(old‖new)", "max KL(old‖new)", "max ratio π'/π"]
     assert fig.axes[0].get_xlabel() == "target KL δ"
-    assert fig.get_suptitle() == ("points: runs (mean over its updates); lines: median over "
-                                  "runs; n = 1–8 runs per value")
+    assert " ".join(fig.get_suptitle().split()) == (
+        "points: runs (mean over its updates); lines: median over runs; n = 1–8 runs per value")
     plt.close(fig)
 
 
 def test_learning_curve_caption_counts_the_runs_per_curve(tmp_path):
     fig = figures.fig_learning_curves(sweep(tmp_path), figures.Options(reps=30))
-    assert fig.get_suptitle() == ("lines: IQM over runs; bands: 95% stratified-bootstrap CI; "
-                                  "n = 1–8 runs per curve")
+    assert " ".join(fig.get_suptitle().split()) == (
+        "lines: IQM over runs; bands: 95% stratified-bootstrap CI; n = 1–8 runs per curve")
     plt.close(fig)
 
 
