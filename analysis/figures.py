@@ -122,9 +122,9 @@ def fig_predicted_vs_true(df: pd.DataFrame, opts: Options) -> Figure:
     fig = plots.plot_predicted_vs_true(
         df, reps=min(opts.reps, 1000), level=opts.level, seed=opts.seed
     )
-    plots.caption(fig, f"points: updates, not aggregated; ρ: Spearman, slope: least squares, "
-                       f"each with its "
-                       f"{100 * opts.level:g}% bootstrap CI; n = updates in the panel")
+    plots.caption(fig, f"points: updates, not aggregated; ρ (Spearman) and slope (least "
+                       f"squares) with {100 * opts.level:g}% bootstrap CI over the panel's "
+                       f"n = updates")
     return fig
 
 
@@ -133,8 +133,7 @@ def fig_surrogate_error(df: pd.DataFrame, opts: Options) -> Figure:
     if plots.surrogate_error_rows(df).empty:
         raise Skipped(f"needs updates with {DJ}, {DL} and kl/max > 0")
     fig = plots.plot_surrogate_error_panels(df)
-    plots.caption(fig, "points: updates, not aggregated (exact dL where logged); reference "
-                       "curves through the median C and the geometric mean of the points; "
+    plots.caption(fig, "points: updates, not aggregated (exact dL where logged); "
                        "n = updates in the panel")
     return fig
 
