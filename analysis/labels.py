@@ -27,9 +27,9 @@ LABELS: dict[str, str] = {
     "policy/max_ratio": "max ratio π'/π",
     "policy/entropy": "entropy",
     # predicted and true improvement, bounds
-    "surrogate/improvement": "predicted dL",
-    "surrogate/improvement_heldout": "predicted dL (held-out batch)",
-    "surrogate/linear_heldout": "first-order dL (held-out batch)",
+    "surrogate/improvement": "predicted dL (in-sample)",
+    "surrogate/improvement_heldout": "predicted dL (held-out)",
+    "surrogate/linear_heldout": "first-order dL (held-out)",
     "surrogate/linear": "first-order dL (g·Δθ)",
     "exact/surrogate_improvement": "exact dL",
     "true/improvement": "true dJ",

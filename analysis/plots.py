@@ -765,8 +765,7 @@ def plot_predicted_vs_true(
             panel, ax, x=x, y=y, xerr="_dl_se", yerr=DJ_SE if y == DJ else None, hue=hue,
             colors=colors, reps=reps, level=level, seed=seed
         )
-        ax.set_xlabel("predicted dL (held-out)" if prediction == "heldout" else
-                      "predicted dL (in-sample)")
+        ax.set_xlabel(column_label(DL_HELDOUT if prediction == "heldout" else DL))
         ax.set_title(f"{algo}, {kind}, γ={g:g}" if g >= 0 else f"{algo}, {kind}")
     if not panels:
         axes[0].set_visible(False)
@@ -965,7 +964,7 @@ def plot_improvement_vs_delta(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
         ax.plot(ds, gm_y * np.sqrt(ds / gm_d), ls=":", color="0.4", lw=1, label="slope 1/2")
     _step_axis(ax, df, pts, "delta")
     _log_axis(ax, "y", data=pts["y"])
-    ax.set_ylabel(f"{column_label(DL)} (median per run)")
+    ax.set_ylabel(f"{column_label(DL)}, median per run")
     _legend(ax)
     return ax
 
