@@ -101,7 +101,12 @@ def fig_learning_curves(df: pd.DataFrame, opts: Options) -> Figure:
                 break
     if not panels:
         raise Skipped("needs rollout/return_mean or true/J values")
-    return plots.facet(panels, panel_size=(2.4, 1.9))
+    fig = plots.facet(panels, panel_size=(2.4, 1.9))
+    curve_keys = [k for k in ("env", "algo", "setting") if k in df.columns]
+    runs = df.groupby(curve_keys, dropna=False)["run_dir"].nunique() if curve_keys else []
+    plots.caption(fig, f"lines: IQM over runs; bands: {100 * opts.level:g}% stratified-"
+                       f"bootstrap CI; {plots.count_text(list(runs), 'runs per curve')}")
+    return fig
 
 
 def _curves(rows: pd.DataFrame, ax: Any, *, value: str, opts: Options) -> None:
@@ -114,16 +119,23 @@ def fig_predicted_vs_true(df: pd.DataFrame, opts: Options) -> Figure:
     """Predicted vs true improvement, one panel per (algo, gamma, kind) with data."""
     if _count_finite(df, DL, DJ) < 3:
         raise Skipped(f"needs >= 3 updates with both {DL} and {DJ}")
-    return plots.plot_predicted_vs_true(
+    fig = plots.plot_predicted_vs_true(
         df, reps=min(opts.reps, 1000), level=opts.level, seed=opts.seed
     )
+    plots.caption(fig, f"points: updates, not aggregated; ρ (Spearman) and slope (least "
+                       f"squares) with {100 * opts.level:g}% bootstrap CI over the panel's "
+                       f"n = updates")
+    return fig
 
 
 def fig_surrogate_error(df: pd.DataFrame, opts: Options) -> Figure:
     """|dJ - dL| vs KL max, one panel per env and estimate kind."""
     if plots.surrogate_error_rows(df).empty:
         raise Skipped(f"needs updates with {DJ}, {DL} and kl/max > 0")
-    return plots.plot_surrogate_error_panels(df)
+    fig = plots.plot_surrogate_error_panels(df)
+    plots.caption(fig, "points: updates, not aggregated (exact dL where logged); "
+                       "n = updates in the panel")
+    return fig
 
 
 def fig_improvement_vs_delta(df: pd.DataFrame, opts: Options) -> Figure:
@@ -135,14 +147,14 @@ def fig_improvement_vs_delta(df: pd.DataFrame, opts: Options) -> Figure:
     ]
     if not panels:
         raise Skipped(f"needs >= 2 delta values with positive {DL}")
-    return plots.facet(panels)
+    return _per_run_caption(plots.facet(panels), "median dL over its updates", "IQM", df)
 
 
 def fig_trust_region(df: pd.DataFrame, opts: Options) -> Figure:
     """Achieved KL and max ratio vs delta (or beta), a row per env and estimate kind."""
     if not any(_count_finite(rows, "kl/mean") for _, _, rows in plots.step_panels(df)):
         raise Skipped("needs runs with a delta (trpo/npg) or beta (kl_penalty) that logged kl/mean")
-    return plots.plot_trust_region(df)
+    return _per_run_caption(plots.plot_trust_region(df), "mean over its updates", "median", df)
 
 
 def fig_monotonic(df: pd.DataFrame, opts: Options) -> Figure:
@@ -154,7 +166,7 @@ def fig_monotonic(df: pd.DataFrame, opts: Options) -> Figure:
     ]
     if not panels:
         raise Skipped(f"needs runs with a delta (trpo/npg) or beta (kl_penalty) that logged {DJ}")
-    return plots.facet(panels)
+    return _per_run_caption(plots.facet(panels), "fraction of its updates", "mean", df)
 
 
 def fig_bound_vacuity(df: pd.DataFrame, opts: Options) -> Figure:
@@ -167,7 +179,7 @@ def fig_bound_vacuity(df: pd.DataFrame, opts: Options) -> Figure:
     ]
     if not panels:
         raise Skipped("needs tabular runs with a delta or beta that logged bound/trpo")
-    return plots.facet(panels)
+    return _per_run_caption(plots.facet(panels), "median over its updates", "median", tab)
 
 
 def fig_gae_heatmap(df: pd.DataFrame, opts: Options) -> Figure:
@@ -184,6 +196,10 @@ def fig_gae_heatmap(df: pd.DataFrame, opts: Options) -> Figure:
     for ax, ((env, algo), g) in zip(axes, panels, strict=True):
         plots.plot_gae_heatmap(g, ax, frac=opts.frac)
         ax.set_title(f"{_label(algo)}, {_label(env)}")
+    cells = [n for _, g in panels for n in g.groupby(["gamma", "gae_lambda"])["run_dir"].nunique()]
+    counted = plots.count_text(cells, "runs per cell")
+    plots.caption(fig, f"cells: IQM over runs of the final return (mean of a run's last "
+                       f"{100 * opts.frac:g}% of updates); {counted}")
     return fig
 
 
@@ -191,7 +207,18 @@ def fig_line_search(df: pd.DataFrame, opts: Options) -> Figure:
     """Backtracks and acceptance rate vs delta, a row per env and estimate kind."""
     if _count_finite(_with_delta(df), "trpo/backtracks") == 0:
         raise Skipped("needs trpo runs with line search that logged trpo/backtracks")
-    return plots.plot_line_search(df[np.isfinite(df["trpo/backtracks"].to_numpy(dtype=float))])
+    rows = df[np.isfinite(df["trpo/backtracks"].to_numpy(dtype=float))]
+    return _per_run_caption(plots.plot_line_search(rows), "mean over its updates", "mean", rows)
+
+
+def _per_run_caption(fig: Figure, point: str, line: str, df: pd.DataFrame) -> Figure:
+    """Caption of the step-size figures: what a point (one run) and a line aggregate, and the
+    number of runs a line's value aggregates."""
+    keys = [k for k in ("env", "algo", "delta", "beta") if k in df.columns]
+    runs = df.groupby(keys, dropna=False)["run_dir"].nunique() if keys else []
+    plots.caption(fig, f"points: runs ({point}); lines: {line} over runs; "
+                       f"{plots.count_text(list(runs), 'runs per value')}")
+    return fig
 
 
 #: Every figure the CLI knows, in order: name -> builder.

@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trpo_lab.app import sweep_group
+from trpo_lab.config import env_label
 
 #: Metric columns of ``metrics.csv`` in their contract order (DESIGN.md). Later versions may
 #: append more columns; those are kept after these.
@@ -270,7 +271,7 @@ def config_columns(
         "job_id": None if job_id is None else str(job_id),
         "override_dirname": get_key(h, "job.override_dirname"),
         "algo": algo,
-        "env": get_key(cfg, "env.name", choices.get("env")),
+        "env": env_label(get_key(cfg, "env.name", choices.get("env")), get_key(cfg, "env.id")),
         "env_id": get_key(cfg, "env.id"),
         "tabular": to_bool(get_key(cfg, "env.tabular")),
         "policy": get_key(cfg, "policy.name", choices.get("policy")),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -41,6 +42,7 @@ from matplotlib.ticker import (
     NullFormatter,
 )
 
+from analysis.labels import label as column_label
 from analysis.load import ALGO_ORDER
 from analysis.stats import bootstrap_groups, bound_violations, final_per_run, iqm, scatter_stats
 
@@ -178,7 +180,7 @@ def env_panels(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 #: Step-size parameters that parameter sweeps put on the x axis, and their axis labels.
-STEP_PARAMS: dict[str, str] = {"delta": "target KL δ", "beta": "KL penalty β"}
+STEP_PARAMS: dict[str, str] = {x: column_label(x) for x in ("delta", "beta")}
 
 
 def step_values(df: pd.DataFrame, x: str) -> pd.Series:
@@ -333,6 +335,21 @@ def figure_legend(
     w, h = fig.get_size_inches()
     fig.set_size_inches(w, h + height + 0.05)
     return legend
+
+
+def caption(fig: Figure, text: str, fontsize: float = 6.5) -> Any:
+    """Say on the figure what its points, lines and bands aggregate (median, IQM, mean; over
+    runs or updates) and over how many: small text above the panels, wrapped to the figure's
+    width (about 0.5 em a character), so that it never widens the figure."""
+    chars_per_line = max(20, int(fig.get_size_inches()[0] * 72 / (0.5 * fontsize)))
+    wrapped = "\n".join(textwrap.wrap(text, chars_per_line, break_on_hyphens=False))
+    return fig.suptitle(wrapped, fontsize=fontsize, color="0.25")
+
+
+def count_text(counts: Sequence[int], unit: str) -> str:
+    """``n = 2 runs per curve``, or ``n = 2–5 runs per curve`` when the counts differ."""
+    lo, hi = (min(counts), max(counts)) if len(counts) else (0, 0)
+    return f"n = {lo} {unit}" if lo == hi else f"n = {lo}–{hi} {unit}"
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float] = FIGSIZE) -> Axes:
@@ -612,10 +629,9 @@ def plot_learning_curves(
             est, lo, hi = curve_band(sub, strat, reps=reps, level=level, seed=seed)
             ax.plot(grid, est, color=color, ls=dash, label=label)
             ax.fill_between(grid, lo, hi, color=color, alpha=0.15, linewidth=0)
-    ax.set_xlabel("environment steps")
+    ax.set_xlabel(column_label(x))
     ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-    label = {"rollout/return_mean": "return", "true/J": "J"}.get(value, value)
-    ax.set_ylabel(f"{label} (IQM)")
+    ax.set_ylabel(f"{column_label(value)} (IQM)")
     _legend(ax)
     return ax
 
@@ -679,8 +695,8 @@ def scatter_panel(
         f"slope = {_fmt_ci(st.slope, st.slope_low, st.slope_high)}\nn = {st.n}",
         corners=("upper left", "lower right"),
     )
-    ax.set_xlabel("predicted dL")
-    ax.set_ylabel("true dJ")
+    ax.set_xlabel(column_label(x))
+    ax.set_ylabel(column_label(y))
     return ax
 
 
@@ -749,8 +765,7 @@ def plot_predicted_vs_true(
             panel, ax, x=x, y=y, xerr="_dl_se", yerr=DJ_SE if y == DJ else None, hue=hue,
             colors=colors, reps=reps, level=level, seed=seed
         )
-        ax.set_xlabel("predicted dL (held-out)" if prediction == "heldout" else
-                      "predicted dL (in-sample)")
+        ax.set_xlabel(column_label(DL_HELDOUT if prediction == "heldout" else DL))
         ax.set_title(f"{algo}, {kind}, γ={g:g}" if g >= 0 else f"{algo}, {kind}")
     if not panels:
         axes[0].set_visible(False)
@@ -832,7 +847,7 @@ def plot_surrogate_error(
             ax.axhline(floor, ls="--", color="0.5", lw=0.8, label="MC noise floor (1.96 SE)")
     _log_axis(ax, "x", data=d[kl])
     _log_axis(ax, "y", data=np.r_[d["err"].to_numpy(), ax.get_ylim()])
-    ax.set_xlabel("KL max")
+    ax.set_xlabel(column_label(kl))
     ax.set_ylabel("|dJ − dL|")
     _legend(ax)
     return ax
@@ -949,7 +964,7 @@ def plot_improvement_vs_delta(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
         ax.plot(ds, gm_y * np.sqrt(ds / gm_d), ls=":", color="0.4", lw=1, label="slope 1/2")
     _step_axis(ax, df, pts, "delta")
     _log_axis(ax, "y", data=pts["y"])
-    ax.set_ylabel("predicted dL (median per run)")
+    ax.set_ylabel(f"{column_label(DL)}, median per run")
     _legend(ax)
     return ax
 
@@ -978,7 +993,7 @@ def plot_trust_region_metric(
         if (pts["y"] > 0).all():
             _log_axis(ax, "y", data=np.r_[pts["y"].to_numpy(), ds if x == "delta" else []])
     _step_axis(ax, df, pts, x)
-    ax.set_ylabel(metric)
+    ax.set_ylabel(column_label(metric))
     return ax
 
 
@@ -1143,10 +1158,10 @@ def plot_gae_heatmap(
         fmt=".3g",
         cmap=cmap,
         annot_kws={"fontsize": 6},
-        cbar_kws={"label": "final return (IQM)"},
+        cbar_kws={"label": f"final {column_label(value)} (IQM)"},
     )
-    ax.set_xlabel("GAE λ")
-    ax.set_ylabel("γ")
+    ax.set_xlabel(column_label("gae_lambda"))
+    ax.set_ylabel(column_label("gamma"))
     return ax
 
 
@@ -1166,11 +1181,7 @@ def plot_line_search_metric(
     pts = per_run(df, metric, x=x, agg="mean")
     _param_plot(ax, pts, x, line_stat="mean")
     _step_axis(ax, df, pts, x)
-    ax.set_ylabel(
-        {"trpo/backtracks": "mean backtracks", "trpo/accepted": "acceptance rate"}.get(
-            metric, metric
-        )
-    )
+    ax.set_ylabel(column_label(metric))
     if metric == "trpo/accepted":
         ax.set_ylim(-0.02, 1.02)
     elif len(pts):  # counts: from 0, and no negative ticks when all are 0

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.labels import interval_label, label
 from analysis.load import ALGO_ORDER, RUN_COLUMNS
 from analysis.stats import final_per_run, iqm, stratified_bootstrap_ci
 
@@ -26,6 +27,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "final_return_iqm",
     "final_return_ci_low",
     "final_return_ci_high",
+    "final_return_n",
     "final_J_iqm",
     "kl_mean",
     "dj_dl_median",
@@ -68,7 +70,8 @@ def summary_table(
     """One row per :data:`SUMMARY_KEYS` (algo, env, estimator, setting, gamma, gae_lambda):
     runs trained with the exact and with the sampled estimator are summarised apart.
 
-    Columns: final-return IQM over runs with its bootstrap CI, final ``true/J`` IQM (J before
+    Columns: final-return IQM over runs with its bootstrap CI and the number of runs it is
+    computed from (``final_return_n``: runs with a final value), final ``true/J`` IQM (J before
     the last updates: exact on tabular envs, Monte Carlo elsewhere), mean ``kl/mean`` over all
     updates, median per-update dJ/dL (updates with dL != 0), fraction of updates with dJ > 0,
     and counts of runs / failed runs / incomplete-or-interrupted runs / updates.
@@ -106,6 +109,7 @@ def summary_table(
                 "final_return_iqm": ci.estimate,
                 "final_return_ci_low": ci.low,
                 "final_return_ci_high": ci.high,
+                "final_return_n": int(np.isfinite(final["final"].to_numpy()).sum()),
                 "final_J_iqm": iqm(final_j.reindex(run_dirs)),
                 "kl_mean": _nanmean(rows_["kl/mean"]) if len(rows_) else math.nan,
                 "dj_dl_median": _ratio_median(rows_) if len(rows_) else math.nan,
@@ -150,24 +154,27 @@ def to_markdown(table: pd.DataFrame, floatfmt: str = ".4g") -> str:
 
 
 def summary_markdown(table: pd.DataFrame, level: float = 0.95) -> str:
-    """:func:`summary_table` as markdown, the final return shown as ``IQM [low, high]``."""
+    """:func:`summary_table` as markdown with human headers (:mod:`analysis.labels`), each in
+    the style ``quantity, aggregate``; the final return as ``IQM [low, high], n=runs``, the
+    number of runs beside its interval."""
     shown = table.copy()
-    pct = f"{100 * level:g}%"
     shown.insert(
         shown.columns.get_loc("final_return_iqm"),
-        f"final return IQM [{pct} CI]",
+        interval_label("final return", "IQM", level),
         [
-            "" if math.isnan(e) else f"{e:.3g} [{lo:.3g}, {hi:.3g}]"
-            for e, lo, hi in zip(
+            "" if math.isnan(e) else f"{e:.3g} [{lo:.3g}, {hi:.3g}], n={n}"
+            for e, lo, hi, n in zip(
                 shown["final_return_iqm"],
                 shown["final_return_ci_low"],
                 shown["final_return_ci_high"],
+                shown["final_return_n"],
                 strict=True,
             )
         ],
     )
-    shown = shown.drop(columns=["final_return_iqm", "final_return_ci_low", "final_return_ci_high"])
-    return to_markdown(shown)
+    shown = shown.drop(columns=["final_return_iqm", "final_return_ci_low",
+                                "final_return_ci_high", "final_return_n"])
+    return to_markdown(shown.rename(columns=label))
 
 
 def write_summary(

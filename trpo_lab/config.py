@@ -189,6 +189,15 @@ class EnvConfig:
                          "with gamma^H <= 1e-6, so sampled returns measure the exact J.")
 
 
+def env_label(name: str | None, env_id: str | None) -> str | None:
+    """What a run's env is called in summary.json, W&B run names and analysis tables: the name
+    of its env config (``cartpole``, ``garnet``), but the gymnasium id for ``env=custom``
+    (``Acrobot-v1``), so that two custom envs are told apart."""
+    if name == "custom" and env_id:
+        return env_id
+    return name
+
+
 @dataclass
 class PolicyConfig:
     name: str = param("mlp", one_of("mlp", "linear", "tabular"), "mlp, linear or tabular.")
@@ -221,6 +230,11 @@ class LoggerConfig:
     entity: str | None = param(None, no_check, "W&B entity (team or user); None = default.")
     group: str | None = param(None, no_check, "W&B group; sweeps set it to name + start time.")
     tags: list[str] = param([], no_check, "Extra W&B tags.")
+    connect_timeout: float = param(
+        1.0, interval(0, 60, lo_open=True),
+        "Seconds to wait for a TCP connection to the W&B server (WANDB_BASE_URL, or the "
+        "https proxy) before an online run logs offline instead; the check runs only when "
+        "the run would log online.")
 
 
 @dataclass
@@ -270,7 +284,9 @@ class Config:
     gae_lambda: float = param(0.95, interval(0, 1),
                               "GAE lambda in [0, 1]: 0 = one-step TD, 1 = Monte Carlo.")
     total_steps: int = param(100_000, interval(1, 10**12, integer=True),
-                             "Environment steps in total; updates = total_steps // batch_steps.")
+                             "Environment steps in total, rounded up to whole batches: "
+                             "updates = ceil(total_steps / batch_steps), so a run trains at "
+                             "least total_steps steps.")
     batch_steps: int = param(2048, interval(1, 10**9, integer=True),
                              "Environment steps per update (all envs together); a multiple "
                              "of num_envs.")
@@ -286,17 +302,26 @@ class Config:
                         "Torch device. Only cpu: 64x64 policies update fastest on the CPU.")
     torch_threads: int = param(1, interval(0, 256, integer=True),
                                "torch.set_num_threads; 1 is fastest for small nets, 0 = default.")
-    progress: bool = param(True, no_check, "Progress bar (only shown on a terminal).")
+    progress: bool = param(True, no_check,
+                           "Progress bar (only shown on a terminal). The lines saying where "
+                           "the run writes are printed either way.")
 
 
 def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore, outside every config group.
+
+    They sit at the root of the config repository (``/trpo_schema``, ``/env_schema``, ...), and
+    each option's YAML names its schema by that absolute path in its defaults list, so a schema
+    is never an option of its group: ``algo=trpo_schema`` is refused like any unknown option,
+    and neither ``--help`` nor an unknown-option message lists the schemas.
+    """
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for name, schema in ALGO_SCHEMAS.items():
-        cs.store(group="algo", name=f"{name}_schema", node=schema)
-    cs.store(group="env", name="env_schema", node=EnvConfig)
-    cs.store(group="policy", name="policy_schema", node=PolicyConfig)
-    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+        cs.store(name=f"{name}_schema", node=schema)
+    cs.store(name="env_schema", node=EnvConfig)
+    cs.store(name="policy_schema", node=PolicyConfig)
+    cs.store(name="logger_schema", node=LoggerConfig)
 
 
 def to_typed(cfg: DictConfig) -> Config:
@@ -351,3 +376,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("policy", "tabular",
                           f"a tabular policy needs a tabular env ({', '.join(TABULAR_ENVS)}) "
                           f"with a Discrete observation space; env={cfg.env.name}")
+
+
+def planned_updates(cfg: Config) -> int:
+    """The number of updates a run trains: ``total_steps`` rounded up to whole batches, so that
+    it trains at least ``total_steps`` env steps (100000 at 2048 a batch: 49 updates, 100352)."""
+    return -(-cfg.total_steps // cfg.batch_steps)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
+import logging as pylogging
 import math
 import os
+import shutil
+import socket
+import sys
 import threading
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 COLUMNS = [
     "iteration", "env_steps", "time/wall_s", "time/sps", "time/eval_s", "heldout/env_steps",
@@ -31,6 +37,12 @@ COLUMNS = [
 
 # columns that measure the machine, not the run: they differ between identical runs
 TIME_COLUMNS = ["time/wall_s", "time/sps", "time/eval_s"]
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _cell(value: Any) -> str:
@@ -80,14 +92,21 @@ class MetricsCSV:
         self.file.close()
 
 
+#: The hosts an API key in ~/.netrc may be stored for: W&B's own and, from wandb 0.29 on, the
+#: default server of the wandb client (CoreWeave Forge).
+WANDB_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
+
+
 def wandb_api_key_configured() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
+    hosts = [*WANDB_HOSTS, urlsplit(os.environ.get("WANDB_BASE_URL", "")).hostname or ""]
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
-        return "api.wandb.ai" in netrc.read_text()
+        text = netrc.read_text()
     except OSError:
         return False
+    return any(host and host in text for host in hosts)
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -98,49 +117,129 @@ def resolve_wandb_mode(mode: str) -> str:
     return "online" if wandb_api_key_configured() else "offline"
 
 
+def wandb_server(base_url: str, environ: Mapping[str, str]) -> tuple[str, int]:
+    """Where a connection to the W&B server at ``base_url`` goes first: the https (or http)
+    proxy when ``environ`` sets one, else the server itself."""
+    url = urlsplit(base_url)
+    scheme = url.scheme or "https"
+    proxy = next((environ[k] for k in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY")
+                  if environ.get(k)), None)
+    target = url
+    if proxy:
+        target = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    default_port = 443 if target.scheme == "https" else 80
+    return target.hostname or "localhost", target.port or default_port
+
+
+def connection_problem(host: str, port: int, timeout: float) -> str | None:
+    """None when a TCP connection to ``host:port`` opens within ``timeout`` seconds, else what
+    went wrong. Name resolution counts against the timeout too (the attempt runs in a thread:
+    ``getaddrinfo`` itself has no timeout)."""
+    outcome: dict[str, OSError | None] = {}
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome["error"] = None
+        except OSError as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=attempt, name="wandb-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "error" not in outcome:
+        return f"no connection within {timeout:g} s"
+    error = outcome["error"]
+    return None if error is None else f"{type(error).__name__}: {error.strerror or error}"
+
+
 class WandbRun:
     """A real wandb run that never prompts and never blocks training.
 
     The mode goes into the environment before wandb starts (an ``init(mode="offline")`` alone
     still contacts the server at exit). ``wandb.init`` (about a second: it starts W&B's service
     process) runs in a background thread while training starts; rows logged before it is ready
-    are queued and sent in order. An online ``init`` that fails falls back to offline with a
-    warning; if W&B cannot start at all, or a ``log`` raises, training goes on with a warning,
-    since metrics.csv is the record of the run.
+    are queued and sent in order, with the update index as W&B's step, so that a resumed run's
+    history continues where the checkpoint left it.
+
+    A run meant to log online first opens a TCP connection to the W&B server wandb would use
+    (its ``base_url``: ``WANDB_BASE_URL``, ``wandb login --host`` or wandb's default; or the
+    proxy) within ``connect_timeout`` seconds; without one it logs offline instead of waiting
+    for W&B's own 60 s init timeout. An online ``init`` that still fails falls back to offline
+    too, and removes the run directory the failed attempt left. Either way one line on stderr
+    says so and how to upload the run later, and :attr:`fallback` keeps the reason. If W&B
+    cannot start at all, or a ``log`` raises, training goes on with a warning, since
+    metrics.csv is the record of the run.
     """
 
     def __init__(self, *, mode: str, project: str, entity: str | None, group: str | None,
                  job_type: str, tags: list[str], name: str, config: dict, run_dir: Path,
-                 run_id: str):
+                 run_id: str, connect_timeout: float = 1.0):
         os.environ["WANDB_MODE"] = mode
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_CONSOLE", "off")
         self.mode = mode
+        self.fallback: str | None = None  # why a run meant to log online logs offline
+        self.connect_timeout = connect_timeout
+        self.run_dir, self.run_id = run_dir, run_id
         self.kwargs = dict(project=project, entity=entity, group=group, job_type=job_type,
                            tags=tags, name=name, config=config, dir=str(run_dir), id=run_id,
                            resume="allow", reinit="finish_previous")
         self.run = None
+        self.local_dir: str | None = None
+        self.url: str | None = None
         self.error: BaseException | None = None
         self.pending: list[dict[str, Any]] = []
         self.pairs: list[list[float]] = []
         self.thread = threading.Thread(target=self._start, name="wandb-init", daemon=True)
         self.thread.start()
 
+    def _online_run_dirs(self) -> set[Path]:
+        return set((self.run_dir / "wandb").glob(f"run-*-{self.run_id}"))
+
+    def _server_problem(self) -> str | None:
+        """Why the W&B server wandb would use cannot be reached, or None."""
+        base_url = self.wandb.setup().settings.base_url
+        host, port = wandb_server(base_url, os.environ)
+        problem = connection_problem(host, port, self.connect_timeout)
+        return None if problem is None else f"cannot reach {host}:{port} ({problem})"
+
+    def _go_offline(self, reason: str) -> None:
+        """Forget the online attempt (W&B's settings, its analytics) and log offline."""
+        self.fallback = reason
+        self.wandb.teardown()  # the online settings, and a failed attempt's hold on the run id
+        # W&B's own analytics would report a failed init to the same server at exit and log
+        # its refusal through the root logger (Hydra prints that like an error)
+        pylogging.getLogger("opentelemetry").setLevel(pylogging.CRITICAL)
+        os.environ["WANDB_MODE"] = self.mode = "offline"
+
     def _start(self) -> None:
         try:
             import wandb
 
             self.wandb = wandb
+            before = self._online_run_dirs()
+            run = None
+            if self.mode == "online":
+                problem = self._server_problem()
+                if problem is not None:
+                    self._go_offline(problem)
             try:
                 run = wandb.init(settings=self._settings(self.mode), **self.kwargs)
             except Exception as error:  # noqa: BLE001  (any failure to reach W&B: go offline)
                 if self.mode != "online":
                     raise
-                warnings.warn(f"W&B online init failed ({error}); logging offline instead",
-                              stacklevel=2)
-                wandb.teardown()  # the failed online attempt still holds the run id
-                os.environ["WANDB_MODE"] = self.mode = "offline"
+                self._go_offline(f"online init failed ({first_line(error)})")
+                for leftover in self._online_run_dirs() - before:
+                    shutil.rmtree(leftover, ignore_errors=True)
+            if run is None:
                 run = wandb.init(settings=self._settings("offline"), **self.kwargs)
+            self.local_dir = str(Path(run.dir).parent)
+            self.url = getattr(run, "url", None) if self.mode == "online" else None
+            if self.fallback is not None:
+                print(f"trpo-lab: W&B: {self.fallback}, so logging offline to {self.local_dir}; "
+                      f"upload later with: wandb sync {self.local_dir}",
+                      file=sys.stderr, flush=True)
             run.define_metric("env_steps")
             run.define_metric("*", step_metric="env_steps")
             self.run = run
@@ -166,9 +265,27 @@ class WandbRun:
             self._send(row)
         return True
 
+    def final_mode(self) -> str | None:
+        """The mode W&B really logs in (``online``, ``offline``, ``disabled``) once its init
+        has finished; None when W&B could not start."""
+        self.thread.join()
+        return self.mode if self.run is not None else None
+
+    def planned_location(self) -> str:
+        """Where the run's W&B data goes, known before init finishes: the offline run's
+        directory pattern, or the online run's project and id."""
+        if self.mode == "offline":
+            return str(self.run_dir / "wandb" / f"offline-run-*-{self.run_id}")
+        project = "/".join(p for p in (self.kwargs["entity"], self.kwargs["project"]) if p)
+        return f"{project}, run id {self.run_id}"
+
+    def location(self) -> tuple[str | None, str | None]:
+        """``(local directory, URL)`` of the started run (URL None offline)."""
+        return self.local_dir, self.url
+
     def _send(self, row: dict[str, Any]) -> None:
         try:
-            self.run.log(row)
+            self.run.log(row, step=int(row["iteration"]))
         except Exception as error:  # noqa: BLE001  (the CSV is the record; keep training)
             warnings.warn(f"W&B log failed ({error}); metrics.csv keeps the data", stacklevel=3)
 
@@ -184,9 +301,15 @@ class WandbRun:
         elif self._ready():
             self._send(clean)
 
-    def finish(self, status: str, summary: dict[str, Any]) -> None:
+    def finish(self, status: str, summary: dict[str, Any], exit_code: int | None = None) -> None:
+        """Finish the W&B run: ``exit_code`` 0 for a completed run (W&B: finished), 1 for a
+        failed one (failed); an interrupted run is marked preempting (W&B: preempted, the state
+        of a run that stopped early and resumes later, not failed) and finishes with its
+        process's exit code (130 after Ctrl-C)."""
         if not self._ready():
             return
+        if exit_code is None:
+            exit_code = {"completed": 0, "interrupted": 130}.get(status, 1)
         try:
             if self.pairs:
                 table = self.wandb.Table(
@@ -196,6 +319,8 @@ class WandbRun:
             for key, value in summary.items():
                 if isinstance(value, int | float | str) and not isinstance(value, bool):
                     self.run.summary[key] = value
-            self.run.finish(exit_code=0 if status == "completed" else 1)
+            if status == "interrupted":
+                self.run.mark_preempting()
+            self.run.finish(exit_code=exit_code)
         except Exception as error:  # noqa: BLE001
             warnings.warn(f"W&B finish failed ({error})", stacklevel=2)

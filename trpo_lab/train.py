@@ -27,7 +27,7 @@ import torch
 from trpo_lab.algos import algo_label, make_algorithm
 from trpo_lab.algos.common import heldout_improvement, predicted_improvement, ratio
 from trpo_lab.checkpoint import load_checkpoint, save_checkpoint
-from trpo_lab.config import Config
+from trpo_lab.config import Config, env_label, planned_updates
 from trpo_lab.critic import CriticTrainer
 from trpo_lab.envs import env_factory, make_vector_env, tabular_model
 from trpo_lab.evaluation import (
@@ -51,11 +51,24 @@ class NumericalFailure(RuntimeError):
     """Too many consecutive updates with non-finite numbers."""
 
 
+def exit_code(status: str, signum: int | None = None) -> int:
+    """The exit code of a process whose run ended with ``status``: 0 completed, 1 failed, and
+    128 + the signal's number when interrupted, as shells expect (130 after Ctrl-C, 143 after
+    SIGTERM; 130 when no signal is known, e.g. a KeyboardInterrupt)."""
+    if status == "completed":
+        return 0
+    if status == "interrupted":
+        return 128 + (signum if signum is not None else signal.SIGINT)
+    return 1
+
+
 @dataclass
 class StopSignal:
-    """Set by SIGTERM/SIGINT; the loop finishes the current update, checkpoints and stops."""
+    """Set by SIGTERM/SIGINT; the loop finishes the current update, checkpoints and stops.
+    ``signum`` is the first signal received."""
 
     requested: bool = False
+    signum: int | None = None
     previous: dict[int, Any] = field(default_factory=dict)
 
     def install(self) -> None:
@@ -67,6 +80,7 @@ class StopSignal:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():
@@ -128,6 +142,7 @@ class Trainer:
         self.cfg, self.run_dir = cfg, run_dir
         self.clock_origins = clock_origins or {}
         self.first_update_at: float | None = None
+        self.stop: StopSignal | None = None  # set by run(): which signal stopped the run
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
@@ -147,7 +162,7 @@ class Trainer:
         self.sampler = self._sampler()
         self.heldout_env_steps = 0
         self.eval_env_steps = 0
-        self.updates = cfg.total_steps // cfg.batch_steps
+        self.updates = planned_updates(cfg)
         self.iteration = 0  # updates done
         self.env_steps = 0
         self.bad_updates = 0
@@ -174,8 +189,10 @@ class Trainer:
                 mode=resolve_wandb_mode(cfg.logger.mode), project=cfg.logger.project,
                 entity=cfg.logger.entity, group=self.group, job_type=label,
                 tags=[*cfg.logger.tags, *(tags or [])],
-                name=f"{label}-{cfg.env.name}-seed{cfg.seed}-{run_dir.name}",
-                config=wandb_config or {}, run_dir=run_dir, run_id=self.run_id)
+                name=f"{label}-{env_label(cfg.env.name, cfg.env.id)}-seed{cfg.seed}-"
+                     f"{run_dir.name}",
+                config=wandb_config or {}, run_dir=run_dir, run_id=self.run_id,
+                connect_timeout=cfg.logger.connect_timeout)
 
     def _sampler(self) -> EpisodeSampler | None:
         """Rows [0, eval.episodes) of the sampler are the paired evaluation, the next
@@ -347,7 +364,11 @@ class Trainer:
             "final_eval_s": self.final_eval_s, "final_eval_error": self.final_eval_error,
             "wall_s": self.wall_before + self._elapsed() - self.final_eval_s,
             "wandb_run_id": self.run_id,
-            "algo": algo_label(self.cfg.algo), "env": self.cfg.env.name, "seed": self.cfg.seed,
+            # the W&B mode actually used (offline when online was impossible), and why not online
+            "wandb_mode": self.wandb.final_mode() if self.wandb is not None else None,
+            "wandb_fallback": self.wandb.fallback if self.wandb is not None else None,
+            "algo": algo_label(self.cfg.algo),
+            "env": env_label(self.cfg.env.name, self.cfg.env.id), "seed": self.cfg.seed,
             "group": self.group,
             # start-up: seconds from process start and from job start to the first update
             "startup": {f"{name}_to_first_update_s": self.first_update_at - origin
@@ -361,6 +382,7 @@ class Trainer:
         self.first_update_at = time.time()
         progress = self._progress()
         status, error = "completed", None
+        self.stop = stop
         try:
             while self.iteration < self.updates:
                 row = self.step()
@@ -411,7 +433,8 @@ class Trainer:
         write_summary(self.run_dir, summary)
         self.metrics.close()
         if self.wandb is not None:
-            self.wandb.finish(status, summary)
+            signum = self.stop.signum if self.stop is not None else None
+            self.wandb.finish(status, summary, exit_code=exit_code(status, signum))
         self.envs.close()
         if self.sampler is not None:
             self.sampler.close()
