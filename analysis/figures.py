@@ -53,6 +53,9 @@ class Options:
     dpi: float | None = None
     #: Largest PNG width in pixels (the dpi is lowered to fit; None: no limit).
     png_width: int | None = None
+    #: The dL estimate of the predicted-vs-true and surrogate-error figures:
+    #: "heldout" (episodes never trained on) or "in_sample" (the training batch).
+    prediction: str = "heldout"
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,8 @@ def fig_predicted_vs_true(df: pd.DataFrame, opts: Options) -> Figure:
     if _count_finite(df, DL, DJ) < 3:
         raise Skipped(f"needs >= 3 updates with both {DL} and {DJ}")
     fig = plots.plot_predicted_vs_true(
-        df, reps=min(opts.reps, 1000), level=opts.level, seed=opts.seed
+        df, prediction=opts.prediction, reps=min(opts.reps, 1000), level=opts.level,
+        seed=opts.seed
     )
     plots.caption(fig, f"points: updates, not aggregated; ρ (Spearman) and slope (least "
                        f"squares) with {100 * opts.level:g}% bootstrap CI over the panel's "
@@ -132,7 +136,7 @@ def fig_surrogate_error(df: pd.DataFrame, opts: Options) -> Figure:
     """|dJ - dL| vs KL max, one panel per env and estimate kind."""
     if plots.surrogate_error_rows(df).empty:
         raise Skipped(f"needs updates with {DJ}, {DL} and kl/max > 0")
-    fig = plots.plot_surrogate_error_panels(df)
+    fig = plots.plot_surrogate_error_panels(df, prediction=opts.prediction)
     plots.caption(fig, "points: updates, not aggregated (exact dL where logged); "
                        "n = updates in the panel")
     return fig
@@ -363,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=float, default=0.95, help="confidence level (0.95)")
     p.add_argument("--frac", type=float, default=0.1, help="final = last FRAC of updates (0.1)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    p.add_argument("--prediction", choices=plots.PREDICTIONS, default="heldout",
+                   help="dL of the predicted-vs-true and surrogate-error figures: heldout "
+                        "(episodes never trained on; default) or in_sample (the training batch)")
     p.add_argument("--dpi", type=float, help="PNG resolution (300)")
     p.add_argument(
         "--png-width", type=int, metavar="PX", help="at most PX pixels wide PNGs (lowers the dpi)"
@@ -392,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         frac=args.frac,
         dpi=args.dpi,
         png_width=args.png_width,
+        prediction=args.prediction,
     )
     results = make_figures(long, args.out, opts)
     for r in results:

@@ -808,6 +808,7 @@ def plot_surrogate_error(
     kl: str = "kl/max",
     hue: str = "algo",
     prefer_exact: bool = True,
+    prediction: str = "heldout",
 ) -> Axes:
     """|dJ - dL| against the update's ``kl/max``, log-log, one scatter per algorithm.
 
@@ -822,8 +823,8 @@ def plot_surrogate_error(
     cannot be told from sampling noise. Non-positive values are dropped.
     """
     ax = _axes(ax)
-    d = df.assign(_dl=predicted_improvement(df, prefer_exact),
-                  _noise=surrogate_error_noise(df, prefer_exact))
+    d = df.assign(_dl=predicted_improvement(df, prefer_exact, prediction),
+                  _noise=surrogate_error_noise(df, prefer_exact, prediction))
     d = _finite(d, [DJ, "_dl", kl]).copy()
     d["err"] = (d[DJ] - d["_dl"]).abs()
     d = d[(d["err"] > 0) & (d[kl] > 0)]
@@ -854,10 +855,11 @@ def plot_surrogate_error(
 
 
 def surrogate_error_rows(
-    df: pd.DataFrame, kl: str = "kl/max", prefer_exact: bool = True
+    df: pd.DataFrame, kl: str = "kl/max", prefer_exact: bool = True,
+    prediction: str = "heldout",
 ) -> pd.DataFrame:
     """The updates :func:`plot_surrogate_error` draws: finite dJ, dL and KL, both > 0."""
-    d = df.assign(_dl=predicted_improvement(df, prefer_exact))
+    d = df.assign(_dl=predicted_improvement(df, prefer_exact, prediction))
     d = _finite(d, [DJ, "_dl", kl])
     err = (d[DJ] - d["_dl"]).abs()
     return d[((err > 0) & (d[kl] > 0)).to_numpy()].drop(columns="_dl")
@@ -885,14 +887,16 @@ def plot_surrogate_error_panels(
     kl: str = "kl/max",
     hue: str = "algo",
     prefer_exact: bool = True,
+    prediction: str = "heldout",
     panel_size: tuple[float, float] = (2.2, 1.9),
 ) -> Figure:
     """:func:`plot_surrogate_error` with one panel per env and estimate kind
     (:func:`env_panels`, titled ``"<env>, <kind>"``), each with its own references (the
     ``C * KLmax`` curve only in panels of tabular runs). Returns the Figure."""
-    rows = surrogate_error_rows(df, kl, prefer_exact)
+    rows = surrogate_error_rows(df, kl, prefer_exact, prediction)
     panels = [
-        (title, partial(plot_surrogate_error, sub, kl=kl, hue=hue, prefer_exact=prefer_exact))
+        (title, partial(plot_surrogate_error, sub, kl=kl, hue=hue, prefer_exact=prefer_exact,
+                        prediction=prediction))
         for title, sub in env_panels(rows)
     ]
     return facet(panels, panel_size=panel_size)
