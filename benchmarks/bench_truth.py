@@ -74,8 +74,8 @@ def truth_row(env: str, df: pd.DataFrame) -> dict[str, str]:
         lambda r: r["time/eval_s"].sum() / r["time/wall_s"].iloc[-1], include_groups=False)
     out = {
         "env": env, "runs": str(df["seed"].nunique()), "updates": str(len(rows)),
-        "resolved |dJ|>2SE": f"{(z > 2).mean():.2f}",
-        "median |dJ|/SE": f"{z.median():.2f}",
+        "resolved (abs dJ > 2 SE)": f"{(z > 2).mean():.2f}",
+        "median abs dJ / SE": f"{z.median():.2f}",
         "Spearman(dL held-out, dJ)": f"{spearmanr(rows['surrogate/improvement_heldout'], rows[dj_key]).statistic:.2f}",  # noqa: E501
         "Spearman(dL in-sample, dJ)": f"{spearmanr(rows['surrogate/improvement'], rows[dj_key]).statistic:.2f}",  # noqa: E501
         "eval share of wall": f"{share.median():.2f}",
