@@ -294,7 +294,9 @@ class WandbRun:
                  if v is not None and not (isinstance(v, float) and math.isnan(v))}
         if "surrogate/improvement" in clean and "true/improvement" in clean:
             self.pairs.append([float(row["iteration"]), float(clean["surrogate/improvement"]),
+                               float(clean.get("surrogate/improvement_heldout", math.nan)),
                                float(clean["true/improvement"]),
+                               float(clean.get("true/improvement_se", math.nan)),
                                float(clean.get("kl/max", math.nan))])
         if self.thread.is_alive():
             self.pending.append(clean)
@@ -313,7 +315,8 @@ class WandbRun:
         try:
             if self.pairs:
                 table = self.wandb.Table(
-                    columns=["iteration", "predicted_improvement", "true_improvement", "kl_max"],
+                    columns=["iteration", "predicted_improvement", "predicted_improvement_heldout",
+                             "true_improvement", "true_improvement_se", "kl_max"],
                     data=self.pairs)
                 self.run.summary["improvement_pairs"] = table  # a summary, not a history row
             for key, value in summary.items():
