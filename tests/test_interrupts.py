@@ -149,8 +149,9 @@ def cli_reference(tmp_path_factory) -> pd.DataFrame:
     return read_metrics(run_dir)
 
 
-def double_ctrl_c(run_dir: Path, rows_before: int, gap_s: float) -> str:
-    """Start the command, wait for ``rows_before`` rows, press Ctrl-C twice; its stderr."""
+def double_ctrl_c(run_dir: Path, rows_before: int, gap_s: float) -> tuple[int, str]:
+    """Start the command, wait for ``rows_before`` rows, press Ctrl-C twice; its exit code and
+    stderr."""
     proc = subprocess.Popen([sys.executable, "-m", "trpo_lab", *CLI_RUN,
                              f"hydra.run.dir={run_dir}"], cwd=run_dir.parent,
                             env=clean_env({}), stdout=subprocess.DEVNULL,
@@ -163,7 +164,8 @@ def double_ctrl_c(run_dir: Path, rows_before: int, gap_s: float) -> str:
     proc.send_signal(signal.SIGINT)
     time.sleep(gap_s)
     proc.send_signal(signal.SIGINT)
-    return proc.communicate(timeout=60)[1]
+    err = proc.communicate(timeout=60)[1]
+    return proc.returncode, err
 
 
 @pytest.mark.parametrize("rows_before, gap_s", [(1, 0.01), (5, 0.03)])
@@ -172,8 +174,9 @@ def test_double_ctrl_c_on_the_command_then_the_same_command_resumes_exactly(
     """The issue's trial: Ctrl-C twice, 10 ms apart, at some point of a real run; then the same
     command. The resumed run equals an uninterrupted one (env_steps included)."""
     victim = tmp_path / "victim"
-    err = double_ctrl_c(victim, rows_before, gap_s)
+    code, err = double_ctrl_c(victim, rows_before, gap_s)
     assert "Traceback" not in err, err
+    assert code == 130  # interrupted by Ctrl-C, resumable
     summary = read_summary(victim)
     assert summary["status"] == "interrupted"
     assert summary["env_steps"] == 512 * summary["iterations"] == 512 * len(read_metrics(victim))
