@@ -1,9 +1,11 @@
 """The ``trpo-lab`` command, a Hydra app, and ``trpo-lab-sweep NAME``, its named sweeps.
 
-Exit codes: 0 completed, 1 a run or a sweep job failed, 2 the configuration was refused before
-any training (one line on stderr naming the key and the fix; a refused single run leaves no run
-directory behind), 128 + the signal's number for a run interrupted cleanly and resumable (130
-after Ctrl-C, 143 after SIGTERM).
+Exit codes (README, "Interrupting and resuming"): 0 completed, 1 a run or a sweep job failed
+(also a run refused because a file of its run directory is unreadable or inconsistent), 2 the
+configuration was refused before any training (one line on stderr naming the key and the fix; a
+refused single run leaves no run directory behind; also a run directory in use by another
+process, or a resume with a configuration that differs from the run's), 128 + the signal's
+number for a run interrupted cleanly and resumable (130 after Ctrl-C, 143 after SIGTERM).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import time
 PROCESS_STARTED = time.time()  # this module is the first the console script imports
 
 import contextlib  # noqa: E402
+import copy  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
@@ -25,7 +29,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException  # noqa: E402
 
 from trpo_lab.config import ConfigError, register_configs, to_typed, validate  # noqa: E402
@@ -40,16 +44,36 @@ class _State:
     sweep_failed = False
     exit_code = 0  # of a single run that was interrupted: 128 + the signal's number
     kept_ancestor: Path | None = None  # deepest existing ancestor of the run dir before Hydra
+    job_status: dict[Path, str] = {}  # job directory -> status its job returned (this process)
 
     @classmethod
     def reset(cls) -> None:
         cls.task_started, cls.sweep_failed, cls.exit_code, cls.kept_ancestor = \
             False, False, 0, None
+        cls.job_status = {}
+
+
+def record_job(job_dir: Path | None, job_return) -> None:
+    """Remember what a sweep's job returned: a refused job ("failed") may have left its
+    directory's summary.json as another run wrote it."""
+    from hydra.core.utils import JobStatus
+
+    if job_dir is None:
+        return
+    value = job_return.return_value if job_return.status == JobStatus.COMPLETED else None
+    _State.job_status[Path(job_dir).absolute()] = value if isinstance(value, str) else "failed"
 
 
 def _refuse(message: str) -> None:
     print(f"trpo-lab: error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _fail(message: str) -> None:
+    """A run that cannot go on (exit 1): one line, no traceback."""
+    _State.task_started = True  # past the configuration: not a refusal (exit 2)
+    print(f"trpo-lab: error: {message}", file=sys.stderr)
+    sys.exit(1)
 
 
 def sweep_group(sweep_dir: Path, config_name: str | None) -> str:
@@ -96,14 +120,16 @@ def deepest_existing(path: Path) -> Path:
 
 def _only_hydra_files(run_dir: Path) -> bool:
     """True when ``run_dir`` holds nothing but what Hydra writes before the job starts: the
-    ``.hydra/*.yaml`` files and the job's ``*.log``."""
+    ``.hydra/*.yaml`` files and the job's ``*.log`` (and the lock of this process)."""
+    from trpo_lab.rundir import LOCK_FILE
+
     for path in run_dir.rglob("*"):
         if path.is_dir():
             continue
         parts = path.relative_to(run_dir).parts
         hydra_yaml = len(parts) == 2 and parts[0] == ".hydra" and path.suffix == ".yaml"
-        job_log = len(parts) == 1 and path.suffix == ".log"
-        if not (hydra_yaml or job_log):
+        job_file = len(parts) == 1 and (path.suffix == ".log" or path.name == LOCK_FILE)
+        if not (hydra_yaml or job_file):
             return False
     return True
 
@@ -119,6 +145,9 @@ def discard_refused_run_dir(run_dir: Path, kept_ancestor: Path | None) -> bool:
         return False
     if not run_dir.is_dir() or not _only_hydra_files(run_dir):
         return False
+    from trpo_lab import rundir
+
+    rundir.release(run_dir)
     shutil.rmtree(run_dir)
     for parent in run_dir.parents:
         if parent == kept_ancestor:
@@ -185,25 +214,50 @@ def _say(lines: list[str]) -> None:
 
 def run_job(cfg: DictConfig) -> str:
     """Validate, build and train one run; returns its status."""
+    from trpo_lab import preflight, rundir
     from trpo_lab.envs import EnvError
     from trpo_lab.policies import PolicySpaceError
-    from trpo_lab.train import StopSignal, Trainer, exit_code, read_summary, write_summary
+    from trpo_lab.resume import ResumeMismatch
+    from trpo_lab.train import (
+        CHECKPOINT,
+        NumericalFailure,
+        RunWriteError,
+        StopSignal,
+        Trainer,
+        exit_code,
+        load_resume_state,
+        read_summary,
+        write_summary,
+    )
 
     job_started = time.time()
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
+    try:
+        rundir.claim(run_dir)  # a single run holds it since on_run_start
+    except rundir.RunDirBusy as busy:
+        return _stop_leaving_files(str(busy), hc, code=2)
     previous = read_summary(run_dir)
     try:
         typed = to_typed(cfg)
         validate(typed)
+        preflight.check(typed)
         if previous is not None and previous.get("status") == "completed" and not typed.resume:
+            if (run_dir / CHECKPOINT).exists():
+                load_resume_state(typed, run_dir)  # the same run, or a refusal
             print(f"trpo-lab: {run_dir} already completed; skipping (resume=true reruns it)")
             return "completed"
+        for warning in preflight.warnings(typed):
+            print(f"trpo-lab: warning: {warning}", file=sys.stderr)
         group, tags = _sweep_identity(hc)
         trainer = Trainer(typed, run_dir, wandb_config=OmegaConf.to_container(cfg, resolve=True),
                           group=group, tags=tags,
                           clock_origins={"process": PROCESS_STARTED, "job": job_started})
+    except ResumeMismatch as error:  # the run directory holds another run: leave it as it is
+        return _stop_leaving_files(str(error), hc, code=2)
+    except (rundir.RunFileError, RunWriteError) as error:
+        return _stop_leaving_files(str(error), hc, code=1)
     except (ConfigError, EnvError, PolicySpaceError, OmegaConfBaseException) as error:
         message = str(error).splitlines()[0]
         if isinstance(error, MissingMandatoryValue):
@@ -227,6 +281,8 @@ def run_job(cfg: DictConfig) -> str:
     stop.install()
     try:
         summary = trainer.run(stop)
+    except (RunWriteError, NumericalFailure) as error:  # summary.json says failed if it can
+        return _stop_leaving_files(str(error), hc, code=1)
     except Exception:
         print(f"trpo-lab: failed; summary.json and metrics.csv in {run_dir}", flush=True)
         if not multirun:
@@ -235,6 +291,8 @@ def run_job(cfg: DictConfig) -> str:
         return "failed"
     finally:
         stop.restore()
+        if not multirun and stop.requested:  # saved and ending: a late Ctrl-C changes nothing
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     _say(end_lines(trainer, summary))
     if summary["status"] == "interrupted":
         print(f"trpo-lab: interrupted after {summary['iterations']} updates; rerun the same "
@@ -244,8 +302,90 @@ def run_job(cfg: DictConfig) -> str:
     return summary["status"]
 
 
+def _stop_leaving_files(message: str, hc, code: int) -> str:
+    """A refusal or failure that must not touch the run directory's files (summary.json
+    included): one line; exit ``code`` for a single run, a failed job in a sweep."""
+    if hc.mode != RunMode.MULTIRUN:
+        if code == 2:
+            _refuse(message)
+        _fail(message)
+    print(f"trpo-lab: job {hc.job.num}: error: {message}", file=sys.stderr)
+    return "failed"
+
+
+class RunDirOwner(Callback):
+    """Takes the run (or sweep) directory before Hydra writes anything into it.
+
+    A single run locks ``hydra.run.dir`` here, so a second process refuses before it
+    overwrites the first's ``.hydra/``; a sweep locks ``hydra.sweep.dir`` for its life, and each
+    job locks its own directory when it starts.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = self._claim(config, "hydra.run.dir")
+        if run_dir is not None:
+            _check_existing_run(config, run_dir)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from trpo_lab import rundir
+
+        rundir.release(Path(config.hydra.runtime.output_dir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from trpo_lab.launcher import install
+
+        self._claim(config, "hydra.sweep.dir")
+        install()  # hydra/launcher=joblib with isolated workers (before Hydra makes it)
+
+    @staticmethod
+    def _claim(config: DictConfig, key: str) -> Path | None:
+        from trpo_lab import rundir
+
+        try:
+            directory = Path(str(OmegaConf.select(config, key))).absolute()
+        except OmegaConfBaseException:
+            return None  # resolvable only inside the job: the job claims its directory
+        try:
+            rundir.claim(directory)
+        except rundir.RunDirBusy as busy:
+            _refuse(str(busy))
+        return directory
+
+
+def _check_existing_run(config: DictConfig, run_dir: Path) -> None:
+    """Before Hydra rewrites ``.hydra/``: refuse a resume with another configuration (exit 2)
+    or from unreadable files (exit 1), so that a refused command changes nothing. A config that
+    does not even convert is left to the job, which reports it."""
+    from trpo_lab.resume import ResumeMismatch
+    from trpo_lab.rundir import RunFileError, free_space_problem
+    from trpo_lab.train import check_run_dir
+
+    problem = free_space_problem(run_dir)
+    if problem:
+        _fail(problem)
+
+    task_cfg = copy.deepcopy(config)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    try:
+        typed = to_typed(task_cfg)
+    except (OmegaConfBaseException, ValueError, TypeError):
+        return
+    try:
+        check_run_dir(typed, run_dir)
+    except (ResumeMismatch, ConfigError) as error:
+        _refuse(str(error))
+    except RunFileError as error:
+        _fail(str(error))
+
+
 class SweepReport(Callback):
-    """At the end of a multirun: count completed and failed jobs from their summary.json."""
+    """At the end of a multirun: count completed and failed jobs from their summary.json (and
+    as failed a job that returned "failed" without writing one: a refusal)."""
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs: Any) -> None:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            record_job(Path(config.hydra.runtime.output_dir), job_return)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         import json
@@ -258,6 +398,8 @@ class SweepReport(Callback):
                 status = json.loads(summary.read_text()).get("status", "failed")
             except (OSError, ValueError):
                 status = "failed"
+            if _State.job_status.get(hydra_dir.parent.absolute()) == "failed":
+                status = "failed"
             counts[status] = counts.get(status, 0) + 1
         failed = counts.get("failed", 0)
         _State.sweep_failed = failed > 0
@@ -267,8 +409,16 @@ class SweepReport(Callback):
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> str:
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        from trpo_lab import rundir
+
+        try:
+            return run_job(cfg)
+        finally:  # a worker runs many jobs: each gives its directory up when it ends
+            rundir.release(Path(hc.runtime.output_dir))
     status = run_job(cfg)
-    if HydraConfig.get().mode != RunMode.MULTIRUN and status == "failed":
+    if status == "failed":
         sys.exit(1)
     return status
 
@@ -305,7 +455,7 @@ def _composition_errors_raised() -> Iterator[bool]:
 
 def _output_dir_problem(argv: list[str]) -> str | None:
     """Refuse an output directory that cannot be created, before Hydra tries (and traces)."""
-    import os
+    from trpo_lab.rundir import unwritable_dir_problem
 
     key, target = "hydra.run.dir", "outputs"
     for arg in argv:
@@ -314,12 +464,8 @@ def _output_dir_problem(argv: list[str]) -> str | None:
                 key, target = name, arg.split("=", 1)[1]
     if "${" in target:
         target = target.split("${")[0] or "."
-    path = Path(target).absolute()
-    while not path.exists():
-        path = path.parent
-    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-        return f"invalid value {key}={target!r}: {path} is not a writable directory"
-    return None
+    problem = unwritable_dir_problem(Path(target))
+    return f"invalid value {key}={target!r}: {problem}" if problem else None
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 
 from trpo_lab.config import EnvConfig
-from trpo_lab.envs import env_factory, make_kwargs, tabular_horizon
+from trpo_lab.envs import env_factory, make_kwargs, registered_id, tabular_horizon
 from trpo_lab.policies import NumpyActor
 
 MAX_EVAL_STEPS = 100_000
@@ -190,8 +190,8 @@ def episode_envs(env_cfg: EnvConfig, gamma: float, n: int, copies: int,
     gymnasium's vector entry point if the id has one, else a SyncVectorEnv."""
     if mdp is not None:
         return TabularEpisodes(mdp, tabular_horizon(env_cfg, gamma), n, copies)
-    return GymEpisodes(env_cfg.id, env_factory(env_cfg, gamma), n, copies,
-                       make_kwargs(env_cfg, gamma))
+    make = env_factory(env_cfg, gamma)  # imports the module of a module:EnvId first
+    return GymEpisodes(registered_id(env_cfg.id), make, n, copies, make_kwargs(env_cfg, gamma))
 
 
 class EpisodeSampler:

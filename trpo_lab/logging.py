@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging as pylogging
 import math
@@ -13,9 +14,12 @@ import sys
 import threading
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from trpo_lab.rundir import RunFileError
 
 COLUMNS = [
     "iteration", "env_steps", "time/wall_s", "time/sps", "time/eval_s", "heldout/env_steps",
@@ -51,38 +55,80 @@ def _cell(value: Any) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
+@dataclass(frozen=True)
+class MetricsPosition:
+    """What metrics.csv held when a checkpoint was written: its rows, size and SHA-256."""
+
+    rows: int
+    size: int
+    sha256: str
+
+
 class MetricsCSV:
     """One row per update, flushed at once, so a killed run leaves a readable file.
 
-    Resuming from the checkpoint of update k keeps rows with iteration <= k and drops rows that
+    Resuming from the checkpoint of update k keeps rows with iteration < k and drops rows that
     a crashed run wrote after its last checkpoint (they are recomputed identically), so the file
-    never holds a duplicated or a missing iteration.
+    never holds a duplicated or a missing iteration. The checkpoint records the file's size and
+    hash (:meth:`position`); a file whose first bytes no longer match is refused
+    (:class:`~trpo_lab.rundir.RunFileError`) before anything is written.
     """
 
-    def __init__(self, path: Path, keep_through: int | None = None):
+    def __init__(self, path: Path, resume_rows: int | None = None,
+                 expected: MetricsPosition | None = None):
         self.path = path
-        if keep_through is not None and path.exists():
-            kept = [row for row in csv.DictReader(path.open(newline=""))
-                    if row.get("iteration") and int(row["iteration"]) <= keep_through]
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.rows = 0
+        if resume_rows is not None and path.exists():
+            self._reopen(resume_rows, expected)
+        else:
+            self.file = path.open("w", newline="")
+            self._append(",".join(COLUMNS) + "\n")
+
+    def _reopen(self, rows: int, expected: MetricsPosition | None) -> None:
+        data = self.path.read_bytes()
+        kept = checkpointed_rows(self.path, data, rows, expected)
+        header = kept.split(b"\n", 1)[0].decode()
+        if header != ",".join(COLUMNS):  # an older schema: rewrite the rows in today's columns
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
             writer.writeheader()
-            writer.writerows(kept)
-            tmp = path.with_suffix(".csv.tmp")
-            tmp.write_text(buffer.getvalue())
-            os.replace(tmp, path)
-            self.file = path.open("a", newline="")
-        else:
-            self.file = path.open("w", newline="")
-            self.file.write(",".join(COLUMNS) + "\n")
-            self.file.flush()
+            writer.writerows(csv.DictReader(io.StringIO(kept.decode())))
+            kept = buffer.getvalue().encode()
+            tmp = self.path.with_suffix(".csv.tmp")
+            tmp.write_bytes(kept)
+            os.replace(tmp, self.path)
+        elif len(kept) != len(data):
+            with self.path.open("r+b") as f:  # drop rows written after the checkpoint
+                f.truncate(len(kept))
+        self.hash.update(kept)
+        self.size, self.rows = len(kept), rows
+        self.file = self.path.open("a", newline="")
+
+    def _append(self, text: str) -> None:
+        self.file.write(text)
+        self.file.flush()  # in the OS after every update: survives a killed process
+        encoded = text.encode()
+        self.hash.update(encoded)
+        self.size += len(encoded)
 
     def write(self, row: dict[str, Any]) -> None:
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise KeyError(f"metrics not in the schema: {sorted(unknown)}")
-        self.file.write(",".join(_cell(row.get(c)) for c in COLUMNS) + "\n")
-        self.file.flush()  # in the OS after every update: survives a killed process
+        self._append(",".join(_cell(row.get(c)) for c in COLUMNS) + "\n")
+        self.rows += 1
+
+    def position(self) -> MetricsPosition:
+        return MetricsPosition(self.rows, self.size, self.hash.hexdigest())
+
+    def truncate_to(self, position: MetricsPosition) -> None:
+        """Forget the rows written after ``position`` (an update that will be recomputed)."""
+        self.file.flush()
+        self.file.truncate(position.size)
+        self.size, self.rows = position.size, position.rows
+        self.hash = hashlib.sha256(self.path.read_bytes()[:position.size])
 
     def sync(self) -> None:
         """Force the rows to disk (at checkpoints): survives a crash of the machine too."""
@@ -95,6 +141,49 @@ class MetricsCSV:
 #: The hosts an API key in ~/.netrc may be stored for: W&B's own and, from wandb 0.29 on, the
 #: default server of the wandb client (CoreWeave Forge).
 WANDB_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
+
+
+def _metrics_advice() -> str:
+    return ("Put back a good copy of metrics.csv if you keep one, or start a new run directory "
+            "(another hydra.run.dir)")
+
+
+def checkpointed_rows(path: Path, data: bytes, rows: int,
+                      expected: MetricsPosition | None) -> bytes:
+    """The bytes of metrics.csv that a checkpoint of ``rows`` updates stands on (header and
+    rows), checked; :class:`~trpo_lab.rundir.RunFileError` if they are not intact. Rows after
+    them (written after the checkpoint) are not part of it."""
+    if expected is not None:
+        return check_prefix(path, data, expected)
+    return check_rows(path, data, rows)  # a checkpoint from before positions were recorded
+
+
+def check_prefix(path: Path, data: bytes, expected: MetricsPosition) -> bytes:
+    """The first ``expected.size`` bytes of the file, if they are exactly what was checkpointed."""
+    if len(data) < expected.size:
+        raise RunFileError(path, f"cut: {len(data)} bytes where the checkpoint's "
+                           f"{expected.rows} rows need {expected.size}", _metrics_advice())
+    kept = data[:expected.size]
+    if hashlib.sha256(kept).hexdigest() != expected.sha256:
+        raise RunFileError(path, f"changed since the checkpoint: its first {expected.rows} rows "
+                           f"are not the ones the checkpoint recorded", _metrics_advice())
+    return kept
+
+
+def check_rows(path: Path, data: bytes, rows: int) -> bytes:
+    """Header and rows 0..rows-1, each complete; what follows them is dropped."""
+    lines = data.split(b"\n")
+    header = lines[0].decode(errors="replace").split(",")
+    if header[0] != "iteration" or set(header) - set(COLUMNS):
+        raise RunFileError(path, "its header is not a trpo-lab metrics header",
+                           _metrics_advice())
+    complete = lines[1:-1]  # the last element follows the final newline: empty or a cut line
+    for k in range(rows):
+        cells = complete[k].decode(errors="replace").split(",") if k < len(complete) else None
+        if cells is None or len(cells) != len(header) or cells[0] != str(k):
+            raise RunFileError(path, f"row {k} of the checkpoint's {rows} is missing or cut",
+                               _metrics_advice())
+    return b"\n".join(lines[:rows + 1]) + b"\n"
 
 
 def wandb_api_key_configured() -> bool:

@@ -26,8 +26,8 @@ import torch
 
 from trpo_lab.algos import algo_label, make_algorithm
 from trpo_lab.algos.common import heldout_improvement, predicted_improvement, ratio
-from trpo_lab.checkpoint import load_checkpoint, save_checkpoint
-from trpo_lab.config import Config, env_label, planned_updates
+from trpo_lab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from trpo_lab.config import Config, ConfigError, env_label, planned_updates
 from trpo_lab.critic import CriticTrainer
 from trpo_lab.envs import env_factory, make_vector_env, tabular_model
 from trpo_lab.evaluation import (
@@ -37,9 +37,17 @@ from trpo_lab.evaluation import (
     episode_envs,
     paired_difference,
 )
-from trpo_lab.logging import MetricsCSV, WandbRun, resolve_wandb_mode
+from trpo_lab.guards import ProgressWatch, batch_overflow, critic_nonfinite, nonfinite_hint
+from trpo_lab.logging import (
+    MetricsCSV,
+    MetricsPosition,
+    WandbRun,
+    checkpointed_rows,
+    resolve_wandb_mode,
+)
 from trpo_lab.numerics import flat_grad, flat_params, set_flat_params
 from trpo_lab.policies import Policy
+from trpo_lab.resume import ResumeMismatch, config_differences, flat_config
 from trpo_lab.rollout import Batch, Collector, build_batch, exact_batch, heldout_batch
 
 CHECKPOINT = "checkpoint.pt"
@@ -62,13 +70,43 @@ def exit_code(status: str, signum: int | None = None) -> int:
     return 1
 
 
+class RunWriteError(RuntimeError):
+    """A file of the run directory could not be written (disk full, quota, read-only, ...)."""
+
+    def __init__(self, path: Path, error: OSError, saved_iteration: int | None = None):
+        reason = error.strerror or str(error)
+        if saved_iteration:
+            state = (f"the last checkpoint (update {saved_iteration}) is intact: fix it and "
+                     f"rerun the same command to resume")
+        else:
+            state = "no checkpoint was written yet: fix it and rerun the same command"
+        super().__init__(f"cannot write {path} ({reason}); {state}")
+        self.path, self.os_error = path, error
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """Turn an OSError while writing ``path`` into a :class:`RunWriteError` naming it."""
+    try:
+        yield
+    except OSError as error:
+        raise RunWriteError(path, error) from None
+
+
 @dataclass
 class StopSignal:
-    """Set by SIGTERM/SIGINT; the loop finishes the current update, checkpoints and stops.
-    ``signum`` is the first signal received."""
+    """SIGTERM/SIGINT: the loop finishes the current update, checkpoints and stops; ``signum``
+    is the first signal received.
+
+    A second Ctrl-C stops at once (KeyboardInterrupt): the update in progress is dropped and the
+    run stays at its last checkpoint, so it resumes exactly. Once the training loop is over
+    (``shielded``: the final checkpoint, summary and W&B finish, about a second) a Ctrl-C only
+    asks for what is already happening.
+    """
 
     requested: bool = False
     signum: int | None = None
+    shielded: bool = False
     previous: dict[int, Any] = field(default_factory=dict)
 
     def install(self) -> None:
@@ -77,7 +115,7 @@ class StopSignal:
                 self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if self.requested and signum == signal.SIGINT and not self.shielded:
             raise KeyboardInterrupt
         self.requested = True
         self.signum = signum
@@ -95,9 +133,56 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    tmp = run_dir / (SUMMARY + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    os.replace(tmp, run_dir / SUMMARY)
+    text = json.dumps(summary, indent=2, default=float) + "\n"
+    with writing(run_dir / SUMMARY):
+        atomic_write_bytes(run_dir / SUMMARY, lambda f: f.write(text.encode()))
+
+
+def load_resume_state(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """The checkpoint to resume from, checked: readable, and made with this configuration in
+    every key that changes results. Raises before anything is built or written."""
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    if "config" in state:
+        differences = config_differences(state["config"], flat_config(cfg))
+        if differences:
+            raise ResumeMismatch(run_dir, differences)
+    return state
+
+
+def will_resume(cfg: Config, run_dir: Path) -> bool:
+    """A checkpoint and an unfinished run (or resume=true): training continues from it."""
+    summary = read_summary(run_dir)
+    return (run_dir / CHECKPOINT).exists() and (
+        cfg.resume or summary is None or summary.get("status") != "completed")
+
+
+def check_total_steps(cfg: Config, run_dir: Path, state: dict[str, Any]) -> None:
+    """A resume may extend total_steps, never cut it below the updates already done."""
+    if planned_updates(cfg) < state["iteration"]:
+        raise ConfigError("total_steps", cfg.total_steps,
+                          f"{run_dir} has done {state['iteration']} updates "
+                          f"({state['env_steps']} env steps): to resume it, total_steps must "
+                          f"be at least {state['env_steps']}")
+
+
+def metrics_position(state: dict[str, Any]) -> MetricsPosition | None:
+    return MetricsPosition(**state["metrics"]) if "metrics" in state else None
+
+
+def check_run_dir(cfg: Config, run_dir: Path) -> None:
+    """Read-only checks of what a run directory holds against this configuration: the
+    checkpoint (readable, same configuration) and, if training would resume, metrics.csv.
+    Raises :class:`ResumeMismatch` or :class:`~trpo_lab.rundir.RunFileError`."""
+    if not (run_dir / CHECKPOINT).exists():
+        return
+    state = load_resume_state(cfg, run_dir)
+    if not will_resume(cfg, run_dir):
+        return
+    check_total_steps(cfg, run_dir, state)
+    metrics = run_dir / METRICS
+    if metrics.exists():
+        checkpointed_rows(metrics, metrics.read_bytes(), state["iteration"],
+                          metrics_position(state))
 
 
 def update_diagnostics(policy: Policy, batch: Batch) -> dict[str, float]:
@@ -140,6 +225,9 @@ class Trainer:
                  group: str | None = None, tags: list[str] | None = None,
                  clock_origins: dict[str, float] | None = None):
         self.cfg, self.run_dir = cfg, run_dir
+        self.resumed = will_resume(cfg, run_dir)
+        # checked before anything is built or written: a refused resume changes nothing
+        resume_state = load_resume_state(cfg, run_dir) if self.resumed else None
         self.clock_origins = clock_origins or {}
         self.first_update_at: float | None = None
         self.stop: StopSignal | None = None  # set by run(): which signal stopped the run
@@ -174,13 +262,18 @@ class Trainer:
         self.final_eval_returns: list[float] = []
         self.final_eval_s = 0.0  # kept out of wall_s, which times training
         self.final_eval_error: str | None = None
-        summary = read_summary(run_dir)
-        self.resumed = (run_dir / CHECKPOINT).exists() and (
-            cfg.resume or summary is None or summary.get("status") != "completed")
-        if self.resumed:
-            self._load(load_checkpoint(run_dir / CHECKPOINT))
-        self.metrics = MetricsCSV(run_dir / METRICS,
-                                  keep_through=self.iteration - 1 if self.resumed else None)
+        self.warnings: list[str] = []
+        self.progress_watch = ProgressWatch(cfg)
+        if resume_state is not None:
+            check_total_steps(cfg, run_dir, resume_state)
+            self._load(resume_state)
+        with writing(run_dir / METRICS):
+            self.metrics = MetricsCSV(
+                run_dir / METRICS, resume_rows=self.iteration if self.resumed else None,
+                expected=metrics_position(resume_state) if resume_state is not None else None)
+        # what a resume would start from: the checkpoint on disk (or the start)
+        self.saved = self._counters()
+        self.checkpoint_on_disk = self.resumed
         self.group = group or cfg.logger.group
         self.wandb: WandbRun | None = None
         if cfg.logger.name != "none" and resolve_wandb_mode(cfg.logger.mode) != "disabled":
@@ -216,6 +309,8 @@ class Trainer:
             "critic": self.critic.state_dict(), "collector": self.collector.state_dict(),
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
             "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+            "config": flat_config(self.cfg), "metrics": vars(self.metrics.position()),
+            "progress_watch": self.progress_watch.state_dict(),
         }
 
     def _load(self, state: dict[str, Any]) -> None:
@@ -234,10 +329,32 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
+        if "progress_watch" in state:
+            self.progress_watch.load_state_dict(state["progress_watch"])
 
     def checkpoint(self) -> None:
-        self.metrics.sync()
-        save_checkpoint(self.run_dir / CHECKPOINT, self._state())
+        if self.checkpoint_on_disk and self.saved["iteration"] == self.iteration:
+            return  # this update is on disk already
+        with writing(self.run_dir / METRICS):
+            self.metrics.sync()
+        with writing(self.run_dir / CHECKPOINT):
+            save_checkpoint(self.run_dir / CHECKPOINT, self._state())
+        self.saved = self._counters()
+        self.checkpoint_on_disk = True
+
+    def _counters(self) -> dict[str, Any]:
+        """The counters of the run as it is now, and where metrics.csv ends."""
+        return {"iteration": self.iteration, "env_steps": self.env_steps,
+                "heldout_env_steps": self.heldout_env_steps,
+                "eval_env_steps": self.eval_env_steps, "metrics": self.metrics.position()}
+
+    def _rewind_to_checkpoint(self) -> None:
+        """After an update was dropped midway: the run is what the checkpoint on disk holds."""
+        saved = dict(self.saved)
+        with writing(self.run_dir / METRICS):
+            self.metrics.truncate_to(saved.pop("metrics"))
+        for name, value in saved.items():
+            setattr(self, name, value)
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self.t_start
@@ -280,7 +397,8 @@ class Trainer:
         grad_dl = flat_grad(predicted_improvement(self.policy, batch), params)
         info = self.algo.update(batch)
         theta_new = flat_params(params)
-        nonfinite = info.pop("guard/nonfinite", 0.0) > 0 or not torch.isfinite(theta_new).all()
+        nonfinite = info.pop("guard/nonfinite", 0.0) > 0 or not torch.isfinite(theta_new).all() \
+            or batch_overflow(batch.advantages, None if batch.exact else batch.returns)
         if nonfinite:
             set_flat_params(params, theta_old)
             theta_new = theta_old
@@ -305,6 +423,7 @@ class Trainer:
         if not batch.exact and cfg.critic.epochs > 0:
             row.update(self.critic.update(batch))
 
+        nonfinite = nonfinite or critic_nonfinite(row)
         self.bad_updates = self.bad_updates + 1 if nonfinite else 0
         row["guard/nonfinite"] = float(nonfinite)
         row["guard/bad_updates"] = self.bad_updates
@@ -369,7 +488,7 @@ class Trainer:
             "wandb_fallback": self.wandb.fallback if self.wandb is not None else None,
             "algo": algo_label(self.cfg.algo),
             "env": env_label(self.cfg.env.name, self.cfg.env.id), "seed": self.cfg.seed,
-            "group": self.group,
+            "group": self.group, "warnings": self.warnings,
             # start-up: seconds from process start and from job start to the first update
             "startup": {f"{name}_to_first_update_s": self.first_update_at - origin
                         for name, origin in self.clock_origins.items()}
@@ -378,15 +497,25 @@ class Trainer:
 
     def run(self, stop: StopSignal | None = None,
             on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Train to ``total_steps``; returns the summary (also written to summary.json).
+
+        A KeyboardInterrupt (a second Ctrl-C) drops the update in progress: the run ends at its
+        last checkpoint, with metrics.csv cut back to it, and resumes exactly. A file that
+        cannot be written (a full disk) ends the run with :class:`RunWriteError`; the last
+        checkpoint stays intact.
+        """
         self.t_start = time.perf_counter()
         self.first_update_at = time.time()
         progress = self._progress()
-        status, error = "completed", None
+        status, error, dropped = "completed", None, False
         self.stop = stop
         try:
             while self.iteration < self.updates:
+                theta_before = flat_params(self.policy.actor_parameters())
                 row = self.step()
-                self.metrics.write(row)
+                with writing(self.run_dir / METRICS):
+                    self.metrics.write(row)
+                self._watch_progress(row, theta_before)
                 if self.wandb is not None:
                     self.wandb.log(row)
                 if on_row is not None:
@@ -399,7 +528,7 @@ class Trainer:
                     raise NumericalFailure(
                         f"{self.bad_updates} consecutive updates had non-finite numbers "
                         f"(max_bad_updates={self.cfg.max_bad_updates}); last at iteration "
-                        f"{row['iteration']}")
+                        f"{row['iteration']}{nonfinite_hint(row)}")
                 every = self.cfg.checkpoint.every
                 if every and self.iteration % every == 0 and self.iteration < self.updates:
                     self.checkpoint()
@@ -407,34 +536,73 @@ class Trainer:
                     status = "interrupted"
                     break
         except KeyboardInterrupt:
-            status = "interrupted"
+            status, dropped = "interrupted", True
+        except RunWriteError as exc:
+            failure = RunWriteError(exc.path, exc.os_error,
+                                    self.saved["iteration"] if self.checkpoint_on_disk else None)
+            with contextlib.suppress(RunWriteError):  # the summary may not fit either
+                self._finish("failed", str(failure), progress, stop)
+            raise failure from None
         except Exception as exc:  # noqa: BLE001  (recorded in summary.json, then re-raised)
             status, error = "failed", f"{type(exc).__name__}: {exc}"
-            self._finish(status, error, progress)
+            self._finish(status, error, progress, stop)
             raise
-        self._finish(status, error, progress)
-        return self.summary(status, error)
+        return self._finish(status, error, progress, stop, dropped=dropped)
 
-    def _finish(self, status: str, error: str | None, progress) -> None:
+    def _watch_progress(self, row: dict[str, Any], theta_before: torch.Tensor) -> None:
+        moved = not torch.equal(theta_before, flat_params(self.policy.actor_parameters()))
+        warning = self.progress_watch.observe(row, moved)
+        if warning is not None:
+            self.warnings.append(warning)
+            print(f"trpo-lab: warning: {warning}", file=sys.stderr, flush=True)
+
+    def _finish(self, status: str, error: str | None, progress, stop: StopSignal | None = None,
+                dropped: bool = False) -> dict[str, Any]:
+        if stop is not None:
+            stop.shielded = True  # from here on a Ctrl-C waits: what is written is written whole
         if progress is not None:
             progress.close()
-        if status != "failed":
-            self.checkpoint()
-        if status == "completed" and self.cfg.eval.final_episodes > 0:
-            start = time.perf_counter()
+        summary: dict[str, Any] | None = None
+        try:
+            if status != "failed" and not dropped:
+                try:
+                    self.checkpoint()
+                except KeyboardInterrupt:  # without a StopSignal: the default Ctrl-C
+                    status, dropped = "interrupted", True
+            if dropped:
+                self._rewind_to_checkpoint()
+            if status == "completed" and self.cfg.eval.final_episodes > 0:
+                self._final_evaluation()
+            summary = self.summary(status, error)
+            write_summary(self.run_dir, summary)
+        finally:
             try:
-                self.final_eval_returns = deterministic_returns(
-                    env_factory(self.cfg.env, self.cfg.gamma), self.policy.numpy_actor(),
-                    self.collector.encode, self.cfg.eval.final_episodes, self.cfg.seed)
-            except Exception as exc:  # noqa: BLE001  (training is done: record, keep the run)
-                self.final_eval_error = f"{type(exc).__name__}: {exc}"
-            self.final_eval_s = time.perf_counter() - start
-        summary = self.summary(status, error)
-        write_summary(self.run_dir, summary)
-        self.metrics.close()
+                with writing(self.run_dir / METRICS):
+                    self.metrics.close()
+            finally:
+                self._close(status, summary)
+        return summary
+
+    def _final_evaluation(self) -> None:
+        start = time.perf_counter()
+        try:
+            self.final_eval_returns = deterministic_returns(
+                env_factory(self.cfg.env, self.cfg.gamma), self.policy.numpy_actor(),
+                self.collector.encode, self.cfg.eval.final_episodes, self.cfg.seed)
+        except KeyboardInterrupt:  # training is done and saved: the run stays completed
+            self.final_eval_error = "KeyboardInterrupt: the final evaluation was interrupted"
+        except Exception as exc:  # noqa: BLE001  (training is done: record, keep the run)
+            self.final_eval_error = f"{type(exc).__name__}: {exc}"
+        self.final_eval_s = time.perf_counter() - start
+
+    def _close(self, status: str, summary: dict[str, Any] | None) -> None:
         if self.wandb is not None:
             signum = self.stop.signum if self.stop is not None else None
-            self.wandb.finish(status, summary, exit_code=exit_code(status, signum))
+            try:
+                self.wandb.finish(status, summary or self.summary(status),
+                                  exit_code=exit_code(status, signum))
+            except KeyboardInterrupt:
+                print("trpo-lab: the W&B run was not finished (interrupted)", file=sys.stderr)
         self.envs.close()
         if self.sampler is not None:
             self.sampler.close()

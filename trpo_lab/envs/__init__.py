@@ -40,12 +40,27 @@ def make_kwargs(env_cfg: EnvConfig, gamma: float) -> dict[str, Any]:
     return kwargs
 
 
+def registered_id(env_id: str) -> str:
+    """The registry id of ``env_id``; ``module:EnvId`` (gymnasium's own form) first imports
+    ``module``, which registers ``EnvId``, as ``gymnasium.make`` does."""
+    if ":" not in env_id:
+        return env_id
+    module, name = env_id.split(":", 1)
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise EnvError("env.id", env_id,
+                       f"cannot import module {module!r} of module:EnvId ({error})") from None
+    return name
+
+
 def env_factory(env_cfg: EnvConfig, gamma: float) -> Callable[[], gym.Env]:
     """A zero-argument constructor of one environment; checks the id and extras first."""
-    if env_cfg.tabular or env_cfg.id.startswith("trpo_lab/"):
+    env_id = registered_id(env_cfg.id)
+    if env_cfg.tabular or env_id.startswith("trpo_lab/"):
         _register_tabular()
     try:
-        spec = gym.spec(env_cfg.id)
+        spec = gym.spec(env_id)
     except gym.error.Error as error:
         raise EnvError("env.id", env_cfg.id,
                        f"not a registered gymnasium id ({error})") from None
@@ -56,7 +71,7 @@ def env_factory(env_cfg: EnvConfig, gamma: float) -> Callable[[], gym.Env]:
     kwargs = make_kwargs(env_cfg, gamma)
 
     def make() -> gym.Env:
-        return gym.make(env_cfg.id, disable_env_checker=True, **kwargs)
+        return gym.make(env_id, disable_env_checker=True, **kwargs)
 
     return make
 

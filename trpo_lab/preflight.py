@@ -1,0 +1,113 @@
+"""Checks at start that need more than a field's range: memory, and the cost of evaluation.
+
+- :func:`check` refuses (``ConfigError``, exit 2) a tabular model that cannot fit in memory,
+  estimated from its keys before anything is built.
+- :func:`warnings` names settings that make every update absurdly slow, without refusing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from trpo_lab.config import Config, ConfigError
+
+# the evaluation may cost this many times a batch's env steps per update before we warn
+EVAL_COST_RATIO = 100
+EVAL_COST_MIN_STEPS = 1_000_000
+
+
+def tabular_model_bytes(num_states: int, num_actions: int) -> int:
+    """Peak bytes of a dense tabular model and its exact solution: P [S, A, S] float64 twice
+    (built, then frozen as a copy), and three [S, S] float64 matrices (P_pi, its LU, the
+    one-hot observations)."""
+    s, a = num_states, num_actions
+    return 8 * (2 * s * a * s + 3 * s * s)
+
+
+def _cgroup_available() -> int | None:
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(int(limit) - used, 0)
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: MemAvailable (and the cgroup's limit, if any)."""
+    candidates = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                candidates.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        candidates = []
+    if not candidates:
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            candidates.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    cgroup = _cgroup_available()
+    if cgroup is not None:
+        candidates.append(cgroup)
+    return min(candidates) if candidates else None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def check(cfg: Config, available: int | None = None) -> None:
+    """Refuse what cannot run at all; ``available`` defaults to :func:`available_memory`."""
+    if cfg.env.tabular and cfg.env.name == "garnet":
+        needed = tabular_model_bytes(cfg.env.num_states, cfg.env.num_actions)
+        available = available_memory() if available is None else available
+        if available is not None and needed > available:
+            raise ConfigError(
+                "env.num_states", cfg.env.num_states,
+                f"with env.num_actions={cfg.env.num_actions} the tabular model needs about "
+                f"{human_bytes(needed)} (S*A*S float64 transitions, twice, and S*S matrices), "
+                f"more than the {human_bytes(available)} of memory available; lower "
+                f"env.num_states or env.num_actions")
+
+
+def episode_step_bound(cfg: Config) -> int | None:
+    """The most steps one evaluation episode can take, if the env says."""
+    import gymnasium as gym
+
+    from trpo_lab.envs import EnvError, registered_id, tabular_horizon
+
+    if cfg.env.tabular:
+        return tabular_horizon(cfg.env, cfg.gamma)
+    try:
+        return gym.spec(registered_id(cfg.env.id)).max_episode_steps
+    except (gym.error.Error, EnvError):
+        return None  # the env's own check reports a bad id
+
+
+def eval_steps_per_update(cfg: Config, bound: int) -> float:
+    """At most how many env steps the evaluation plays per update, on average: episodes of
+    pi and of pi', and the held-out episodes, every ``eval.every`` updates."""
+    episodes = 2 * cfg.eval.episodes + cfg.eval.heldout_episodes
+    return episodes * bound / cfg.eval.every
+
+
+def warnings(cfg: Config) -> list[str]:
+    """Settings that run but make every update far slower than it needs to be."""
+    found = []
+    evaluated = cfg.eval.episodes > 0 or cfg.eval.heldout_episodes > 0
+    bound = episode_step_bound(cfg) if evaluated else None
+    if bound:
+        steps = eval_steps_per_update(cfg, bound)
+        if steps > max(EVAL_COST_RATIO * cfg.batch_steps, EVAL_COST_MIN_STEPS):
+            found.append(
+                f"eval.episodes={cfg.eval.episodes} (with eval.heldout_episodes="
+                f"{cfg.eval.heldout_episodes}, eval.every={cfg.eval.every}) plays up to "
+                f"{steps:.3g} evaluation env steps per update ({bound} steps an episode) "
+                f"against batch_steps={cfg.batch_steps} for training: every update may take "
+                f"minutes; lower eval.episodes (0 turns the evaluation off) or raise eval.every")
+    return found
