@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +29,35 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 180,
     full_env = clean_env({"WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})})
     return subprocess.run([sys.executable, "-m", "trpo_lab", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def run_in_process(args: list[str]) -> int:
+    """``trpo-lab ARGS`` in this process (``app.main``, as the console script calls it); its
+    exit code."""
+    from trpo_lab import app
+
+    old_argv, sys.argv = sys.argv, ["trpo-lab", *args]
+    app._State.task_started = False
+    try:
+        app.main()
+        return 0
+    except SystemExit as exit_:
+        return exit_.code
+    finally:
+        sys.argv = old_argv
+
+
+def wait_for_rows(run_dir: Path, rows: int, proc: subprocess.Popen, timeout: float = 120):
+    """Wait until ``proc`` has written more than ``rows`` lines of metrics.csv (header
+    included); fails if the process ends first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = run_dir / "metrics.csv"
+        if path.exists() and path.read_text().count("\n") > rows:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise TimeoutError
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,8 @@ from tests.conftest import (
     read_metrics,
     read_summary,
     run_cli,
+    run_in_process,
+    wait_for_rows,
     wandb_records,
 )
 from trpo_lab.logging import TIME_COLUMNS
@@ -35,17 +36,6 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen:
                             env=clean_env({"WANDB_MODE": "offline"}),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
-
-
-def wait_for_rows(run_dir: Path, rows: int, proc: subprocess.Popen, timeout: float = 120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        path = run_dir / "metrics.csv"
-        if path.exists() and path.read_text().count("\n") > rows:
-            return
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.05)
-    raise TimeoutError
 
 
 def wandb_run_ids(run_dir: Path) -> set[str]:
@@ -172,22 +162,10 @@ NUMERIC_KEYS = {
     lambda keys: st.fixed_dictionaries({k: NUMERIC_KEYS[k] for k in keys})))
 def test_random_numeric_overrides_run_or_are_refused_never_a_traceback(overrides, tmp_path_factory,
                                                                         capsys):
-    from trpo_lab import app
-
     run_dir = tmp_path_factory.mktemp("fuzz")
     args = [f"{k}={v}" for k, v in overrides.items()]
-    argv = ["trpo-lab", *args, "total_steps=200", "logger=none", "critic.epochs=1",
-            "progress=false", f"hydra.run.dir={run_dir}"]
-    old_argv = sys.argv
-    sys.argv = argv
-    app._State.task_started = False
-    try:
-        app.main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    finally:
-        sys.argv = old_argv
+    code = run_in_process([*args, "total_steps=200", "logger=none", "critic.epochs=1",
+                           "progress=false", f"hydra.run.dir={run_dir}"])
     out = capsys.readouterr()
     assert "Traceback" not in out.err + out.out, (args, out.err)
     assert code in (0, 2), (args, code, out.err)

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import clean_env, compose_typed, read_metrics, read_summary
+from tests.conftest import clean_env, compose_typed, read_metrics, read_summary, run_in_process
 from trpo_lab.logging import TIME_COLUMNS
 from trpo_lab.rundir import LOCK_FILE
 from trpo_lab.train import CHECKPOINT, StopSignal, Trainer
@@ -31,17 +31,7 @@ TIMELESS = TIME_COLUMNS
 
 def run_app(args: list[str], capsys) -> tuple[int, str]:
     """``trpo-lab ARGS`` in this process; its exit code and stderr."""
-    from trpo_lab import app
-
-    old_argv, sys.argv = sys.argv, ["trpo-lab", *args]
-    app._State.task_started = False
-    try:
-        app.main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    finally:
-        sys.argv = old_argv
+    code = run_in_process(args)
     return code, capsys.readouterr().err
 
 

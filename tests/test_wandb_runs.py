@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, clean_env, read_metrics, read_summary
+from tests.conftest import TINY, clean_env, read_metrics, read_summary, wait_for_rows
 from trpo_lab.logging import connection_problem, wandb_server
 from trpo_lab.train import exit_code
 
@@ -136,17 +136,6 @@ def test_online_init_refused_by_the_server_falls_back_offline(refusing_server, t
     assert not list((run_dir / "wandb").glob("run-*"))  # the failed attempt's directory went
     (offline,) = offline_runs(run_dir)
     assert history_steps(offline) == [(0, 0), (1, 1)]
-
-
-def wait_for_rows(run_dir: Path, rows: int, proc: subprocess.Popen, timeout: float = 120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        path = run_dir / "metrics.csv"
-        if path.exists() and path.read_text().count("\n") > rows:
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    raise TimeoutError
 
 
 def test_ctrl_c_exits_130_reads_preempted_in_wandb_and_resumes_its_history(tmp_path):
