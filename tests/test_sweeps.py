@@ -6,6 +6,7 @@ import itertools
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
@@ -145,18 +146,101 @@ def test_named_sweeps_compose_with_their_documented_grids(tmp_path):
     assert hydra_cfg["mode"] == "MULTIRUN"
 
 
-def test_slurm_launcher_config_composes():
+def compose_hydra(*overrides: str):
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm",
-                                                       "hydra.launcher.partition=cpu"],
-                      return_hydra_config=True)
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_slurm_launcher_config_composes():
+    launcher = compose_hydra("hydra/launcher=slurm", "hydra.launcher.partition=cpu").hydra.launcher
+    assert launcher._target_ == "hydra_plugins.trpo_lab_launchers.slurm_launcher.SlurmLauncher"
     assert (launcher.partition, launcher.cpus_per_task, launcher.array_parallelism) == (
         "cpu", 1, 256)
     assert launcher.max_num_timeout == 3
+    assert launcher.additional_parameters == {"requeue": True}
+
+
+def test_ray_launcher_configs_start_ray_or_connect_without_an_object_store_size():
+    local = compose_hydra("hydra/launcher=ray_local").hydra.launcher
+    cluster = compose_hydra("hydra/launcher=ray_cluster").hydra.launcher
+    for launcher in (local, cluster):
+        assert launcher._target_ == "hydra_plugins.trpo_lab_launchers.ray_launcher.RayLauncher"
+        assert launcher.ray.remote == {"num_cpus": 1}
+    assert local.ray.init.address is None
+    assert cluster.ray.init == {"address": "auto"}  # Ray refuses anything more when connecting
+
+
+@pytest.mark.parametrize("sweep_dir", ["multirun/plain", "it's a dir = \\odd", "b\\'s\\"])
+def test_pinned_sweep_dir_is_absolute_in_the_config_and_in_the_jobs_overrides(
+        sweep_dir, tmp_path, monkeypatch):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from trpo_lab.cluster import pin_sweep_dir
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_hydra("hydra.sweep.dir=x", "seed=1")
+    cfg.hydra.sweep.dir = sweep_dir
+    assert pin_sweep_dir(cfg) == tmp_path / sweep_dir
+    assert cfg.hydra.sweep.dir == str(tmp_path / sweep_dir)
+    overrides = [o for o in cfg.hydra.overrides.hydra if o.startswith("hydra.sweep.dir=")]
+    assert len(overrides) == 1  # the command line's own hydra.sweep.dir=x is replaced
+    parsed = OverridesParser.create().parse_overrides(overrides)[0]
+    assert parsed.value() == str(tmp_path / sweep_dir)
+
+
+def test_a_sweep_whose_jobs_write_outside_its_dir_reports_no_jobs_and_fails(tmp_path):
+    result = run_cli(["-m", "seed=0,1", *TINY, "logger=none", "hydra.sweep.dir=sweep",
+                      "hydra.sweep.subdir=../elsewhere/${hydra.job.num}"], cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "trpo-lab sweep sweep: no jobs" in result.stdout
+    assert "no job wrote a run directory under sweep" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["0", "1"]
+
+
+def test_a_launcher_that_cannot_submit_is_a_failed_sweep_not_a_refused_config(tmp_path):
+    # no sbatch on PATH: the Slurm launcher raises while submitting
+    result = run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug", "seed=0,1",
+                      *TINY, "logger=none", "hydra.sweep.dir=sweep"], cwd=tmp_path,
+                     env={"PATH": str(tmp_path / "no-bin")})
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "trpo-lab: sweep failed: the Slurm launcher failed:" in result.stderr
+    assert "srun" in result.stderr.splitlines()[-1]  # submitit: "Could not detect srun ..."
+
+
+def test_the_cluster_tests_slow_env_trains_like_cartpole(tmp_path):
+    """tests.cluster_envs:SlowCartPole-v1, the env of the cluster tests' jobs, through
+    gymnasium's ``module:EnvId`` (the job imports the module): CartPole-v1's dynamics without
+    its numpy vector entry point, so the training batches and updates are CartPole-v1's exactly
+    (evaluation episodes are paired differently without the vector entry point)."""
+    plain, custom = tmp_path / "plain", tmp_path / "custom"
+    assert run_cli([*TINY, "logger=none", f"hydra.run.dir={plain}"], cwd=tmp_path,
+                   env={"PYTHONPATH": str(ROOT)}).returncode == 0
+    result = run_cli([*TINY, "logger=none", "env.id=tests.cluster_envs:SlowCartPole-v1",
+                      f"hydra.run.dir={custom}"], cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert read_summary(custom)["status"] == "completed"
+    got, want = read_metrics(custom), read_metrics(plain)
+    training = ["env_steps", "rollout/return_mean", "rollout/episodes", "kl/mean",
+                "policy/entropy", "surrogate/improvement", "value/loss"]
+    pd.testing.assert_frame_equal(got[training], want[training])
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "ray_cluster"])
+def test_named_sweeps_compose_with_the_cluster_launchers(launcher, tmp_path):
+    extra = ["hydra.launcher.partition=cpu"] if launcher == "slurm" else []
+    result = run_cli(["--config-dir", str(SWEEPS), "--config-name", "delta",
+                      f"hydra/launcher={launcher}", *extra, "--cfg", "hydra"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+    assert config["_target_"].startswith("hydra_plugins.trpo_lab_launchers.")
+    assert config["n_jobs"] == 2  # the sweep's joblib setting: accepted, and ignored
+    if launcher == "slurm":
+        from hydra_plugins.trpo_lab_launchers.slurm_launcher import SlurmLauncher
+
+        params = {k: v for k, v in config.items() if k != "_target_"}
+        assert "n_jobs" not in SlurmLauncher(**params).params  # never reaches sbatch
 
 
 def test_wandb_sweep_specs_are_shipped():

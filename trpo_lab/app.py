@@ -1,11 +1,13 @@
 """The ``trpo-lab`` command, a Hydra app, and ``trpo-lab-sweep NAME``, its named sweeps.
 
-Exit codes (README, "Interrupting and resuming"): 0 completed, 1 a run or a sweep job failed
-(also a run refused because a file of its run directory is unreadable or inconsistent), 2 the
-configuration was refused before any training (one line on stderr naming the key and the fix; a
-refused single run leaves no run directory behind; also a run directory in use by another
-process, or a resume with a configuration that differs from the run's), 128 + the signal's
-number for a run interrupted cleanly and resumable (130 after Ctrl-C, 143 after SIGTERM).
+Exit codes (README, "Interrupting and resuming"): 0 completed, 1 a run failed (also a run
+refused because a file of its run directory is unreadable or inconsistent), or a sweep did not
+complete every job (a job failed, is still queued on a cluster or was interrupted, or the
+launcher failed), 2 the configuration was refused before any training (one line on stderr naming
+the key and the fix; a refused single run leaves no run directory behind; also a run directory in
+use by another process, or a resume with a configuration that differs from the run's), 128 + the
+signal's number for a single run interrupted cleanly and resumable (130 after Ctrl-C, 143 after
+SIGTERM).
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ class _State:
 
     @classmethod
     def reset(cls) -> None:
+        from trpo_lab.cluster import forget_launcher_reports
+
         cls.task_started, cls.sweep_failed, cls.exit_code, cls.kept_ancestor = \
             False, False, 0, None
         cls.job_status = {}
+        forget_launcher_reports()
 
 
 def record_job(job_dir: Path | None, job_return) -> None:
@@ -215,6 +220,7 @@ def _say(lines: list[str]) -> None:
 def run_job(cfg: DictConfig) -> str:
     """Validate, build and train one run; returns its status."""
     from trpo_lab import preflight, rundir
+    from trpo_lab.cluster import SlurmSignals
     from trpo_lab.envs import EnvError
     from trpo_lab.policies import PolicySpaceError
     from trpo_lab.resume import ResumeMismatch
@@ -279,6 +285,8 @@ def run_job(cfg: DictConfig) -> str:
     _say(start_lines(trainer))
     stop = StopSignal()
     stop.install()
+    slurm = SlurmSignals(stop)  # inside a Slurm job: requeue, not "interrupted"
+    slurm.install()
     try:
         summary = trainer.run(stop)
     except (RunWriteError, NumericalFailure) as error:  # summary.json says failed if it can
@@ -290,9 +298,11 @@ def run_job(cfg: DictConfig) -> str:
         traceback.print_exc()
         return "failed"
     finally:
+        slurm.restore()
         stop.restore()
         if not multirun and stop.requested:  # saved and ending: a late Ctrl-C changes nothing
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+    summary["status"] = slurm.settle(summary, run_dir)
     _say(end_lines(trainer, summary))
     if summary["status"] == "interrupted":
         print(f"trpo-lab: interrupted after {summary['iterations']} updates; rerun the same "
@@ -380,8 +390,13 @@ def _check_existing_run(config: DictConfig, run_dir: Path) -> None:
 
 
 class SweepReport(Callback):
-    """At the end of a multirun: count completed and failed jobs from their summary.json (and
-    as failed a job that returned "failed" without writing one: a refusal)."""
+    """At the end of a multirun: count the jobs' statuses from their summary.json (and as failed
+    a job that returned "failed" without writing one: a refusal), and from what a cluster
+    launcher saw of jobs that left no summary (or an out-of-date one).
+
+    The sweep failed (exit 1) unless every job completed: a failed job, one still queued on a
+    cluster, an interrupted one (rerun the command to resume it) or no job at all.
+    """
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs: Any) -> None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -390,8 +405,10 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         import json
 
+        from trpo_lab.cluster import launcher_outcomes
+
         sweep_dir = Path(config.hydra.sweep.dir)
-        counts: dict[str, int] = {}
+        statuses: dict[Path, str] = {}
         for hydra_dir in sorted(sweep_dir.glob("**/.hydra")):
             summary = hydra_dir.parent / "summary.json"
             try:
@@ -400,11 +417,24 @@ class SweepReport(Callback):
                 status = "failed"
             if _State.job_status.get(hydra_dir.parent.absolute()) == "failed":
                 status = "failed"
+            statuses[hydra_dir.parent] = status
+        outcomes = launcher_outcomes()
+        statuses.update({run_dir: outcome.status for run_dir, outcome in outcomes.items()})
+        counts: dict[str, int] = {}
+        for status in statuses.values():
             counts[status] = counts.get(status, 0) + 1
-        failed = counts.get("failed", 0)
-        _State.sweep_failed = failed > 0
+        _State.sweep_failed = set(counts) != {"completed"}
         parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         print(f"trpo-lab sweep {sweep_dir}: {parts or 'no jobs'}")
+        for run_dir, outcome in sorted(outcomes.items(), key=lambda item: (
+                len(str(item[0])), str(item[0]))):  # job 2 before job 10
+            print(f"trpo-lab sweep: {run_dir.name}: {outcome.status}: {outcome.detail}")
+        if not statuses:
+            print(f"trpo-lab sweep: error: no job wrote a run directory under {sweep_dir}",
+                  file=sys.stderr)
+        elif counts.get("interrupted"):
+            print(f"trpo-lab sweep: rerun the same command with hydra.sweep.dir={sweep_dir} "
+                  "to resume the interrupted jobs from their checkpoints", file=sys.stderr)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -468,6 +498,17 @@ def _output_dir_problem(argv: list[str]) -> str | None:
     return f"invalid value {key}={target!r}: {problem}" if problem else None
 
 
+def _exit_if_launcher_failed() -> None:
+    """A cluster launcher that raised (Ray cannot connect, sbatch refuses a partition): a failed
+    sweep, exit 1 with its cause, never a refused configuration."""
+    from trpo_lab.cluster import launcher_failure
+
+    failure = launcher_failure()
+    if failure:
+        print(f"trpo-lab: sweep failed: {failure}", file=sys.stderr)
+        sys.exit(1)
+
+
 def main() -> None:
     from hydra.errors import HydraException
 
@@ -485,13 +526,18 @@ def main() -> None:
             # Hydra reports some errors (argument parsing) with exit code 1 before any job
             # starts: those are refusals of the configuration.
             if exit_.code == 1 and not _State.task_started:
+                _exit_if_launcher_failed()
                 sys.exit(2)
             raise
         except (HydraException, OmegaConfBaseException) as error:
             # an unknown option, a value of the wrong type, an unknown key: before any job
             if not ours or _State.task_started:
                 raise
+            _exit_if_launcher_failed()
             _refuse(explain(error, sweeps=list(named_sweeps())))
+        except Exception:
+            _exit_if_launcher_failed()
+            raise
     if _State.sweep_failed:
         sys.exit(1)
     if _State.exit_code:
