@@ -60,9 +60,20 @@ def one_of(*choices: str) -> Check:
     return lambda value: None if value in choices else allowed
 
 
-def positive_int_list(value: Any) -> str | None:
-    ok = all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65536 for v in value)
-    return None if ok else "must be a list of integers in [1, 65536] (may be empty)"
+def int_list(lo: int, hi: int) -> Check:
+    allowed = f"must be a list of integers in [{lo}, {hi}] (may be empty)"
+
+    def check(value: Any) -> str | None:
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+                 for v in value)
+        return None if ok else allowed
+
+    return check
+
+
+def finite_list(value: Any) -> str | None:
+    ok = all(_is_real(v) and abs(v) <= 1e3 for v in value)
+    return None if ok else "must be a list of finite numbers in [-1000, 1000] (may be empty)"
 
 
 def beta_value(value: Any) -> str | None:
@@ -201,7 +212,7 @@ def env_label(name: str | None, env_id: str | None) -> str | None:
 @dataclass
 class PolicyConfig:
     name: str = param("mlp", one_of("mlp", "linear", "tabular"), "mlp, linear or tabular.")
-    hidden_sizes: list[int] = param([64, 64], positive_int_list,
+    hidden_sizes: list[int] = param([64, 64], int_list(1, 65536),
                                     "Actor hidden layers (mlp only). 64x64 is standard.")
     activation: str = param("tanh", one_of("tanh", "relu"), "tanh is the TRPO default.")
     init_log_std: float = param(0.0, interval(-10, 5),
@@ -210,7 +221,7 @@ class PolicyConfig:
 
 @dataclass
 class CriticConfig:
-    hidden_sizes: list[int] = param([64, 64], positive_int_list,
+    hidden_sizes: list[int] = param([64, 64], int_list(1, 65536),
                                     "Critic hidden layers; [] gives a linear critic.")
     lr: float = param(1e-3, interval(0, 10, lo_open=True), "Critic Adam learning rate.")
     adam_eps: float = param(1e-5, interval(0, 1, lo_open=True),
@@ -264,6 +275,44 @@ class EvalConfig:
 
 
 @dataclass
+class ProbeConfig:
+    every: int = param(
+        0, interval(0, 10**9, integer=True),
+        "Probe every K-th update (k % K == 0) and write its rows to probes.csv: the landscape "
+        "of the surrogate and of the true objective along the step and along random "
+        "directions, and the policy gradient's quality against batch size. 0 = off. A probe "
+        "costs about 1-3 s on CartPole and on the garnet (benchmarks/bench_probes.py): 10-50 "
+        "suits a run of 50-500 updates.")
+    alphas: list[float] = param(
+        [-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0], finite_list,
+        "Points theta_old + alpha d of each landscape line, in units of the direction d (d = "
+        "the step taken: alpha = 1 is the new policy). Keep 0 and 1; [] = no landscape rows.")
+    random_directions: int = param(
+        1, interval(0, 100, integer=True),
+        "Random directions of the step's norm (seeded by seed and update) probed beside the "
+        "step: the baseline that shows how special the step's direction is. 0 = step only.")
+    episodes: int = param(
+        64, interval(1, 100000, integer=True),
+        "Paired Monte Carlo episodes per landscape point off the tabular envs (pi_old and "
+        "every point in one vector env, common random numbers): the SE of 'true' falls as "
+        "1/sqrt(episodes). Tabular envs use the exact J and ignore it.")
+    batch_steps: list[int] = param(
+        [64, 256, 1024, 4096, 16384], int_list(1, 10**7),
+        "Env steps of the independent batches whose policy gradients are compared with the "
+        "reference gradient (64 ... 16,384, log spaced, as Ilyas et al. 2020). [] = no "
+        "gradient rows.")
+    batches: int = param(
+        8, interval(2, 1000, integer=True),
+        "Independent batches per batch size: cosine_mean and cosine_se are over them, "
+        "pairwise_cosine_mean over their pairs. Costs batches x sum(batch_steps) env steps.")
+    reference_steps: int = param(
+        65536, interval(1, 10**8, integer=True),
+        "Off the tabular envs, the reference gradient is one estimate from this many fresh "
+        "steps (independent of the batches); its own noise pulls the cosines down, so keep it "
+        ">= 4 x max(batch_steps). Tabular envs use the exact gradient of J and ignore it.")
+
+
+@dataclass
 class CheckpointConfig:
     every: int = param(10, interval(0, 10**9, integer=True),
                        "Checkpoint every N updates (and always at the end). 0 = only at the end.")
@@ -278,6 +327,7 @@ class Config:
     critic: CriticConfig = field(default_factory=CriticConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     seed: int = param(0, interval(0, 2**31 - 1, integer=True), "Seeds every RNG of the run.")
     gamma: float = param(0.99, interval(0, 1, hi_open=True),
                          "Discount of J and of the advantages, in [0, 1).")

@@ -36,11 +36,13 @@ COLUMNS = [
     "value/loss", "value/explained_variance",
     # beyond DESIGN.md's table: numerical guard and the penalty actually used
     "guard/nonfinite", "guard/bad_updates", "penalty/beta",
+    # beyond DESIGN.md's table: the probes (probe.every > 0; rows in probes.csv)
+    "probe/env_steps", "time/probe_s",
 ]
 
 
 # columns that measure the machine, not the run: they differ between identical runs
-TIME_COLUMNS = ["time/wall_s", "time/sps", "time/eval_s"]
+TIME_COLUMNS = ["time/wall_s", "time/sps", "time/eval_s", "time/probe_s"]
 
 
 def first_line(error: BaseException) -> str:
@@ -72,11 +74,14 @@ class MetricsCSV:
     never holds a duplicated or a missing iteration. The checkpoint records the file's size and
     hash (:meth:`position`); a file whose first bytes no longer match is refused
     (:class:`~trpo_lab.rundir.RunFileError`) before anything is written.
+
+    probes.csv is written by the same class (``columns`` = :data:`trpo_lab.probes.COLUMNS`,
+    several rows per probed update): it is always resumed by its checkpointed position.
     """
 
     def __init__(self, path: Path, resume_rows: int | None = None,
-                 expected: MetricsPosition | None = None):
-        self.path = path
+                 expected: MetricsPosition | None = None, columns: list[str] = COLUMNS):
+        self.path, self.columns = path, columns
         self.hash = hashlib.sha256()
         self.size = 0
         self.rows = 0
@@ -84,15 +89,15 @@ class MetricsCSV:
             self._reopen(resume_rows, expected)
         else:
             self.file = path.open("w", newline="")
-            self._append(",".join(COLUMNS) + "\n")
+            self._append(",".join(columns) + "\n")
 
     def _reopen(self, rows: int, expected: MetricsPosition | None) -> None:
         data = self.path.read_bytes()
         kept = checkpointed_rows(self.path, data, rows, expected)
         header = kept.split(b"\n", 1)[0].decode()
-        if header != ",".join(COLUMNS):  # an older schema: rewrite the rows in today's columns
+        if header != ",".join(self.columns):  # an older schema: rewrite in today's columns
             buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
+            writer = csv.DictWriter(buffer, self.columns, lineterminator="\n")
             writer.writeheader()
             writer.writerows(csv.DictReader(io.StringIO(kept.decode())))
             kept = buffer.getvalue().encode()
@@ -114,10 +119,10 @@ class MetricsCSV:
         self.size += len(encoded)
 
     def write(self, row: dict[str, Any]) -> None:
-        unknown = set(row) - set(COLUMNS)
+        unknown = set(row) - set(self.columns)
         if unknown:
-            raise KeyError(f"metrics not in the schema: {sorted(unknown)}")
-        self._append(",".join(_cell(row.get(c)) for c in COLUMNS) + "\n")
+            raise KeyError(f"columns not in the schema of {self.path.name}: {sorted(unknown)}")
+        self._append(",".join(_cell(row.get(c)) for c in self.columns) + "\n")
         self.rows += 1
 
     def position(self) -> MetricsPosition:
@@ -392,11 +397,13 @@ class WandbRun:
         elif self._ready():
             self._send(clean)
 
-    def finish(self, status: str, summary: dict[str, Any], exit_code: int | None = None) -> None:
+    def finish(self, status: str, summary: dict[str, Any], exit_code: int | None = None,
+               tables: Mapping[str, tuple[list[str], list[list[Any]]]] | None = None) -> None:
         """Finish the W&B run: ``exit_code`` 0 for a completed run (W&B: finished), 1 for a
         failed one (failed); an interrupted run is marked preempting (W&B: preempted, the state
         of a run that stopped early and resumes later, not failed) and finishes with its
-        process's exit code (130 after Ctrl-C)."""
+        process's exit code (130 after Ctrl-C). ``tables`` (name -> (columns, rows)) become
+        summary tables beside ``improvement_pairs``."""
         if not self._ready():
             return
         if exit_code is None:
@@ -408,6 +415,8 @@ class WandbRun:
                              "true_improvement", "true_improvement_se", "kl_max"],
                     data=self.pairs)
                 self.run.summary["improvement_pairs"] = table  # a summary, not a history row
+            for name, (columns, rows) in (tables or {}).items():  # e.g. the probes
+                self.run.summary[name] = self.wandb.Table(columns=columns, data=rows)
             for key, value in summary.items():
                 if isinstance(value, int | float | str) and not isinstance(value, bool):
                     self.run.summary[key] = value

@@ -381,12 +381,12 @@ def heldout_batch(policy: Policy, episodes: Episodes, gamma: float, lam: float,
     alive = episodes.alive
     if exact_advantages is not None:
         advantages = exact_advantages[episodes.raw_obs, episodes.actions]
-    else:
+    else:  # the critic on the episodes' steps only (the arrays are padded to the longest)
         with torch.no_grad():
             both = policy.value(_as_tensor(np.concatenate(
-                [episodes.obs.reshape(T * N, obs_dim), episodes.next_obs.reshape(T * N, obs_dim)]
-            ))).double().numpy()
-        values, next_values = both[: T * N].reshape(T, N), both[T * N:].reshape(T, N)
+                [episodes.obs[alive], episodes.next_obs[alive]]))).double().numpy()
+        values, next_values = np.zeros((T, N)), np.zeros((T, N))
+        values[alive], next_values[alive] = np.split(both, 2)
         advantages = reward_scale * gae(scaled_rewards(episodes.rewards, reward_scale), values,
                                         next_values, episodes.terminated, episodes.done, gamma,
                                         lam)

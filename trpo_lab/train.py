@@ -47,8 +47,17 @@ from trpo_lab.logging import (
 )
 from trpo_lab.numerics import flat_grad, flat_params, set_flat_params
 from trpo_lab.policies import Policy
+from trpo_lab.probes import COLUMNS as PROBE_COLUMNS
+from trpo_lab.probes import PROBES, Prober, UpdateContext, probe_tables
 from trpo_lab.resume import ResumeMismatch, config_differences, flat_config
-from trpo_lab.rollout import Batch, Collector, build_batch, exact_batch, heldout_batch
+from trpo_lab.rollout import (
+    Batch,
+    Collector,
+    HeldoutBatch,
+    build_batch,
+    exact_batch,
+    heldout_batch,
+)
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
@@ -183,6 +192,10 @@ def check_run_dir(cfg: Config, run_dir: Path) -> None:
     if metrics.exists():
         checkpointed_rows(metrics, metrics.read_bytes(), state["iteration"],
                           metrics_position(state))
+    probes = run_dir / PROBES
+    if probes.exists() and "probes" in state:
+        position = MetricsPosition(**state["probes"])
+        checkpointed_rows(probes, probes.read_bytes(), position.rows, position)
 
 
 def update_diagnostics(policy: Policy, batch: Batch) -> dict[str, float]:
@@ -248,8 +261,11 @@ class Trainer:
 
             self.exact = exact
         self.sampler = self._sampler()
+        self.prober = Prober(cfg, self.policy, self.mdp, self.exact if self.mdp else None) \
+            if cfg.probe.every else None
         self.heldout_env_steps = 0
         self.eval_env_steps = 0
+        self.probe_env_steps = 0
         self.updates = planned_updates(cfg)
         self.iteration = 0  # updates done
         self.env_steps = 0
@@ -271,6 +287,14 @@ class Trainer:
             self.metrics = MetricsCSV(
                 run_dir / METRICS, resume_rows=self.iteration if self.resumed else None,
                 expected=metrics_position(resume_state) if resume_state is not None else None)
+        self.probes: MetricsCSV | None = None
+        if self.prober is not None:
+            position = None if resume_state is None or "probes" not in resume_state \
+                else MetricsPosition(**resume_state["probes"])
+            with writing(run_dir / PROBES):
+                self.probes = MetricsCSV(
+                    run_dir / PROBES, resume_rows=None if position is None else position.rows,
+                    expected=position, columns=PROBE_COLUMNS)
         # what a resume would start from: the checkpoint on disk (or the start)
         self.saved = self._counters()
         self.checkpoint_on_disk = self.resumed
@@ -311,6 +335,8 @@ class Trainer:
             "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
             "config": flat_config(self.cfg), "metrics": vars(self.metrics.position()),
             "progress_watch": self.progress_watch.state_dict(),
+            "probe_env_steps": self.probe_env_steps,
+            **({"probes": vars(self.probes.position())} if self.probes is not None else {}),
         }
 
     def _load(self, state: dict[str, Any]) -> None:
@@ -321,6 +347,7 @@ class Trainer:
         # checkpoints written before the held-out batch existed have neither counter
         self.heldout_env_steps = state.get("heldout_env_steps", 0)
         self.eval_env_steps = state.get("eval_env_steps", 0)
+        self.probe_env_steps = state.get("probe_env_steps", 0)
         self.policy.load_state_dict(state["policy"])
         self.algo.load_state_dict(state["algo"])
         self.critic.load_state_dict(state["critic"])
@@ -337,6 +364,9 @@ class Trainer:
             return  # this update is on disk already
         with writing(self.run_dir / METRICS):
             self.metrics.sync()
+        if self.probes is not None:
+            with writing(self.run_dir / PROBES):
+                self.probes.sync()
         with writing(self.run_dir / CHECKPOINT):
             save_checkpoint(self.run_dir / CHECKPOINT, self._state())
         self.saved = self._counters()
@@ -346,13 +376,19 @@ class Trainer:
         """The counters of the run as it is now, and where metrics.csv ends."""
         return {"iteration": self.iteration, "env_steps": self.env_steps,
                 "heldout_env_steps": self.heldout_env_steps,
-                "eval_env_steps": self.eval_env_steps, "metrics": self.metrics.position()}
+                "eval_env_steps": self.eval_env_steps, "probe_env_steps": self.probe_env_steps,
+                "metrics": self.metrics.position(),
+                "probes": None if self.probes is None else self.probes.position()}
 
     def _rewind_to_checkpoint(self) -> None:
         """After an update was dropped midway: the run is what the checkpoint on disk holds."""
         saved = dict(self.saved)
         with writing(self.run_dir / METRICS):
             self.metrics.truncate_to(saved.pop("metrics"))
+        probes = saved.pop("probes")
+        if self.probes is not None:
+            with writing(self.run_dir / PROBES):
+                self.probes.truncate_to(probes)
         for name, value in saved.items():
             setattr(self, name, value)
 
@@ -408,16 +444,32 @@ class Trainer:
         row.update(update_diagnostics(self.policy, batch))
         step = theta_new - theta_old
         row["surrogate/linear"] = float(grad_dl @ step)
-        if k % cfg.eval.every == 0 and self.sampler is not None:
+        exact_advantages = old_eval.A if cfg.algo.estimator == "exact" else None
+        probing = self.prober is not None and self.prober.due(k)
+        heldout = None
+        if (k % cfg.eval.every == 0 or probing) and self.sampler is not None:
             start = time.perf_counter()
-            row.update(self._evaluate(actor_old, encode_old, theta_old, theta_new,
-                                      reward_scale, old_eval.A if cfg.algo.estimator == "exact"
-                                      else None))
+            evaluation, heldout = self._evaluate(actor_old, encode_old, theta_old, theta_new,
+                                                 reward_scale, exact_advantages)
+            row.update(evaluation)
             row["time/eval_s"] = time.perf_counter() - start
         if self.mdp is not None:
             row.update(exact_diagnostics(
                 self.exact.compare(self.mdp, pi_old, self._pi_table(), cfg.gamma,
                                    old=old_eval)))
+        if probing:
+            start = time.perf_counter()
+            probe_rows = self.prober.run(UpdateContext(
+                k, self.env_steps, batch, theta_old, theta_new, actor_old, encode_old,
+                reward_scale, heldout, pi_old if self.mdp is not None else None,
+                old_eval if self.mdp is not None else None, exact_advantages))
+            with writing(self.run_dir / PROBES):
+                for probe_row in probe_rows:
+                    self.probes.write(probe_row)
+            self.probe_env_steps += self.prober.env_steps
+            row["time/probe_s"] = time.perf_counter() - start
+        if self.prober is not None:
+            row["probe/env_steps"] = self.probe_env_steps
         if "true/J" in row:
             self.last_true_J = row["true/J"]
         if not batch.exact and cfg.critic.epochs > 0:
@@ -436,14 +488,17 @@ class Trainer:
         return row
 
     def _evaluate(self, actor_old, encode_old, theta_old: torch.Tensor, theta_new: torch.Tensor,
-                  reward_scale: float, exact_advantages: np.ndarray | None) -> dict[str, float]:
-        """Paired Monte Carlo J and dJ, and dL on the held-out episodes, for one update.
+                  reward_scale: float, exact_advantages: np.ndarray | None
+                  ) -> tuple[dict[str, float], HeldoutBatch | None]:
+        """Paired Monte Carlo J and dJ, and dL on the held-out episodes, for one update; and
+        the held-out batch itself (None when eval.heldout_episodes is 0), for the probes.
 
         Both policies see the observation map ``encode_old`` of the collecting policy. The
         held-out batch (the old policy's log-probabilities and gradient, the pre-update
         critic's advantages) is built with the actor set back to theta_old for a moment.
         """
         cfg, k, out = self.cfg, self.iteration, {}
+        heldout = None
         n_eval = cfg.eval.episodes
         actors = [actor_old, self.policy.numpy_actor()] if n_eval else [actor_old]
         runs = self.sampler.run(actors, encode_old, (k,), record=cfg.eval.heldout_episodes > 0)
@@ -467,7 +522,7 @@ class Trainer:
             out.update({"surrogate/improvement_heldout": dl,
                         "surrogate/improvement_heldout_se": dl_se,
                         "surrogate/linear_heldout": float(grad @ (theta_new - theta_old))})
-        return out
+        return out, heldout
 
     # ----------------------------------------------------------------- the loop
     def summary(self, status: str, error: str | None = None) -> dict[str, Any]:
@@ -579,6 +634,8 @@ class Trainer:
             try:
                 with writing(self.run_dir / METRICS):
                     self.metrics.close()
+                if self.probes is not None:
+                    self.probes.close()
             finally:
                 self._close(status, summary)
         return summary
@@ -600,12 +657,22 @@ class Trainer:
             signum = self.stop.signum if self.stop is not None else None
             try:
                 self.wandb.finish(status, summary or self.summary(status),
-                                  exit_code=exit_code(status, signum))
+                                  exit_code=exit_code(status, signum),
+                                  tables=self._probe_tables())
             except KeyboardInterrupt:
                 print("trpo-lab: the W&B run was not finished (interrupted)", file=sys.stderr)
         self.envs.close()
         if self.sampler is not None:
             self.sampler.close()
+        if self.prober is not None:
+            self.prober.close()
+
+    def _probe_tables(self) -> dict[str, tuple[list[str], list[list]]]:
+        """probes.csv as two W&B tables (landscape and gradient rows, each with its columns),
+        read back from the file so that a resumed run's table holds every probed update."""
+        if self.probes is None or not (self.run_dir / PROBES).exists():
+            return {}
+        return probe_tables((self.run_dir / PROBES).read_text())
 
     def _progress(self):
         if not (self.cfg.progress and sys.stdout.isatty()):
