@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis import plots
-from analysis.load import load_all
+from analysis import plots, probe_plots
+from analysis.load import load_all, load_probes
 from analysis.tables import summary_table, write_summary
 
 DJ, DL = plots.DJ, plots.DL
@@ -239,6 +239,40 @@ FIGURES: Mapping[str, Callable[[pd.DataFrame, Options], Figure]] = {
 }
 
 
+def fig_probe_landscape(probes: pd.DataFrame, opts: Options) -> Figure:
+    """Surrogate and true improvement along the step and random directions, per probed
+    update (probes.csv, landscape rows)."""
+    land = probes[probes["probe"] == "landscape"] if "probe" in probes else probes.iloc[:0]
+    if land.empty:
+        raise Skipped("needs probes.csv landscape rows (run with probe.every=K)")
+    fig = probe_plots.landscape_figure(land)
+    plots.caption(fig, "lines: mean over runs; bands: 95% normal interval over runs (one run: "
+                       "±1.96 SE of its paired Monte Carlo dJ and held-out dL); grey: random "
+                       "directions of the step's norm")
+    return fig
+
+
+def fig_probe_gradient(probes: pd.DataFrame, opts: Options) -> Figure:
+    """Gradient quality against batch size (probes.csv, gradient rows)."""
+    grad = probes[probes["probe"] == "gradient"] if "probe" in probes else probes.iloc[:0]
+    if grad.empty:
+        raise Skipped("needs probes.csv gradient rows (run with probe.every=K)")
+    fig = probe_plots.gradient_figure(grad)
+    rows = grad.groupby(["env", "algo"])[["run_dir", "iteration"]].apply(
+        lambda g: len(g.drop_duplicates()))
+    plots.caption(fig, f"lines: mean over runs and probed updates of the mean over each "
+                       f"update's independent batches; bands: 95% normal interval; "
+                       f"{plots.count_text(list(rows), 'probed updates per line')}")
+    return fig
+
+
+#: Figures of the probes table (:func:`analysis.load.load_probes`).
+PROBE_FIGURES: Mapping[str, Callable[[pd.DataFrame, Options], Figure]] = {
+    "probe_landscape": fig_probe_landscape,
+    "probe_gradient": fig_probe_gradient,
+}
+
+
 def png_dpi(fig: Figure, opts: Options) -> float:
     """The PNG resolution: ``opts.dpi`` (default ``savefig.dpi``), lowered so that the saved
     (tight) image is at most ``opts.png_width`` pixels wide."""
@@ -252,21 +286,27 @@ def png_dpi(fig: Figure, opts: Options) -> float:
 
 
 def make_figures(
-    long: pd.DataFrame, out_dir: str | os.PathLike[str], opts: Options | None = None
+    long: pd.DataFrame, out_dir: str | os.PathLike[str], opts: Options | None = None,
+    probes: pd.DataFrame | None = None,
 ) -> list[FigureResult]:
-    """Draw every figure of :data:`FIGURES` that ``long`` supports into ``out_dir``
-    (``NAME.pdf`` and ``NAME.png``); returns one :class:`FigureResult` per figure."""
+    """Draw every figure of :data:`FIGURES` that ``long`` supports, and of
+    :data:`PROBE_FIGURES` that ``probes`` supports, into ``out_dir`` (``NAME.pdf`` and
+    ``NAME.png``); returns one :class:`FigureResult` per figure."""
     opts = opts or Options()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    probes = pd.DataFrame() if probes is None else probes
+    builders = [(name, build, long, "no updates in any run") for name, build in FIGURES.items()]
+    builders += [(name, build, probes, "no probes.csv in any run (run with probe.every=K)")
+                 for name, build in PROBE_FIGURES.items()]
     results = []
     with plots.paper_style():
-        for name, build in FIGURES.items():
-            if long.empty:
-                results.append(FigureResult(name, False, "no updates in any run"))
+        for name, build, table, empty in builders:
+            if table.empty:
+                results.append(FigureResult(name, False, empty))
                 continue
             try:
-                fig = build(long, opts)
+                fig = build(table, opts)
             except Skipped as why:
                 results.append(FigureResult(name, False, str(why)))
                 continue
@@ -401,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         png_width=args.png_width,
         prediction=args.prediction,
     )
-    results = make_figures(long, args.out, opts)
+    results = make_figures(long, args.out, opts, probes=load_probes(index))
     for r in results:
         if r.made:
             print(f"{r.name}: made ({', '.join(p.name for p in r.files)})")

@@ -333,6 +333,14 @@ def _to_numeric(col: pd.Series) -> pd.Series:
     return as_bool.fillna(pd.to_numeric(col.astype(str), errors="coerce")).astype(float)
 
 
+def _complete_lines(text: str) -> tuple[str, bool]:
+    """The text up to its last newline, and whether a cut last line was dropped."""
+    if text.endswith("\n"):
+        return text, False
+    cut = text.rfind("\n")
+    return (text[: cut + 1] if cut >= 0 else ""), bool(text.strip())
+
+
 def parse_metrics_csv(text: str) -> tuple[pd.DataFrame, bool]:
     """Parse the text of a ``metrics.csv``; returns ``(table, truncated)``.
 
@@ -340,11 +348,7 @@ def parse_metrics_csv(text: str) -> tuple[pd.DataFrame, bool]:
     a hard kill and is dropped (``truncated`` is then True); so are malformed lines and repeated
     header lines. Empty text gives an empty table.
     """
-    truncated = False
-    if not text.endswith("\n"):
-        cut = text.rfind("\n")
-        truncated = bool(text.strip())
-        text = text[: cut + 1] if cut >= 0 else ""
+    text, truncated = _complete_lines(text)
     if not text.strip():
         return pd.DataFrame(), truncated
     table = pd.read_csv(io.StringIO(text), on_bad_lines="skip", dtype=str, keep_default_na=False)
@@ -361,6 +365,44 @@ def read_metrics(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, bool]:
     if not p.is_file():
         return pd.DataFrame(), False
     return parse_metrics_csv(p.read_text(encoding="utf-8", errors="replace"))
+
+
+#: Text columns of ``probes.csv``; every other column is numeric.
+PROBE_TEXT_COLUMNS = ("probe", "direction")
+
+
+def read_probes(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A run's ``probes.csv`` (missing: empty table): numeric columns as float, ``probe`` and
+    ``direction`` as text; a cut last line (a killed run) is dropped."""
+    p = Path(path)
+    if not p.is_file():
+        return pd.DataFrame()
+    text, _ = _complete_lines(p.read_text(encoding="utf-8", errors="replace"))
+    if not text.strip():
+        return pd.DataFrame()
+    table = pd.read_csv(io.StringIO(text), on_bad_lines="skip", dtype=str, keep_default_na=False)
+    table = table.replace("", np.nan)
+    for col in table.columns:
+        if col not in PROBE_TEXT_COLUMNS:
+            table[col] = _to_numeric(table[col])
+    return table[table["iteration"].notna()].reset_index(drop=True)
+
+
+def load_probes(index: pd.DataFrame) -> pd.DataFrame:
+    """The probes of every run of ``index`` (:func:`load_run_index`) as one long table: each
+    row of each run's ``probes.csv`` with the run's :data:`RUN_COLUMNS` prepended (a run
+    column that probes.csv also has, ``batch_steps``, as ``run_batch_steps``). Runs without
+    probes add no rows; no run has any: an empty table."""
+    frames = [read_probes(Path(run) / "probes.csv").assign(run_dir=run)
+              for run in index["run_dir"]]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=list(RUN_COLUMNS))
+    long = pd.concat(frames, ignore_index=True)
+    runs = index[list(RUN_COLUMNS)].rename(columns={  # the run's batch_steps: run_batch_steps
+        c: f"run_{c}" for c in RUN_COLUMNS if c != "run_dir" and c in long.columns})
+    long = long.merge(runs, on="run_dir", how="left", validate="many_to_one")
+    return long[list(runs.columns) + [c for c in long.columns if c not in runs.columns]]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1005,7 +1005,9 @@ def test_cli_makes_every_figure(cli_sweep: Path, tmp_path: Path, capsys: Any) ->
         assert f"{name}: made ({name}.pdf, {name}.png)" in printed
         assert (out / f"{name}.pdf").stat().st_size > 0
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-    assert "skipped" not in printed
+    for name in figures.PROBE_FIGURES:  # this sweep ran without probes
+        assert f"{name}: skipped, no probes.csv in any run (run with probe.every=K)" in printed
+    assert printed.count("skipped") == len(figures.PROBE_FIGURES)
     assert "loaded 14 runs (14 completed), 84 updates" in printed
     summary = pd.read_csv(out / "summary.csv")
     # trpo delta=0.01 on 4 (gamma, lambda) cells, trpo delta=0.04, npg, kl_penalty, vpg

@@ -12,6 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
+from analysis import figures
+from analysis.load import load_all, load_probes
+from analysis.probe_plots import chosen_updates, mean_band, trust_region_edge
 from tests.conftest import read_metrics, run_cli, train_in_process, wandb_summary
 from trpo_lab.evaluation import Episodes
 from trpo_lab.probes import (
@@ -116,6 +119,26 @@ def test_probe_tables_split_rows_by_kind():
     assert rows[0][columns.index("cosine_mean")] == 0.25 and len(rows) == 1
 
 
+def test_trust_region_edge_is_exact_for_a_quadratic_kl():
+    alphas = np.array([-0.5, 0.0, 0.5, 1.0, 1.5, 2.0])
+    rows = pd.DataFrame({"alpha": alphas, "kl_mean": 0.004 * alphas**2, "kl_limit": 0.01})
+    assert trust_region_edge(rows) == pytest.approx(math.sqrt(0.01 / 0.004), rel=1e-12)
+    assert math.isnan(trust_region_edge(rows.assign(kl_limit=np.nan)))
+    assert math.isnan(trust_region_edge(rows.assign(kl_mean=1e-4 * alphas**2)))  # never reached
+
+
+def test_mean_band_over_runs_and_from_one_runs_standard_error():
+    rows = pd.DataFrame({"alpha": [0.5, 0.5, 1.0], "true": [1.0, 3.0, 2.0],
+                         "true_se": [9.0, 9.0, 0.5]})
+    band = mean_band(rows, "alpha", "true", "true_se").set_index("alpha")
+    assert band.loc[0.5, "mean"] == 2.0 and band.loc[0.5, "n"] == 2
+    half = 1.959964 * math.sqrt(2.0) / math.sqrt(2)  # sd of (1, 3) over sqrt(2) runs
+    assert band.loc[0.5, "hi"] == pytest.approx(2.0 + half)
+    assert band.loc[1.0, "lo"] == pytest.approx(2.0 - 1.959964 * 0.5)  # one run: its own SE
+    assert chosen_updates([0, 10, 20, 30, 40, 50, 60], 4) == [0, 20, 40, 60]
+    assert chosen_updates([0, 10], 4) == [0, 10]
+
+
 # ------------------------------------------------------------------ probed runs
 
 
@@ -127,11 +150,11 @@ def garnet_probes(tmp_path_factory):
     metrics = train_in_process(run_dir, *GARNET_EXACT, "total_steps=768", "probe.every=2",
                                "probe.alphas=[-0.001,0.0,0.001,0.5,1.0,2.0]",
                                "probe.random_directions=2")
-    return metrics, read_probes(run_dir)
+    return run_dir, metrics, read_probes(run_dir)
 
 
 def test_probe_rows_per_probed_update(garnet_probes):
-    metrics, probes = garnet_probes
+    _, metrics, probes = garnet_probes
     assert sorted(probes["iteration"].unique()) == [0, 2]
     for _, rows in probes.groupby("iteration"):
         land, grad = rows[rows.probe == "landscape"], rows[rows.probe == "gradient"]
@@ -147,7 +170,7 @@ def test_probe_rows_per_probed_update(garnet_probes):
 
 
 def test_landscape_at_zero_and_one_is_the_run_itself(garnet_probes):
-    metrics, probes = garnet_probes
+    _, metrics, probes = garnet_probes
     land = probes[probes.probe == "landscape"]
     at_zero = land[land.alpha == 0]
     assert (at_zero["surrogate"].abs() <= 1e-12).all()
@@ -173,7 +196,7 @@ def test_slopes_of_surrogate_and_true_agree_at_zero(garnet_probes):
     """The seed's last identity, grad L_pi(pi') at pi' = pi equals grad J, along every line:
     central differences at alpha = +-1e-3 of the surrogate and of the exact J agree, and on
     the step they equal the analytic g . dtheta (surrogate/linear)."""
-    metrics, probes = garnet_probes
+    _, metrics, probes = garnet_probes
     land = probes[probes.probe == "landscape"]
     for (iteration, line), rows in land.groupby(["iteration", "line"]):
         by_alpha = rows.set_index("alpha")
@@ -188,7 +211,7 @@ def test_slopes_of_surrogate_and_true_agree_at_zero(garnet_probes):
 
 
 def test_gradient_cosine_rises_with_batch_size_to_the_exact_gradient(garnet_probes):
-    _, probes = garnet_probes
+    _, _, probes = garnet_probes
     for _, grad in probes[probes.probe == "gradient"].groupby("iteration"):
         cosines = grad["cosine_mean"].to_numpy()
         assert (np.diff(cosines) > 0).all(), cosines
@@ -223,7 +246,7 @@ def test_cartpole_probes_pair_episodes_and_resume_to_the_same_rows(tmp_path):
     assert metrics["probe/env_steps"].iloc[-1] == read_metrics(whole)["probe/env_steps"].iloc[-1]
 
 
-def test_probes_reach_wandb_as_tables(tmp_path):
+def test_a_probed_cli_run_reaches_wandb_tables_and_the_figures(tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli([*GARNET_EXACT, "total_steps=256", "probe.every=1",
                       "probe.batch_steps=[64,256]", "logger.mode=offline",
@@ -240,6 +263,15 @@ def test_probes_reach_wandb_as_tables(tmp_path):
         expected = probes[probes.probe == kind]["true" if kind == "landscape" else
                                                 "cosine_mean"].to_numpy()
         np.testing.assert_allclose([row[value] for row in table["data"]], expected)
+    index, _ = load_all(run_dir)
+    loaded = load_probes(index)
+    assert (loaded["env"] == "garnet").all() and (loaded["algo"] == "trpo").all()
+    assert (loaded["run_batch_steps"] == 256).all()  # the run's, beside the probe's batch_steps
+    np.testing.assert_array_equal(loaded["true"].fillna(-9), probes["true"].fillna(-9))
+    out = tmp_path / "figs"
+    assert figures.main([str(run_dir), "--out", str(out), "--reps", "50"]) == 0
+    for name in figures.PROBE_FIGURES:
+        assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(("override", "key"), [
@@ -254,3 +286,4 @@ def test_bad_probe_values_are_refused_naming_the_key(override, key, tmp_path):
     assert result.returncode == 2
     assert key in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+

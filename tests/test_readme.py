@@ -8,7 +8,7 @@ import typing
 from pathlib import Path
 
 from tests.conftest import compose_typed
-from trpo_lab.config import Config, EvalConfig, LoggerConfig, planned_updates
+from trpo_lab.config import Config, EvalConfig, LoggerConfig, ProbeConfig, planned_updates
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -34,6 +34,7 @@ def test_readme_table_names_every_top_level_and_logger_key():
     top = table_row("top level")
     assert not [name for name in scalars if f"`{name}`" not in top]  # progress included
     assert not [f.name for f in dataclasses.fields(EvalConfig) if f"`eval.{f.name}`" not in top]
+    assert not [f.name for f in dataclasses.fields(ProbeConfig) if f"`probe.{f.name}`" not in top]
     logger = table_row("`logger`")
     assert not [f.name for f in dataclasses.fields(LoggerConfig)
                 if f.name != "name" and f"`logger.{f.name}" not in logger]

@@ -112,7 +112,8 @@ def test_rerunning_resumes_an_interrupted_job_from_its_checkpoint(tmp_path):
     assert resumed.drop(columns=timeless).equals(complete.drop(columns=timeless))
 
 
-QUICK_JOBS = {"delta": 2 * 6 * 2, "baselines": 5 * 3 * 2, "gae": 4 * 6 * 2, "penalty": 5 * 2 * 2}
+QUICK_JOBS = {"delta": 2 * 6 * 2, "baselines": 5 * 3 * 2, "gae": 4 * 6 * 2, "penalty": 5 * 2 * 2,
+              "probes": 2 * 2}
 
 
 @pytest.mark.parametrize("name", sorted(QUICK_JOBS))
@@ -130,6 +131,10 @@ def test_named_sweep_quick_variant_runs_every_job(name, tmp_path):
     for job in jobs:
         metrics = read_metrics(job)
         assert len(metrics) == 4 and metrics["kl/mean"].notna().all()
+        if name == "probes":  # probe.every=10: update 0 of the 4 is probed
+            probes = pd.read_csv(job / "probes.csv")
+            assert probes["iteration"].unique().tolist() == [0]
+            assert set(probes["probe"]) == {"landscape", "gradient"}
 
 
 def test_named_sweeps_compose_with_their_documented_grids(tmp_path):
