@@ -257,12 +257,12 @@ def fig_probe_gradient(probes: pd.DataFrame, opts: Options) -> Figure:
     grad = probes[probes["probe"] == "gradient"] if "probe" in probes else probes.iloc[:0]
     if grad.empty:
         raise Skipped("needs probes.csv gradient rows (run with probe.every=K)")
-    fig = probe_plots.gradient_figure(grad)
-    rows = grad.groupby(["env", "algo"])[["run_dir", "iteration"]].apply(
-        lambda g: len(g.drop_duplicates()))
-    plots.caption(fig, f"lines: mean over runs and probed updates of the mean over each "
-                       f"update's independent batches; bands: 95% normal interval; "
-                       f"{plots.count_text(list(rows), 'probed updates per line')}")
+    fig = probe_plots.gradient_figure(probes)  # landscape rows say which steps moved
+    runs = grad.groupby(["env", "algo"])["run_dir"].nunique()
+    plots.caption(fig, f"lines: mean over runs of each probed update's mean over its "
+                       f"independent batches; bands: 95% normal interval over runs (one run: "
+                       f"±1.96 SE over its batches); "
+                       f"{plots.count_text(list(runs), 'runs per line')}")
     return fig
 
 

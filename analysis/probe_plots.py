@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
 from analysis.plots import _axes, algo_color, figure_legend, ordered_levels, panel_grid
@@ -116,25 +117,38 @@ def plot_landscape(rows: pd.DataFrame, ax: Axes | None = None, *,
     return ax
 
 
+def shade(color, fraction: float) -> tuple[float, float, float]:
+    """``color`` mixed with white: ``fraction`` 0 gives a light tint, 1 the colour itself."""
+    rgb = np.asarray(to_rgb(color))
+    return tuple(1.0 - (0.3 + 0.7 * fraction) * (1.0 - rgb))
+
+
 def plot_gradient_quality(rows: pd.DataFrame, ax: Axes | None = None, *,
-                          hue: str = "algo") -> Axes:
-    """Gradient rows (any runs, any probed updates) on ``ax``: per ``hue`` level, the mean
-    cosine to the reference gradient (solid, 95 % band over the rows) and the mean pairwise
-    cosine of two independent batches (dashed), against the batch size on a log axis."""
+                          updates: Sequence[float] | None = None) -> Axes:
+    """Gradient rows of one algorithm (any runs) on ``ax``: per probed update in ``updates``
+    (default: all), the cosine to the reference gradient (solid, mean over runs with a 95 %
+    band over runs, or the single run's standard error over its batches) and the pairwise
+    cosine of two independent batches (dashed), against the batch size on a log axis; later
+    updates in darker shades of the algorithm's colour."""
     ax = _axes(ax)
-    for level in ordered_levels(rows, hue):
-        sub = rows[rows[hue] == level]
-        color = algo_color(_label(level)) if hue == "algo" else None
-        for column, style, name in (("cosine_mean", "-", "cos(batch, reference)"),
-                                    ("pairwise_cosine_mean", "--", "cos(batch, batch)")):
-            line = mean_band(sub, "batch_steps", column)
+    color = algo_color(_label(rows["algo"].iloc[0]))
+    updates = sorted(rows["iteration"].unique()) if updates is None else list(updates)
+    for i, k in enumerate(updates):
+        sub = rows[rows["iteration"] == k]
+        tint = shade(color, i / max(len(updates) - 1, 1))
+        for column, style in (("cosine_mean", "-"), ("pairwise_cosine_mean", "--")):
+            line = mean_band(sub, "batch_steps", column,
+                             "cosine_se" if column == "cosine_mean" else None)
             if line.empty:
                 continue
-            drawn = ax.plot(line["batch_steps"], line["mean"], style, color=color, marker="o",
-                            markersize=2.5, label=f"{_label(level)}: {name}")
+            label = f"update {int(k)}" if column == "cosine_mean" else None
+            ax.plot(line["batch_steps"], line["mean"], style, color=tint, marker="o",
+                    markersize=2.5, label=label)
             if column == "cosine_mean" and line["lo"].notna().any():
                 ax.fill_between(line["batch_steps"], line["lo"], line["hi"], alpha=0.2,
-                                color=drawn[0].get_color(), linewidth=0)
+                                color=tint, linewidth=0)
+    ax.plot([], [], "-", color="0.3", label="cos(batch, reference)")
+    ax.plot([], [], "--", color="0.3", label="cos(batch, batch)")
     ax.set_xscale("log", base=2)
     sizes = np.sort(rows["batch_steps"].dropna().unique())
     ax.set_xticks(sizes, [f"{int(s):,}" for s in sizes], rotation=30)
@@ -154,6 +168,19 @@ def _panel_keys(probes: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted(map(tuple, keys.to_numpy()), key=lambda k: (k[0], order.get(k[1], 99)))
 
 
+def moving_updates(land: pd.DataFrame, rtol: float = 1e-3) -> list[float]:
+    """The probed updates whose step changed the policy: the step line's largest mean KL (over
+    runs and alphas) above ``rtol`` times the largest of any probed update. A rejected step
+    (TRPO's line search; a converged tabular policy, whose gradient is rounding noise) has a
+    flat, empty landscape."""
+    step = land[land["direction"] == "step"]
+    moved = step.groupby("iteration")["kl_mean"].max().to_numpy(dtype=float)
+    iterations = step.groupby("iteration")["kl_mean"].max().index
+    if not len(moved) or not np.nanmax(moved) > 0:
+        return []
+    return sorted(iterations[moved > rtol * np.nanmax(moved)])
+
+
 def chosen_updates(iterations: Sequence[float], most: int = 4) -> list[float]:
     """Up to ``most`` probed updates, evenly spread from the first to the last."""
     values = sorted(set(iterations))
@@ -166,12 +193,14 @@ def chosen_updates(iterations: Sequence[float], most: int = 4) -> list[float]:
 def landscape_figure(probes: pd.DataFrame, most_updates: int = 4,
                      panel_size: tuple[float, float] = (2.0, 1.7)) -> Figure:
     """One row of panels per (env, algorithm), one column per probed update (up to
-    ``most_updates``, spread over training); one legend below."""
+    ``most_updates`` of those whose step moved the policy, :func:`moving_updates`, spread over
+    training); one legend below."""
     land = probes[probes["probe"] == "landscape"]
     keys = _panel_keys(land)
-    updates = {key: chosen_updates(
-        land[(land["env"].astype(str) == key[0]) & (land["algo"].astype(str) == key[1])]
-        ["iteration"], most_updates) for key in keys}
+    updates = {}
+    for key in keys:
+        rows = land[(land["env"].astype(str) == key[0]) & (land["algo"].astype(str) == key[1])]
+        updates[key] = chosen_updates(moving_updates(rows) or rows["iteration"], most_updates)
     ncols = max(len(u) for u in updates.values())
     fig, axes = panel_grid(len(keys) * ncols, panel_size, ncols=ncols)
     for row, key in enumerate(keys):
@@ -184,25 +213,32 @@ def landscape_figure(probes: pd.DataFrame, most_updates: int = 4,
             k = updates[key][col]
             plot_landscape(rows[rows["iteration"] == k], ax)
             runs = rows[rows["iteration"] == k]["run_dir"].nunique()
-            ax.set_title(f"{key[0]}, {key[1]}: update {int(k)} ({runs} run{'s' * (runs > 1)})")
+            ax.set_title(f"{key[0]}, {key[1]}\nupdate {int(k)}, {runs} run{'s' * (runs > 1)}")
             if col:
                 ax.set_ylabel("")
     figure_legend(fig, axes)
     return fig
 
 
-def gradient_figure(probes: pd.DataFrame,
-                    panel_size: tuple[float, float] = (2.4, 1.9)) -> Figure:
-    """One panel per env: :func:`plot_gradient_quality` of its runs, colour per algorithm."""
+def gradient_figure(probes: pd.DataFrame, most_updates: int = 4,
+                    panel_size: tuple[float, float] = (3.6, 1.9)) -> Figure:
+    """One panel per (env, algorithm): :func:`plot_gradient_quality` at up to
+    ``most_updates`` probed updates spread over training (of those whose step moved the
+    policy, when landscape rows say so: :func:`moving_updates`); a legend per panel."""
     grad = probes[probes["probe"] == "gradient"]
-    envs = sorted(grad["env"].astype(str).unique())
-    fig, axes = panel_grid(len(envs), panel_size)
-    for ax, env in zip(axes, envs, strict=True):
-        rows = grad[grad["env"].astype(str) == env]
-        plot_gradient_quality(rows, ax)
+    land = probes[probes["probe"] == "landscape"]
+    keys = _panel_keys(grad)
+    fig, axes = panel_grid(len(keys), panel_size, max_cols=2)
+    for ax, key in zip(axes, keys, strict=True):
+        mine = (grad["env"].astype(str) == key[0]) & (grad["algo"].astype(str) == key[1])
+        rows = grad[mine]
+        moving = moving_updates(land[(land["env"].astype(str) == key[0])
+                                     & (land["algo"].astype(str) == key[1])]) if len(land) else []
+        plot_gradient_quality(rows, ax, updates=chosen_updates(
+            moving or rows["iteration"], most_updates))
         reference = rows["reference_steps"].dropna()
         kind = "exact ∇J" if (reference == 0).all() else \
             f"{int(reference.max()):,}-step estimate"
-        ax.set_title(f"{env} (reference: {kind})")
-    figure_legend(fig, axes)
+        ax.set_title(f"{key[0]}, {key[1]} (reference: {kind})")
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=6, handlelength=1.8)
     return fig

@@ -47,6 +47,7 @@ def test_gradient_agreement_in_closed_form():
     assert out["cosine_se"] == pytest.approx(0.0, abs=1e-15)
     assert out["pairwise_cosine_mean"] == pytest.approx(0.0, abs=1e-15)
     assert out["norm_ratio_mean"] == pytest.approx(math.sqrt(2) / 2, abs=1e-15)
+    assert out["reference_norm"] == 2.0
     # parallel estimates of different lengths: cosines 1 and -1
     out = gradient_agreement(np.array([[3.0, 0, 0], [-1.0, 0, 0], [0.5, 0, 0]]), reference)
     assert out["cosine_mean"] == pytest.approx(1 / 3)

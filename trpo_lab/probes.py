@@ -16,7 +16,9 @@ ones the algorithm chose, :class:`Prober` writes rows to ``probes.csv``:
   of the old policy give gradient estimates g_i of dL at theta_old (the policy gradient, by the
   seed's last identity), compared with a reference gradient by cosine (``cosine_mean``,
   ``cosine_se`` over the batches), with each other (``pairwise_cosine_mean``, which needs no
-  reference) and by norm (``norm_ratio_mean`` = mean |g_i| / |g_ref|). The reference is the
+  reference) and by norm (``norm_ratio_mean`` = mean |g_i| / |g_ref|, ``reference_norm`` =
+  |g_ref|: near 0 once a tabular policy has converged, where cosines mean nothing). The
+  reference is the
   exact gradient of J on tabular envs (``reference_steps`` = 0) and one estimate from
   ``probe.reference_steps`` fresh steps elsewhere.
 
@@ -58,7 +60,7 @@ COLUMNS = [
     "surrogate_exact", "true", "true_se", "kl_mean", "kl_max", "bound", "kl_limit",
     # gradient rows
     "batch_steps", "batches", "cosine_mean", "cosine_se", "pairwise_cosine_mean",
-    "norm_ratio_mean", "reference_steps",
+    "norm_ratio_mean", "reference_norm", "reference_steps",
 ]
 
 LANDSCAPE_COLUMNS = COLUMNS[:COLUMNS.index("batch_steps")]
@@ -83,7 +85,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def gradient_agreement(estimates: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """How M independent gradient estimates [M, P] agree with ``reference`` [P] and with each
     other: mean and standard error over the estimates of cos(g_i, g_ref), the mean of
-    cos(g_i, g_j) over the M(M-1)/2 pairs, and the mean of |g_i| / |g_ref|."""
+    cos(g_i, g_j) over the M(M-1)/2 pairs, the mean of |g_i| / |g_ref|, and |g_ref|."""
     m = estimates.shape[0]
     norms = np.linalg.norm(estimates, axis=1)
     ref_norm = float(np.linalg.norm(reference))
@@ -95,6 +97,7 @@ def gradient_agreement(estimates: np.ndarray, reference: np.ndarray) -> dict[str
         "cosine_se": float(np.std(to_reference, ddof=1) / np.sqrt(m)) if m > 1 else math.nan,
         "pairwise_cosine_mean": float(np.mean(pairs)) if pairs.size else math.nan,
         "norm_ratio_mean": float(np.mean(norms) / ref_norm) if ref_norm > 0 else math.nan,
+        "reference_norm": ref_norm,
     }
 
 
