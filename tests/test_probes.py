@@ -288,3 +288,32 @@ def test_bad_probe_values_are_refused_naming_the_key(override, key, tmp_path):
     assert key in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
 
+
+
+def test_heldout_batch_bootstraps_exactly_as_gae_on_every_next_observation():
+    """heldout_batch evaluates the critic once per step (and at episode ends, and at a cut):
+    its advantages equal GAE with V(next_obs) computed at every step."""
+    from tests.conftest import compose_typed
+    from trpo_lab.envs import make_vector_env
+    from trpo_lab.evaluation import EpisodeSampler, episode_envs
+    from trpo_lab.numerics import gae
+    from trpo_lab.policies import Policy
+    from trpo_lab.rollout import heldout_batch
+
+    cfg = compose_typed("env=cartpole")
+    envs = make_vector_env(cfg.env, 1, cfg.gamma)
+    policy = Policy(envs.single_observation_space, envs.single_action_space, cfg.policy, [8])
+    sampler = EpisodeSampler(episode_envs(cfg.env, cfg.gamma, 6, 1), cfg.gamma, 3)
+    pool = sampler.run([policy.numpy_actor()], lambda x: x.astype(np.float32), (0,),
+                       record=True)[0]
+    episodes, _ = first_steps(pool, 0, int(pool.lengths[:3].sum()) + 2)  # cut the 4th
+    held = heldout_batch(policy, episodes, cfg.gamma, cfg.gae_lambda, 1.0)
+    with torch.no_grad():
+        values = policy.value(torch.as_tensor(episodes.obs)).double().numpy()
+        next_values = policy.value(torch.as_tensor(episodes.next_obs)).double().numpy()
+    expected = gae(episodes.rewards, values, next_values, episodes.terminated, episodes.done,
+                   cfg.gamma, cfg.gae_lambda)[episodes.alive]
+    np.testing.assert_allclose(held.batch.advantages.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert held.env_steps == int(pool.lengths[:3].sum()) + 2
+    sampler.close()
+    envs.close()

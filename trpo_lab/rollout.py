@@ -379,20 +379,27 @@ def heldout_batch(policy: Policy, episodes: Episodes, gamma: float, lam: float,
     """
     T, N, obs_dim = episodes.obs.shape  # noqa: N806
     alive = episodes.alive
+    size = int(alive.sum())
     if exact_advantages is not None:
         advantages = exact_advantages[episodes.raw_obs, episodes.actions]
-    else:  # the critic on the episodes' steps only (the arrays are padded to the longest)
+    else:
+        # the critic on the episodes' steps only (the arrays are padded to the longest), and on
+        # the observations reached at their last steps: before it, step t reaches step t + 1
+        following = np.zeros_like(alive)
+        following[:-1] = alive[1:]
+        last = alive & (episodes.done | ~following)
         with torch.no_grad():
             both = policy.value(_as_tensor(np.concatenate(
-                [episodes.obs[alive], episodes.next_obs[alive]]))).double().numpy()
+                [episodes.obs[alive], episodes.next_obs[last]]))).double().numpy()
         values, next_values = np.zeros((T, N)), np.zeros((T, N))
-        values[alive], next_values[alive] = np.split(both, 2)
+        values[alive] = both[:size]
+        next_values[:-1] = values[1:]
+        next_values[last] = both[size:]
         advantages = reward_scale * gae(scaled_rewards(episodes.rewards, reward_scale), values,
                                         next_values, episodes.terminated, episodes.done, gamma,
                                         lam)
     t_index = np.broadcast_to(np.arange(T)[:, None], (T, N))
     episode_index = np.broadcast_to(np.arange(N)[None, :], (T, N))
-    size = int(alive.sum())
     actions = episodes.actions[alive]
     batch = finish_batch(
         policy, _as_tensor(episodes.obs[alive]),
