@@ -2,7 +2,8 @@
 
 Per update k: collect a batch with the current policy (or build the exact batch on a tabular
 model), estimate J(pi) by paired Monte Carlo, let the algorithm update the actor, measure the
-update (KL, ratios, predicted and true improvement, bounds), train the critic, log one row,
+update (KL, ratios, predicted and true improvement, bounds), probe it when due
+(``probe.every``: rows of probes.csv, :mod:`trpo_lab.probes`), train the critic, log one row,
 and checkpoint when due. The algorithms differ only inside ``algo.update(batch)``.
 """
 
