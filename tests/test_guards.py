@@ -185,3 +185,12 @@ def test_an_absurd_evaluation_cost_warns_naming_the_key():
     assert preflight.warnings(compose_typed()) == []  # the default: 4 episodes
     assert preflight.warnings(compose_typed("env=garnet", "eval.episodes=16",
                                             "batch_steps=256")) == []  # the sweeps' garnet
+
+
+def test_probes_on_long_episodes_warn_naming_the_keys():
+    hopper = compose_typed("env=hopper", "probe.every=10", "eval.episodes=0",
+                           "eval.heldout_episodes=0")
+    (warning,) = preflight.warnings(hopper)
+    assert "probe.every=10" in warning and "1344 envs" in warning and "1000 steps" in warning
+    assert preflight.warnings(compose_typed("probe.every=10")) == []  # CartPole: 672,000
+    assert preflight.warnings(compose_typed("env=garnet", "probe.every=1")) == []  # exact

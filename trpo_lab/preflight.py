@@ -16,6 +16,8 @@ from trpo_lab.config import Config, ConfigError
 # the evaluation may cost this many times a batch's env steps per update before we warn
 EVAL_COST_RATIO = 100
 EVAL_COST_MIN_STEPS = 1_000_000
+# a probe's landscape may step this many env steps before we warn (CartPole: 672,000)
+PROBE_COST_STEPS = 1_000_000
 
 
 def tabular_model_bytes(num_states: int, num_actions: int) -> int:
@@ -110,4 +112,21 @@ def warnings(cfg: Config) -> list[str]:
                 f"{steps:.3g} evaluation env steps per update ({bound} steps an episode) "
                 f"against batch_steps={cfg.batch_steps} for training: every update may take "
                 f"minutes; lower eval.episodes (0 turns the evaluation off) or raise eval.every")
+    probe_bound = episode_step_bound(cfg) if cfg.probe.every and not cfg.env.tabular else None
+    if probe_bound:
+        envs = probe_landscape_envs(cfg)
+        steps = envs * probe_bound
+        if steps > PROBE_COST_STEPS:
+            found.append(
+                f"probe.every={cfg.probe.every}: each probe steps {envs} envs at once for the "
+                f"landscape (probe.episodes={cfg.probe.episodes} x (1 + "
+                f"{len(cfg.probe.alphas)} alphas x {1 + cfg.probe.random_directions} lines)), "
+                f"up to {steps:.3g} env steps ({probe_bound} steps an episode); lower "
+                f"probe.episodes, probe.alphas or probe.random_directions, or raise probe.every")
     return found
+
+
+def probe_landscape_envs(cfg: Config) -> int:
+    """Envs the landscape probe steps together off the tabular envs: pi_old and every point."""
+    points = len(cfg.probe.alphas) * (1 + cfg.probe.random_directions)
+    return cfg.probe.episodes * (1 + points) if points else 0
