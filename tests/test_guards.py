@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import compose_typed, read_metrics, read_summary, run_cli
 from tests.test_run_dir import one_line, run_app
-from trpo_lab import preflight
+from trpo_lab import guards, preflight
 from trpo_lab.config import ConfigError
 from trpo_lab.train import NumericalFailure, Trainer
 
@@ -194,3 +194,13 @@ def test_probes_on_long_episodes_warn_naming_the_keys():
     assert "probe.every=10" in warning and "1344 envs" in warning and "1000 steps" in warning
     assert preflight.warnings(compose_typed("probe.every=10")) == []  # CartPole: 672,000
     assert preflight.warnings(compose_typed("env=garnet", "probe.every=1")) == []  # exact
+
+
+def test_a_converged_exact_tabular_run_is_told_it_converged_not_to_fix_its_rewards():
+    cfg = compose_typed("env=garnet", "policy=tabular", "algo.estimator=exact")
+    rows = [{"iteration": k, "trpo/accepted": 0.0, "surrogate/improvement": 0.0,
+             "true/J": 7.87496} for k in range(10)]
+    cause = guards.stall_cause(cfg, rows)
+    assert "converged (true/J = 7.87496" in cause and "rewards" not in cause
+    sampled = compose_typed("env=garnet", "policy=tabular")
+    assert "check the rewards' scale" in guards.stall_cause(sampled, rows)

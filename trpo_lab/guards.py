@@ -62,7 +62,13 @@ def stall_cause(cfg: Any, rows: list[dict[str, Any]]) -> str:
                 f"zero; use a larger batch_steps (or normalize_advantages=false)")
     if all(r.get("guard/nonfinite") for r in rows):
         return "every update had non-finite numbers"
-    if all(r.get("trpo/accepted") == 0 for r in rows):
+    rejected = all(r.get("trpo/accepted") == 0 for r in rows)
+    if rejected and cfg.env.tabular and cfg.algo.estimator == "exact":
+        return (f"TRPO's line search rejected every step of the exact surrogate: the policy has "
+                f"converged (true/J = {rows[-1].get('true/J', float('nan')):.6g}; its exact "
+                f"gradient is rounding noise), nothing to fix; fewer total_steps end the run "
+                f"there")
+    if rejected:
         return ("TRPO's line search rejected every step (the surrogate never improved within "
                 "algo.delta); check the rewards' scale, algo.delta and algo.backtrack_iters")
     return ("every update was a zero step (a zero policy gradient: advantages all zero or "
