@@ -24,7 +24,14 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from analysis.plots import _axes, algo_color, figure_legend, ordered_levels, panel_grid
+from analysis.plots import (
+    _axes,
+    _label,
+    algo_color,
+    figure_legend,
+    ordered_levels,
+    panel_grid,
+)
 
 Z95 = 1.959964
 #: The landscape's series: column, legend label, line style; the held-out surrogate and the
@@ -36,10 +43,6 @@ SERIES: tuple[tuple[str, str, str], ...] = (
 )
 TRUTH_COLOR = "0.1"
 RANDOM_COLOR = "0.6"
-
-
-def _label(value) -> str:
-    return "?" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
 def mean_band(rows: pd.DataFrame, x: str, value: str, se: str | None = None) -> pd.DataFrame:
