@@ -16,7 +16,14 @@ repeats) and its split into landscape and gradient rows (landscape: the probe wi
 wall time) and the ratio of a probed update's wall time to it.
 """
 
+# ruff: noqa: E402  (the environment variable below must be set before numpy is imported)
 from __future__ import annotations
+
+import os
+
+# one BLAS thread, as in the trpo-lab command (trpo_lab/__init__.py sets it, but this script
+# imports numpy first): a multi-threaded OpenBLAS on small matrices runs several times slower
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import shutil

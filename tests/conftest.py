@@ -1,9 +1,16 @@
 """Shared helpers: run the real ``trpo-lab`` command in a subprocess, read its outputs."""
 
+# ruff: noqa: E402  (the environment variable below must be set before numpy is imported)
 from __future__ import annotations
 
-import json
 import os
+
+# One BLAS thread, as the trpo-lab command has it (trpo_lab/__init__.py), for the runs trained
+# in the test process: a multi-threaded OpenBLAS makes their small products about 2x slower,
+# more with one pytest worker per core.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import json
 import subprocess
 import sys
 import time
