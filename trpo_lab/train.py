@@ -48,7 +48,14 @@ from trpo_lab.logging import (
 from trpo_lab.numerics import flat_grad, flat_params, set_flat_params
 from trpo_lab.policies import Policy
 from trpo_lab.resume import ResumeMismatch, config_differences, flat_config
-from trpo_lab.rollout import Batch, Collector, build_batch, exact_batch, heldout_batch
+from trpo_lab.rollout import (
+    Batch,
+    Collector,
+    RolloutData,
+    build_batch,
+    exact_batch,
+    heldout_batch,
+)
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
@@ -214,6 +221,23 @@ def exact_diagnostics(compare) -> dict[str, float]:
     }
 
 
+@dataclass
+class Update:
+    """What one update carries from phase to phase (see :meth:`Trainer.step`)."""
+
+    t0: float
+    row: dict[str, Any]
+    encode_old: Callable[[np.ndarray], np.ndarray]
+    actor_old: Any  # NumpyActor: the collecting policy
+    pi_old: np.ndarray | None = None  # tabular: pi(.|s) of the collecting policy
+    old_eval: Any = None  # tabular: its exact evaluation
+    reward_scale: float = 1.0
+    batch: Batch | None = None
+    theta_old: torch.Tensor | None = None
+    grad_dl: torch.Tensor | None = None
+    nonfinite: bool = False
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -364,25 +388,38 @@ class Trainer:
         return self.policy.numpy_actor().probabilities(np.eye(self.mdp.num_states))
 
     def step(self) -> dict[str, Any]:
-        cfg, k = self.cfg, self.iteration
-        t0 = time.perf_counter()
-        row: dict[str, Any] = {"iteration": k}
-        # the policy that collects this batch: the actor now, with the observation statistics
-        # now (collecting updates them); every estimate about pi uses exactly this map
-        encode_old = self.collector.frozen_encoder()
-        actor_old = self.policy.numpy_actor()
-        reward_scale = 1.0
+        """One update, in the phases a group of runs (:mod:`trpo_lab.group`) also goes through:
+        there the rollout, the TRPO update and the critic's steps are batched over the runs."""
+        update = self.begin_update()
+        data = None if self.cfg.algo.estimator == "exact" else \
+            self.collector.collect(update.actor_old)
+        self.take_batch(update, data)
+        self.apply_update(update, self.algo.update(update.batch))
+        if self.trains_critic(update):
+            update.row.update(self.critic.update(update.batch))
+        return self.end_update(update)
+
+    def begin_update(self) -> Update:
+        """The policy that collects this batch: the actor now, with the observation statistics
+        now (collecting updates them); every estimate about pi uses exactly this map."""
+        update = Update(time.perf_counter(), {"iteration": self.iteration},
+                        self.collector.frozen_encoder(), self.policy.numpy_actor())
         if self.mdp is not None:
-            pi_old = self._pi_table()
-            old_eval = self.exact.evaluate(self.mdp, pi_old, cfg.gamma)
+            update.pi_old = self._pi_table()
+            update.old_eval = self.exact.evaluate(self.mdp, update.pi_old, self.cfg.gamma)
+        return update
+
+    def take_batch(self, update: Update, data: RolloutData | None) -> None:
+        """The update's batch (exact, or built from the rollout ``data``) and the gradient of
+        dL at theta_old."""
+        cfg, row = self.cfg, update.row
         if cfg.algo.estimator == "exact":
-            batch = exact_batch(self.policy, pi_old, old_eval.A, old_eval.rho, cfg.gamma,
-                                cfg.normalize_advantages)
+            update.batch = exact_batch(self.policy, update.pi_old, update.old_eval.A,
+                                       update.old_eval.rho, cfg.gamma, cfg.normalize_advantages)
         else:
-            data = self.collector.collect(actor_old)
-            reward_scale = data.reward_scale
-            batch = build_batch(self.policy, data, cfg.gamma, cfg.gae_lambda,
-                                cfg.normalize_advantages)
+            update.reward_scale = data.reward_scale
+            update.batch = build_batch(self.policy, data, cfg.gamma, cfg.gae_lambda,
+                                       cfg.normalize_advantages)
             returns = data.stats.returns
             if returns:
                 self.last_returns = returns
@@ -391,11 +428,16 @@ class Trainer:
             row["rollout/episodes"] = len(returns)
         self.env_steps += cfg.batch_steps
         row["env_steps"] = self.env_steps
-
         params = self.policy.actor_parameters()
-        theta_old = flat_params(params)
-        grad_dl = flat_grad(predicted_improvement(self.policy, batch), params)
-        info = self.algo.update(batch)
+        update.theta_old = flat_params(params)
+        update.grad_dl = flat_grad(predicted_improvement(self.policy, update.batch), params)
+
+    def apply_update(self, update: Update, info: dict[str, float]) -> None:
+        """After the algorithm moved the actor: guard, measure the update (KL, ratios, dL, the
+        truth, the bounds)."""
+        cfg, k, row, batch = self.cfg, self.iteration, update.row, update.batch
+        params = self.policy.actor_parameters()
+        theta_old = update.theta_old
         theta_new = flat_params(params)
         nonfinite = info.pop("guard/nonfinite", 0.0) > 0 or not torch.isfinite(theta_new).all() \
             or batch_overflow(batch.advantages, None if batch.exact else batch.returns)
@@ -404,30 +446,35 @@ class Trainer:
             theta_new = theta_old
             if "trpo/accepted" in info:
                 info.update({"trpo/accepted": 0.0, "trpo/step_norm": 0.0})
+        update.nonfinite = bool(nonfinite)
         row.update(info)
         row.update(update_diagnostics(self.policy, batch))
         step = theta_new - theta_old
-        row["surrogate/linear"] = float(grad_dl @ step)
+        row["surrogate/linear"] = float(update.grad_dl @ step)
         if k % cfg.eval.every == 0 and self.sampler is not None:
             start = time.perf_counter()
-            row.update(self._evaluate(actor_old, encode_old, theta_old, theta_new,
-                                      reward_scale, old_eval.A if cfg.algo.estimator == "exact"
+            row.update(self._evaluate(update.actor_old, update.encode_old, theta_old, theta_new,
+                                      update.reward_scale,
+                                      update.old_eval.A if cfg.algo.estimator == "exact"
                                       else None))
             row["time/eval_s"] = time.perf_counter() - start
         if self.mdp is not None:
             row.update(exact_diagnostics(
-                self.exact.compare(self.mdp, pi_old, self._pi_table(), cfg.gamma,
-                                   old=old_eval)))
+                self.exact.compare(self.mdp, update.pi_old, self._pi_table(), cfg.gamma,
+                                   old=update.old_eval)))
         if "true/J" in row:
             self.last_true_J = row["true/J"]
-        if not batch.exact and cfg.critic.epochs > 0:
-            row.update(self.critic.update(batch))
 
-        nonfinite = nonfinite or critic_nonfinite(row)
+    def trains_critic(self, update: Update) -> bool:
+        return not update.batch.exact and self.cfg.critic.epochs > 0
+
+    def end_update(self, update: Update) -> dict[str, Any]:
+        cfg, row = self.cfg, update.row
+        nonfinite = update.nonfinite or critic_nonfinite(row)
         self.bad_updates = self.bad_updates + 1 if nonfinite else 0
         row["guard/nonfinite"] = float(nonfinite)
         row["guard/bad_updates"] = self.bad_updates
-        elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - update.t0
         row["time/wall_s"] = self.wall_before + self._elapsed()
         row["time/sps"] = cfg.batch_steps / elapsed if elapsed > 0 else math.nan
         row["heldout/env_steps"] = self.heldout_env_steps
@@ -513,41 +560,55 @@ class Trainer:
             while self.iteration < self.updates:
                 theta_before = flat_params(self.policy.actor_parameters())
                 row = self.step()
-                with writing(self.run_dir / METRICS):
-                    self.metrics.write(row)
-                self._watch_progress(row, theta_before)
-                if self.wandb is not None:
-                    self.wandb.log(row)
-                if on_row is not None:
-                    on_row(row)
-                if progress is not None:
-                    progress.update(self.cfg.batch_steps)
-                    progress.set_postfix(ret=f"{row.get('rollout/return_mean', math.nan):.1f}",
-                                         kl=f"{row['kl/mean']:.4f}", refresh=False)
-                if self.bad_updates >= self.cfg.max_bad_updates:
-                    raise NumericalFailure(
-                        f"{self.bad_updates} consecutive updates had non-finite numbers "
-                        f"(max_bad_updates={self.cfg.max_bad_updates}); last at iteration "
-                        f"{row['iteration']}{nonfinite_hint(row)}")
-                every = self.cfg.checkpoint.every
-                if every and self.iteration % every == 0 and self.iteration < self.updates:
-                    self.checkpoint()
-                if stop is not None and stop.requested:
+                if self.record(row, theta_before, on_row, progress):
                     status = "interrupted"
                     break
         except KeyboardInterrupt:
             status, dropped = "interrupted", True
         except RunWriteError as exc:
+            raise self.fail(exc, progress) from None
+        except Exception as exc:  # noqa: BLE001  (recorded in summary.json, then re-raised)
+            self.fail(exc, progress)
+            raise
+        return self._finish(status, error, progress, stop, dropped=dropped)
+
+    def fail(self, exc: Exception, progress=None) -> Exception:
+        """End the run as failed after ``exc`` (summary.json, W&B); returns the exception to
+        raise: for a file that cannot be written, one that says what the checkpoint holds."""
+        if isinstance(exc, RunWriteError):
             failure = RunWriteError(exc.path, exc.os_error,
                                     self.saved["iteration"] if self.checkpoint_on_disk else None)
             with contextlib.suppress(RunWriteError):  # the summary may not fit either
-                self._finish("failed", str(failure), progress, stop)
-            raise failure from None
-        except Exception as exc:  # noqa: BLE001  (recorded in summary.json, then re-raised)
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
-            self._finish(status, error, progress, stop)
-            raise
-        return self._finish(status, error, progress, stop, dropped=dropped)
+                self._finish("failed", str(failure), progress, self.stop)
+            return failure
+        self._finish("failed", f"{type(exc).__name__}: {exc}", progress, self.stop)
+        return exc
+
+    def record(self, row: dict[str, Any], theta_before: torch.Tensor,
+               on_row: Callable[[dict[str, Any]], None] | None = None,
+               progress=None) -> bool:
+        """Write an update's row (metrics.csv, W&B), check the run's health, checkpoint when
+        due; True when a stop was requested. Raises :class:`NumericalFailure`."""
+        with writing(self.run_dir / METRICS):
+            self.metrics.write(row)
+        self._watch_progress(row, theta_before)
+        if self.wandb is not None:
+            self.wandb.log(row)
+        if on_row is not None:
+            on_row(row)
+        if progress is not None:
+            progress.update(self.cfg.batch_steps)
+            progress.set_postfix(ret=f"{row.get('rollout/return_mean', math.nan):.1f}",
+                                 kl=f"{row['kl/mean']:.4f}", refresh=False)
+        if self.bad_updates >= self.cfg.max_bad_updates:
+            raise NumericalFailure(
+                f"{self.bad_updates} consecutive updates had non-finite numbers "
+                f"(max_bad_updates={self.cfg.max_bad_updates}); last at iteration "
+                f"{row['iteration']}{nonfinite_hint(row)}")
+        every = self.cfg.checkpoint.every
+        if every and self.iteration % every == 0 and self.iteration < self.updates:
+            self.checkpoint()
+        return self.stop is not None and self.stop.requested
 
     def _watch_progress(self, row: dict[str, Any], theta_before: torch.Tensor) -> None:
         moved = not torch.equal(theta_before, flat_params(self.policy.actor_parameters()))
