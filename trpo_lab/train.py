@@ -409,17 +409,19 @@ class Trainer:
             update.old_eval = self.exact.evaluate(self.mdp, update.pi_old, self.cfg.gamma)
         return update
 
-    def take_batch(self, update: Update, data: RolloutData | None) -> None:
-        """The update's batch (exact, or built from the rollout ``data``) and the gradient of
-        dL at theta_old."""
+    def take_batch(self, update: Update, data: RolloutData | None,
+                   batch: Batch | None = None) -> None:
+        """The update's batch (exact, or built from the rollout ``data`` unless ``batch`` is
+        given: a group builds its runs' batches together) and the gradient of dL at
+        theta_old."""
         cfg, row = self.cfg, update.row
         if cfg.algo.estimator == "exact":
             update.batch = exact_batch(self.policy, update.pi_old, update.old_eval.A,
                                        update.old_eval.rho, cfg.gamma, cfg.normalize_advantages)
         else:
             update.reward_scale = data.reward_scale
-            update.batch = build_batch(self.policy, data, cfg.gamma, cfg.gae_lambda,
-                                       cfg.normalize_advantages)
+            update.batch = batch if batch is not None else build_batch(
+                self.policy, data, cfg.gamma, cfg.gae_lambda, cfg.normalize_advantages)
             returns = data.stats.returns
             if returns:
                 self.last_returns = returns
