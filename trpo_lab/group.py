@@ -29,7 +29,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-
 from trpo_lab.batched import critic_update_runs, trpo_update_runs
 from trpo_lab.config import TRPOConfig
 from trpo_lab.numerics import flat_params
