@@ -236,8 +236,14 @@ class _Stop:
 
 
 def launch_isolated(launcher, job_overrides: Sequence[Sequence[str]],
-                    initial_job_idx: int) -> list[JobReturn]:
+                    initial_job_idx: int,
+                    job_numbers: Sequence[int] | None = None) -> list[JobReturn]:
+    """Run the jobs on isolated workers; ``job_numbers``: each job's ``hydra.job.num``
+    (default: consecutive from ``initial_job_idx``)."""
     from trpo_lab.app import record_job
+
+    if job_numbers is None:
+        job_numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
 
     setup_globals()
     assert launcher.config is not None and launcher.hydra_context is not None
@@ -258,7 +264,7 @@ def launch_isolated(launcher, job_overrides: Sequence[Sequence[str]],
                     if worker is None:
                         break
                     worker.job = pending.popleft()
-                    worker.conn.send((initial_job_idx + worker.job,
+                    worker.conn.send((job_numbers[worker.job],
                                       list(job_overrides[worker.job])))
                 _collect(pool, job_overrides, results, record_job)
         finally:
