@@ -22,6 +22,7 @@ against the single-run functions); the runs never mix.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -70,11 +71,12 @@ class StackedNet:
         values = flat.detach().numpy()
         rows, out, offset = values.shape[0], [], 0
         for o, i, has_bias in self.shapes:
-            w = values[:, offset:offset + o * i].reshape(rows, o, i)
+            # contiguous copies: BLAS's rounding depends on where a matrix starts
+            w = np.ascontiguousarray(values[:, offset:offset + o * i]).reshape(rows, o, i)
             offset += o * i
             b = None
             if has_bias:
-                b = values[:, offset:offset + o]
+                b = np.ascontiguousarray(values[:, offset:offset + o])
                 offset += o
             out.append((w, b))
         return out
@@ -455,17 +457,26 @@ def critic_update_runs(trainers: Sequence, batches: Sequence[Batch]) -> list[dic
             g = torch.cat([gr.reshape(R, -1) for gr in grads], dim=1)
             live_np = live.numpy()
             steps = steps + live_np
-            t = np.maximum(steps, 1)
-            step_size = torch.from_numpy((lr / (1 - b1 ** t)).astype(np.float32))[:, None]
-            correction2 = torch.from_numpy(np.sqrt(1 - b2 ** t).astype(np.float32))[:, None]
-            new_m = m * b1 + g * (1 - b1)
-            new_v = (v * b2).addcmul_(g, g, value=1 - b2)
-            denom = new_v.sqrt().div_(correction2).add_(eps)
-            new_flat = flat + torch.div(new_m, denom).mul_(-step_size)
-            keep = live[:, None]
-            m = torch.where(keep, new_m, m)
-            v = torch.where(keep, new_v, v)
-            flat = torch.where(keep, new_flat, flat)
+            # Adam with Python-float step sizes, as trpo_lab.optim.Adam computes it (a tensor of
+            # per-run step sizes rounds differently: torch divides by a scalar as a product
+            # with its reciprocal); one block per distinct (lr, t), usually the whole group
+            blocks: dict[tuple[float, int], list[int]] = {}
+            for r in np.flatnonzero(live_np):
+                blocks.setdefault((float(lr[r]), int(steps[r])), []).append(int(r))
+            for (rate, t), members in blocks.items():
+                whole = len(members) == R
+                index = None if whole else torch.tensor(members)
+                m_b, v_b = (m, v) if whole else (m[index], v[index])
+                g_b, p_b = (g, flat) if whole else (g[index], flat[index])
+                m_b = m_b.mul(b1).add_(g_b, alpha=1 - b1)
+                v_b = v_b.mul(b2).addcmul_(g_b, g_b, value=1 - b2)
+                denom = v_b.sqrt().div_(math.sqrt(1 - b2**t)).add_(eps)
+                p_b = p_b + torch.div(m_b, denom).mul_(-(rate / (1 - b1**t)))
+                if whole:
+                    m, v, flat = m_b, v_b, p_b
+                else:
+                    m, v = m.index_copy(0, index, m_b), v.index_copy(0, index, v_b)
+                    flat = flat.index_copy(0, index, p_b)
     with torch.no_grad():
         values = torch.from_numpy(net.forward_cache(obs.numpy(), flat).output[..., 0])
         losses = ((values - returns) ** 2).mean(1)
