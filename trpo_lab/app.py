@@ -236,9 +236,10 @@ def run_job(cfg: DictConfig) -> str:
     return train_prepared(prepared)
 
 
-def prepare_run(cfg: DictConfig) -> PreparedRun | str:
+def prepare_run(cfg: DictConfig, in_group: bool = False) -> PreparedRun | str:
     """Validate and build one run (its Trainer), or the status of a job that ends here:
-    refused, failed to build, or completed already."""
+    refused, failed to build, or completed already. ``in_group``: it will train with others
+    in this process (:func:`train_group`)."""
     from trpo_lab import preflight, rundir
     from trpo_lab.envs import EnvError
     from trpo_lab.policies import PolicySpaceError
@@ -275,7 +276,8 @@ def prepare_run(cfg: DictConfig) -> PreparedRun | str:
         group, tags = _sweep_identity(hc)
         trainer = Trainer(typed, run_dir, wandb_config=OmegaConf.to_container(cfg, resolve=True),
                           group=group, tags=tags,
-                          clock_origins={"process": PROCESS_STARTED, "job": job_started})
+                          clock_origins={"process": PROCESS_STARTED, "job": job_started},
+                          in_group=in_group)
     except ResumeMismatch as error:  # the run directory holds another run: leave it as it is
         return _stop_leaving_files(str(error), hc, code=2)
     except (rundir.RunFileError, RunWriteError) as error:

@@ -247,7 +247,9 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, *, wandb_config: dict | None = None,
                  group: str | None = None, tags: list[str] | None = None,
-                 clock_origins: dict[str, float] | None = None):
+                 clock_origins: dict[str, float] | None = None, in_group: bool = False):
+        """``in_group``: the run trains in a group with others in this process
+        (:mod:`trpo_lab.group`): its W&B run is one of several open at once."""
         self.cfg, self.run_dir = cfg, run_dir
         self.resumed = will_resume(cfg, run_dir)
         # checked before anything is built or written: a refused resume changes nothing
@@ -309,7 +311,8 @@ class Trainer:
                 name=f"{label}-{env_label(cfg.env.name, cfg.env.id)}-seed{cfg.seed}-"
                      f"{run_dir.name}",
                 config=wandb_config or {}, run_dir=run_dir, run_id=self.run_id,
-                connect_timeout=cfg.logger.connect_timeout)
+                connect_timeout=cfg.logger.connect_timeout,
+                reinit="create_new" if in_group else "finish_previous")
 
     def _sampler(self) -> EpisodeSampler | None:
         """Rows [0, eval.episodes) of the sampler are the paired evaluation, the next

@@ -88,7 +88,7 @@ def prepare_task(cfg: DictConfig) -> Any:
     group)."""
     from trpo_lab.app import prepare_run
 
-    return prepare_run(cfg)
+    return prepare_run(cfg, in_group=True)
 
 
 class BatchedLauncher(Launcher):
