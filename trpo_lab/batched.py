@@ -291,7 +291,7 @@ def fisher_vector_product_runs(actor: StackedActor, batch: StackedBatch,
     cache = net.forward_cache(batch.obs.numpy())
     weighted_fisher = actor.policy.head.fisher_operator(batch.old_params, batch.weights)
     n_net = net.size
-    damping = damping.to(torch.float32)[:, None]
+    damping = damping[:, None]
 
     def fvp(v: torch.Tensor) -> torch.Tensor:
         u = stacked_jvp(cache, net.split(v[:, :n_net]))
@@ -304,7 +304,7 @@ def fisher_vector_product_runs(actor: StackedActor, batch: StackedBatch,
         else:
             grads = stacked_vjp(cache, w)
         rows = v.shape[0]
-        return torch.cat([g.reshape(rows, -1) for g in grads], dim=1) + damping * v
+        return torch.cat([g.reshape(rows, -1) for g in grads], dim=1) + damping.to(v.dtype) * v
 
     return fvp
 
