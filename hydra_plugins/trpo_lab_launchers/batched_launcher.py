@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
 from hydra.core.utils import run_job as hydra_run_job
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -104,7 +104,7 @@ class BatchedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
-        from trpo_lab.launcher import launch_isolated
+        from trpo_lab.launcher import launch_tasks, worker_count
 
         setup_globals()
         assert self.config is not None
@@ -124,25 +124,37 @@ class BatchedLauncher(Launcher):
             HydraConfig.instance().set_config(sweep_config)
             keys.append(group_key(sweep_config))
         groups, singles = plan_groups(keys, self.max_group)
+        workers = worker_count(self.joblib["n_jobs"], len(groups) + len(singles))
+        groups = spread(groups, workers)
         print(f"trpo-lab: batched launcher: {len(job_overrides)} jobs in {len(groups)} groups "
-              f"({', '.join(str(len(g)) for g in groups) or 'none'}) and {len(singles)} alone",
-              file=sys.stderr, flush=True)
-        results: list[JobReturn | None] = [None] * len(job_overrides)
+              f"({', '.join(str(len(g)) for g in groups) or 'none'}) and {len(singles)} alone, "
+              f"on {workers} worker processes", file=sys.stderr, flush=True)
         for group in groups:
-            for index in group:
-                log.info(f"\t#{initial_job_idx + index} : "
-                         f"{' '.join(filter_overrides(job_overrides[index]))}")
-            for index, ret in zip(group, run_group(self, [configs[i] for i in group])):
-                results[index] = ret
-        if singles:
-            alone = launch_isolated(self, [job_overrides[i] for i in singles], initial_job_idx,
-                                    job_numbers=[initial_job_idx + i for i in singles])
-            for index, ret in zip(singles, alone):
+            log.info("\tgroup: " + ", ".join(f"#{initial_job_idx + i}" for i in group))
+        order = [*groups, *[[i] for i in singles]]
+        tasks = [[(initial_job_idx + i, list(job_overrides[i])) for i in task] for task in order]
+        results: list[JobReturn | None] = [None] * len(job_overrides)
+        for task, rets in zip(order, launch_tasks(self, tasks)):
+            for index, ret in zip(task, rets):
                 results[index] = ret
         return [r for r in results if r is not None]
 
 
-def run_group(launcher: BatchedLauncher, configs: list[DictConfig]) -> list[JobReturn]:
+def spread(groups: list[list[int]], workers: int) -> list[list[int]]:
+    """Split the largest groups in halves until there is a group for every worker (a group
+    uses one core): 10 seeds on 2 workers train as two groups of 5."""
+    groups = [list(g) for g in groups]
+    while len(groups) < workers:
+        largest = max(groups, key=len, default=None)
+        if largest is None or len(largest) < 4:
+            break
+        groups.remove(largest)
+        half = len(largest) // 2
+        groups += [largest[:half], largest[half:]]
+    return sorted(groups, key=lambda g: g[0])
+
+
+def run_group(hydra_context: Any, configs: list[DictConfig]) -> list[JobReturn]:
     """Set every job up as Hydra sets up a lone job (with :func:`prepare_task` as its task),
     train the prepared runs together, and give each job its own status."""
     from trpo_lab import app, rundir
@@ -150,7 +162,7 @@ def run_group(launcher: BatchedLauncher, configs: list[DictConfig]) -> list[JobR
     returns: list[JobReturn] = []
     prepared: list[tuple[int, Any]] = []
     for sweep_config in configs:
-        ret = hydra_run_job(hydra_context=launcher.hydra_context, task_function=prepare_task,
+        ret = hydra_run_job(hydra_context=hydra_context, task_function=prepare_task,
                             config=sweep_config, job_dir_key="hydra.sweep.dir",
                             job_subdir_key="hydra.sweep.subdir")
         run_dir = Path(str(ret.hydra_cfg.hydra.runtime.output_dir)) if ret.hydra_cfg else None
