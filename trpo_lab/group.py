@@ -16,7 +16,11 @@ once, with a leading run axis:
   acceptance mask; the other algorithms update run by run;
 - the critic (:func:`trpo_lab.batched.critic_update_runs`).
 
-The diagnostics of an update, its Monte Carlo truth and held-out batch, and the exact tabular
+- the fresh episodes of the Monte Carlo truth and the held-out batch
+  (:func:`trpo_lab.evaluation.run_samplers`): one policy call per step for every run's
+  episodes, each run's envs and random numbers its own.
+
+The diagnostics of an update, the estimates from its episodes, and the exact tabular
 comparison are computed run by run with the single-run code. A run whose numbers stop being
 finite fails alone (its summary says why) and leaves the group; the others go on. Since each
 run's state lives in its own Trainer, a run checkpointed in a group resumes alone or in another
@@ -31,6 +35,7 @@ from typing import Any
 
 from trpo_lab.batched import critic_update_runs, trpo_update_runs
 from trpo_lab.config import TRPOConfig
+from trpo_lab.evaluation import run_samplers
 from trpo_lab.numerics import flat_params
 from trpo_lab.rollout import build_batches, collect_runs
 from trpo_lab.train import StopSignal, Trainer
@@ -123,7 +128,13 @@ class GroupTrainer:
             else:
                 infos = [trainers[r].algo.update(updates[r].batch) for r in active]
             for r, info in zip(active, infos):
-                trainers[r].apply_update(updates[r], info)
+                trainers[r].guard_update(updates[r], info)
+            requests = {r: trainers[r].evaluation_request(updates[r]) for r in active}
+            sampled = [r for r in active if requests[r] is not None]
+            episodes = dict(zip(sampled, run_samplers([requests[r] for r in sampled])
+                                if sampled else []))
+            for r in active:
+                trainers[r].measure_update(updates[r], episodes.get(r))
             critics = [r for r in active if trainers[r].trains_critic(updates[r])]
             if len(critics) > 1:
                 rows = critic_update_runs([trainers[r].critic for r in critics],

@@ -31,8 +31,10 @@ from trpo_lab.config import Config, ConfigError, env_label, planned_updates
 from trpo_lab.critic import CriticTrainer
 from trpo_lab.envs import env_factory, make_vector_env, tabular_model
 from trpo_lab.evaluation import (
+    Episodes,
     EpisodeSampler,
     MonteCarloEstimate,
+    SamplerRequest,
     deterministic_returns,
     episode_envs,
     paired_difference,
@@ -234,6 +236,7 @@ class Update:
     reward_scale: float = 1.0
     batch: Batch | None = None
     theta_old: torch.Tensor | None = None
+    theta_new: torch.Tensor | None = None
     grad_dl: torch.Tensor | None = None
     nonfinite: bool = False
 
@@ -440,7 +443,12 @@ class Trainer:
     def apply_update(self, update: Update, info: dict[str, float]) -> None:
         """After the algorithm moved the actor: guard, measure the update (KL, ratios, dL, the
         truth, the bounds)."""
-        cfg, k, row, batch = self.cfg, self.iteration, update.row, update.batch
+        self.guard_update(update, info)
+        self.measure_update(update)
+
+    def guard_update(self, update: Update, info: dict[str, float]) -> None:
+        """Non-finite numbers put the old parameters back; the update's size on its batch."""
+        row, batch = update.row, update.batch
         params = self.policy.actor_parameters()
         theta_old = update.theta_old
         theta_new = flat_params(params)
@@ -452,13 +460,33 @@ class Trainer:
             if "trpo/accepted" in info:
                 info.update({"trpo/accepted": 0.0, "trpo/step_norm": 0.0})
         update.nonfinite = bool(nonfinite)
+        update.theta_new = theta_new
         row.update(info)
         row.update(update_diagnostics(self.policy, batch))
-        step = theta_new - theta_old
-        row["surrogate/linear"] = float(update.grad_dl @ step)
-        if k % cfg.eval.every == 0 and self.sampler is not None:
+        row["surrogate/linear"] = float(update.grad_dl @ (theta_new - theta_old))
+
+    def evaluation_request(self, update: Update) -> SamplerRequest | None:
+        """The fresh episodes this update's evaluation needs (after :meth:`guard_update`), or
+        None when it does not evaluate: a group samples its runs' episodes together."""
+        if self.iteration % self.cfg.eval.every != 0 or self.sampler is None:
+            return None
+        actors = [update.actor_old, self.policy.numpy_actor()] if self.cfg.eval.episodes \
+            else [update.actor_old]
+        return SamplerRequest(self.sampler, actors, update.encode_old, (self.iteration,),
+                              self.cfg.eval.heldout_episodes > 0)
+
+    def measure_update(self, update: Update, episodes: list[Episodes] | None = None) -> None:
+        """The truth of the update: paired Monte Carlo J and dJ and the held-out dL (on
+        ``episodes`` when given, sampled here otherwise), and on tabular envs the exact
+        comparison and bounds."""
+        cfg, row = self.cfg, update.row
+        request = self.evaluation_request(update)
+        if request is not None:
             start = time.perf_counter()
-            row.update(self._evaluate(update.actor_old, update.encode_old, theta_old, theta_new,
+            if episodes is None:
+                episodes = self.sampler.run(request.actors, request.encode, request.key,
+                                            record=request.record)
+            row.update(self._evaluate(episodes, update.theta_old, update.theta_new,
                                       update.reward_scale,
                                       update.old_eval.A if cfg.algo.estimator == "exact"
                                       else None))
@@ -487,18 +515,17 @@ class Trainer:
         self.iteration += 1
         return row
 
-    def _evaluate(self, actor_old, encode_old, theta_old: torch.Tensor, theta_new: torch.Tensor,
+    def _evaluate(self, runs: list[Episodes], theta_old: torch.Tensor, theta_new: torch.Tensor,
                   reward_scale: float, exact_advantages: np.ndarray | None) -> dict[str, float]:
-        """Paired Monte Carlo J and dJ, and dL on the held-out episodes, for one update.
+        """Paired Monte Carlo J and dJ, and dL on the held-out episodes, for one update, from
+        the sampler's ``runs`` of the old and new policy (:meth:`evaluation_request`).
 
-        Both policies see the observation map ``encode_old`` of the collecting policy. The
-        held-out batch (the old policy's log-probabilities and gradient, the pre-update
-        critic's advantages) is built with the actor set back to theta_old for a moment.
+        Both policies saw the observation map of the collecting policy. The held-out batch (the
+        old policy's log-probabilities and gradient, the pre-update critic's advantages) is
+        built with the actor set back to theta_old for a moment.
         """
-        cfg, k, out = self.cfg, self.iteration, {}
+        cfg, out = self.cfg, {}
         n_eval = cfg.eval.episodes
-        actors = [actor_old, self.policy.numpy_actor()] if n_eval else [actor_old]
-        runs = self.sampler.run(actors, encode_old, (k,), record=cfg.eval.heldout_episodes > 0)
         if n_eval:
             old, new = (run.columns(slice(0, n_eval)) for run in runs)
             self.eval_env_steps += old.steps + new.steps
