@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from tests.conftest import compose_typed, read_metrics, read_summary, run_cli, wandb_history
 from trpo_lab.group import GroupTrainer
 from trpo_lab.logging import TIME_COLUMNS
-from trpo_lab.train import NumericalFailure, Trainer
+from trpo_lab.train import NumericalFailure, StopSignal, Trainer
 
 SMALL = ["logger=none", "progress=false", "total_steps=1024", "batch_steps=256", "num_envs=2",
          "critic.epochs=2", "critic.minibatches=2", "eval.episodes=2",
@@ -158,6 +158,28 @@ def test_a_run_checkpointed_in_a_group_resumes_alone_exactly(tmp_path):
     pd.testing.assert_frame_equal(read_metrics(regroup / "0").drop(columns=TIME_COLUMNS),
                                   straight1.drop(columns=TIME_COLUMNS), rtol=1e-6)
     assert len(read_metrics(regroup / "1")) == 4
+
+
+def test_a_stop_interrupts_every_run_after_its_update_and_each_resumes_exactly(tmp_path):
+    """SIGTERM or Ctrl-C (a StopSignal) in a group: every run finishes its update, checkpoints
+    and is interrupted; each then resumes alone to the lone run's metrics."""
+    stop = StopSignal()
+    stop.requested = True  # as if a signal came during the first update
+    trainers = []
+    for seed in (0, 1):
+        (tmp_path / "group" / str(seed)).mkdir(parents=True)
+        trainers.append(Trainer(compose_typed(*SMALL, f"seed={seed}"),
+                                tmp_path / "group" / str(seed), in_group=True))
+    results = GroupTrainer(trainers).run(stop)
+    assert [summary["status"] for summary, _ in results] == ["interrupted"] * 2
+    assert [summary["iterations"] for summary, _ in results] == [1, 1]
+    for seed in (0, 1):
+        run_dir = tmp_path / "group" / str(seed)
+        assert read_summary(run_dir)["status"] == "interrupted"
+        Trainer(compose_typed(*SMALL, f"seed={seed}"), run_dir).run()
+        straight = train_alone(tmp_path / f"straight{seed}", *SMALL, f"seed={seed}")
+        pd.testing.assert_frame_equal(read_metrics(run_dir).drop(columns=TIME_COLUMNS),
+                                      straight.drop(columns=TIME_COLUMNS), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- the launcher
