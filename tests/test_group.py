@@ -188,7 +188,11 @@ def sweep_config(**task):
 
 
 def test_group_keys_ignore_only_shape_preserving_keys():
-    from hydra_plugins.trpo_lab_launchers.batched_launcher import group_key, plan_groups
+    from hydra_plugins.trpo_lab_launchers.batched_launcher import (
+        group_key,
+        plan_groups,
+        spread,
+    )
 
     base = {"seed": 0, "gamma": 0.99, "batch_steps": 2048, "algo": {"name": "trpo",
                                                                     "delta": 0.01}}
@@ -206,6 +210,10 @@ def test_group_keys_ignore_only_shape_preserving_keys():
     assert group_key(sweep_config(seed="${oc.env:NO_SUCH_VARIABLE_HERE}")) is None
     groups, singles = plan_groups(["a", "b", "a", None, "a", "a", "a"], max_group=2)
     assert groups == [[0, 2], [4, 5]] and singles == [1, 3, 6]
+    # one group per worker: 10 seeds on 2 workers are two groups of 5; 3 jobs stay one group
+    assert spread([list(range(10))], 2) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert spread([[0, 1, 2]], 2) == [[0, 1, 2]]
+    assert spread([list(range(8)), [8, 9]], 4) == [[0, 1], [2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 def test_batched_sweep_writes_every_runs_outputs_and_reports_a_failed_job(tmp_path):

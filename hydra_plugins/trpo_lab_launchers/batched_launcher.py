@@ -124,8 +124,8 @@ class BatchedLauncher(Launcher):
             HydraConfig.instance().set_config(sweep_config)
             keys.append(group_key(sweep_config))
         groups, singles = plan_groups(keys, self.max_group)
+        groups = spread(groups, worker_count(self.joblib["n_jobs"], len(job_overrides)))
         workers = worker_count(self.joblib["n_jobs"], len(groups) + len(singles))
-        groups = spread(groups, workers)
         print(f"trpo-lab: batched launcher: {len(job_overrides)} jobs in {len(groups)} groups "
               f"({', '.join(str(len(g)) for g in groups) or 'none'}) and {len(singles)} alone, "
               f"on {workers} worker processes", file=sys.stderr, flush=True)
