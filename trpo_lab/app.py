@@ -18,6 +18,7 @@ PROCESS_STARTED = time.time()  # this module is the first the console script imp
 
 import contextlib  # noqa: E402
 import copy  # noqa: E402
+import dataclasses  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
@@ -217,20 +218,36 @@ def _say(lines: list[str]) -> None:
         print(line, flush=True)
 
 
+@dataclasses.dataclass
+class PreparedRun:
+    """A job past validation with its Trainer built, not yet trained (a group of them trains
+    together: :func:`train_group`)."""
+
+    trainer: Any
+    hc: Any  # the job's HydraConfig
+    run_dir: Path
+
+
 def run_job(cfg: DictConfig) -> str:
     """Validate, build and train one run; returns its status."""
+    prepared = prepare_run(cfg)
+    if isinstance(prepared, str):
+        return prepared
+    return train_prepared(prepared)
+
+
+def prepare_run(cfg: DictConfig, in_group: bool = False) -> PreparedRun | str:
+    """Validate and build one run (its Trainer), or the status of a job that ends here:
+    refused, failed to build, or completed already. ``in_group``: it will train with others
+    in this process (:func:`train_group`)."""
     from trpo_lab import preflight, rundir
-    from trpo_lab.cluster import SlurmSignals
     from trpo_lab.envs import EnvError
     from trpo_lab.policies import PolicySpaceError
     from trpo_lab.resume import ResumeMismatch
     from trpo_lab.train import (
         CHECKPOINT,
-        NumericalFailure,
         RunWriteError,
-        StopSignal,
         Trainer,
-        exit_code,
         load_resume_state,
         read_summary,
         write_summary,
@@ -259,7 +276,8 @@ def run_job(cfg: DictConfig) -> str:
         group, tags = _sweep_identity(hc)
         trainer = Trainer(typed, run_dir, wandb_config=OmegaConf.to_container(cfg, resolve=True),
                           group=group, tags=tags,
-                          clock_origins={"process": PROCESS_STARTED, "job": job_started})
+                          clock_origins={"process": PROCESS_STARTED, "job": job_started},
+                          in_group=in_group)
     except ResumeMismatch as error:  # the run directory holds another run: leave it as it is
         return _stop_leaving_files(str(error), hc, code=2)
     except (rundir.RunFileError, RunWriteError) as error:
@@ -282,6 +300,16 @@ def run_job(cfg: DictConfig) -> str:
         traceback.print_exc()
         return "failed"
     _State.task_started = True
+    return PreparedRun(trainer, hc, run_dir)
+
+
+def train_prepared(prepared: PreparedRun) -> str:
+    """Train a prepared run alone; returns its status."""
+    from trpo_lab.cluster import SlurmSignals
+    from trpo_lab.train import NumericalFailure, RunWriteError, StopSignal, exit_code
+
+    trainer, hc, run_dir = prepared.trainer, prepared.hc, prepared.run_dir
+    multirun = hc.mode == RunMode.MULTIRUN
     _say(start_lines(trainer))
     stop = StopSignal()
     stop.install()
@@ -310,6 +338,43 @@ def run_job(cfg: DictConfig) -> str:
         if not multirun:
             _State.exit_code = exit_code("interrupted", stop.signum)
     return summary["status"]
+
+
+def train_group(prepared: list[PreparedRun]) -> list[str]:
+    """Train prepared runs of one shape together (:class:`trpo_lab.group.GroupTrainer`, for
+    ``hydra/launcher=batched``); returns each run's status. Each run says what a lone run says
+    when it starts and ends; a run that fails is reported as a failed job, the others go on.
+    Ctrl-C or SIGTERM interrupts every run of the group after its current update."""
+    from trpo_lab.group import GroupTrainer
+    from trpo_lab.train import NumericalFailure, RunWriteError, StopSignal
+
+    for run in prepared:
+        _say(start_lines(run.trainer))
+    stop = StopSignal()
+    stop.install()
+    try:
+        results = GroupTrainer([run.trainer for run in prepared]).run(stop)
+    finally:
+        stop.restore()
+    statuses = []
+    for run, (summary, error) in zip(prepared, results):
+        if error is not None:
+            if isinstance(error, (RunWriteError, NumericalFailure)):
+                statuses.append(_stop_leaving_files(str(error), run.hc, code=1))
+            else:
+                print(f"trpo-lab: job {run.hc.job.num}: failed: {type(error).__name__}: "
+                      f"{error}; summary.json and metrics.csv in {run.run_dir}", file=sys.stderr,
+                      flush=True)
+                traceback.print_exception(error)
+                statuses.append("failed")
+            continue
+        _say(end_lines(run.trainer, summary))
+        if summary["status"] == "interrupted":
+            print(f"trpo-lab: interrupted after {summary['iterations']} updates; rerun the "
+                  f"same command with hydra.sweep.dir={run.hc.sweep.dir} to resume",
+                  file=sys.stderr)
+        statuses.append(summary["status"])
+    return statuses
 
 
 def _stop_leaving_files(message: str, hc, code: int) -> str:

@@ -214,49 +214,7 @@ class EpisodeSampler:
             key: tuple[int, ...], record: bool = False) -> list[Episodes]:
         """Episodes of each actor with the random numbers of ``key``; with ``record``, the
         first actor's steps are kept (for a held-out batch)."""
-        n, m = self.episodes, self.copies
-        if len(actors) != m:
-            raise ValueError(f"the sampler steps {m} env copies: pass {m} actors")
-        stacked = NumpyActor.stack([actor.as_float32() for actor in actors])
-        seeds = np.random.SeedSequence([self.seed, *key]).generate_state(n)
-        policy_rng = np.random.default_rng([self.seed, *key, 1])
-        env_rng = np.random.default_rng([self.seed, *key, 2])
-        raw = self.envs.reset(seeds)
-        returns = np.zeros((m, n))
-        lengths = np.zeros((m, n), np.int64)
-        discount = 1.0
-        active = np.ones((m, n), bool)
-        steps: list[tuple] = []
-        for _ in range(MAX_EVAL_STEPS):
-            x = encode(raw)
-            noise = stacked.noise(policy_rng, n).astype(np.float32)
-            actions = stacked.sample_from_noise(x.reshape(m, n, -1), noise)
-            flat_actions = actions.reshape(m * n, *actions.shape[2:])
-            if not self.discrete:
-                flat_actions = np.clip(flat_actions, self.low, self.high)
-            next_raw, reward, terminated, truncated = self.envs.step(flat_actions,
-                                                                      env_rng.random(n))
-            reward = reward.reshape(m, n)
-            done = np.logical_or(terminated, truncated).reshape(m, n)
-            returns += np.where(active, discount * reward, 0.0)
-            lengths += active
-            if record:
-                steps.append((raw[:n], x[:n], actions[0], reward[0], terminated[:n], done[0],
-                              active[0].copy(), next_raw[:n]))
-            active &= ~done
-            raw = next_raw
-            discount *= self.gamma
-            if not active.any():
-                break
-        episodes = [Episodes(returns[i], lengths[i]) for i in range(m)]
-        if record:
-            raw_obs, obs, acts, rewards, terminated, done, alive, next_raw = (
-                np.stack(column) for column in zip(*steps))
-            T = obs.shape[0]  # noqa: N806
-            next_obs = encode(next_raw.reshape(T * n, *next_raw.shape[2:])).reshape(obs.shape)
-            episodes[0] = Episodes(returns[0], lengths[0], raw_obs, obs, next_obs, acts,
-                                   rewards, terminated, done, alive)
-        return episodes
+        return run_samplers([SamplerRequest(self, actors, encode, key, record)])[0]
 
     def close(self) -> None:
         self.envs.close()
@@ -288,3 +246,93 @@ def deterministic_returns(make_env: Callable[[], gym.Env], actor: NumpyActor,
     finally:
         env.close()
     return returns
+
+
+@dataclass
+class SamplerRequest:
+    """One run's :meth:`EpisodeSampler.run` call, for :func:`run_samplers`."""
+
+    sampler: EpisodeSampler
+    actors: list[NumpyActor]
+    encode: Callable[[np.ndarray], np.ndarray]
+    key: tuple[int, ...]
+    record: bool = False
+
+
+def run_samplers(requests: list[SamplerRequest]) -> list[list[Episodes]]:
+    """:meth:`EpisodeSampler.run` for several runs in lockstep (a group of runs,
+    trpo_lab.group): one call of all runs' stacked actors per step; each run's envs, encoder
+    and random numbers its own, so each run's episodes are those of its own call. The samplers
+    have the same number of episodes and copies. A run whose episodes have all ended stops
+    stepping; the loop ends with the last one."""
+    R = len(requests)  # noqa: N806
+    first = requests[0].sampler
+    n, m = first.episodes, first.copies
+    for request in requests:
+        if len(request.actors) != m:
+            raise ValueError(f"the sampler steps {m} env copies: pass {m} actors")
+    stacked = NumpyActor.stack([a.as_float32() for r in requests for a in r.actors])
+    policy_rngs, env_rngs, raws = [], [], []
+    for request in requests:
+        sampler = request.sampler
+        seeds = np.random.SeedSequence([sampler.seed, *request.key]).generate_state(n)
+        policy_rngs.append(np.random.default_rng([sampler.seed, *request.key, 1]))
+        env_rngs.append(np.random.default_rng([sampler.seed, *request.key, 2]))
+        raws.append(sampler.envs.reset(seeds))
+    returns = np.zeros((R, m, n))
+    lengths = np.zeros((R, m, n), np.int64)
+    discount = np.ones(R)
+    gammas = np.array([request.sampler.gamma for request in requests])
+    active = np.ones((R, m, n), bool)
+    running = np.ones(R, bool)
+    steps: list[list[tuple]] = [[] for _ in range(R)]
+    xs: list[np.ndarray | None] = [None] * R
+    obs_dim = None
+    for _ in range(MAX_EVAL_STEPS):
+        live = np.flatnonzero(running)
+        for r in live:
+            xs[r] = requests[r].encode(raws[r])
+            obs_dim = xs[r].shape[-1]
+        x = np.stack([xs[r] if running[r] else np.zeros((m * n, obs_dim), np.float32)
+                      for r in range(R)])
+        noises = {r: stacked.noise(policy_rngs[r], n) for r in live}
+        idle = np.zeros_like(noises[live[0]])
+        noise = np.stack([noises.get(r, idle) for r in range(R)]).astype(np.float32)
+        actions = stacked.sample_from_noise(x.reshape(R * m, n, -1),
+                                            np.repeat(noise, m, axis=0))
+        actions = actions.reshape(R, m, n, *actions.shape[2:])
+        for r in live:
+            sampler = requests[r].sampler
+            flat_actions = actions[r].reshape(m * n, *actions.shape[3:])
+            if not sampler.discrete:
+                flat_actions = np.clip(flat_actions, sampler.low, sampler.high)
+            next_raw, reward, terminated, truncated = sampler.envs.step(
+                flat_actions, env_rngs[r].random(n))
+            reward = reward.reshape(m, n)
+            done = np.logical_or(terminated, truncated).reshape(m, n)
+            returns[r] += np.where(active[r], discount[r] * reward, 0.0)
+            lengths[r] += active[r]
+            if requests[r].record:
+                raw = raws[r]
+                steps[r].append((raw[:n], xs[r][:n], actions[r, 0], reward[0],
+                                 terminated[:n], done[0], active[r, 0].copy(), next_raw[:n]))
+            active[r] &= ~done
+            raws[r] = next_raw
+            if not active[r].any():
+                running[r] = False
+        discount *= gammas
+        if not running.any():
+            break
+    out = []
+    for r, request in enumerate(requests):
+        episodes = [Episodes(returns[r, i], lengths[r, i]) for i in range(m)]
+        if request.record:
+            raw_obs, obs, acts, rewards, terminated, done, alive, next_raw = (
+                np.stack(column) for column in zip(*steps[r]))
+            T = obs.shape[0]  # noqa: N806
+            next_obs = request.encode(next_raw.reshape(T * n, *next_raw.shape[2:])).reshape(
+                obs.shape)
+            episodes[0] = Episodes(returns[r, 0], lengths[r, 0], raw_obs, obs, next_obs, acts,
+                                   rewards, terminated, done, alive)
+        out.append(episodes)
+    return out

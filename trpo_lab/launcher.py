@@ -99,8 +99,19 @@ def job_dir(sweep_config) -> Path:
     return Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
 
 
+def sweep_config_of(hydra_context, config, idx: int, overrides: Sequence[str]):
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+        sweep_config.hydra.job.num = idx
+    return sweep_config
+
+
 def worker_main(conn: Connection, payload: bytes, parent_pid: int) -> None:
-    """Run the jobs the parent sends, one at a time, until it sends None or goes away."""
+    """Run the tasks the parent sends, one at a time, until it sends None or goes away. A task
+    is a list of jobs ``(idx, overrides)``: one job runs as a lone run, several train together
+    as a group (``hydra/launcher=batched``: :func:`~hydra_plugins.trpo_lab_launchers.
+    batched_launcher.run_group`)."""
     os.setpgrp()  # the terminal's Ctrl-C goes to the sweep's process, which passes it on
     stop_with_parent(parent_pid)
     hydra_context, config, task_function, singleton_state = cloudpickle.loads(payload)
@@ -111,22 +122,24 @@ def worker_main(conn: Connection, payload: bytes, parent_pid: int) -> None:
             return
         if message is None:
             return
-        idx, overrides = message
         setup_globals()
         Singleton.set_state(singleton_state)
-        sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
-            sweep_config.hydra.job.num = idx
-        HydraConfig.instance().set_config(sweep_config)
+        configs = [sweep_config_of(hydra_context, config, idx, overrides)
+                   for idx, overrides in message]
         try:
-            conn.send(("started", str(job_dir(sweep_config))))
-            ret = run_job(hydra_context=hydra_context, config=sweep_config,
-                          task_function=task_function, job_dir_key="hydra.sweep.dir",
-                          job_subdir_key="hydra.sweep.subdir")
-            conn.send(("done", cloudpickle.dumps(ret)))
+            conn.send(("started", [str(job_dir(c)) for c in configs]))
+            if len(configs) == 1:
+                HydraConfig.instance().set_config(configs[0])
+                rets = [run_job(hydra_context=hydra_context, config=configs[0],
+                                task_function=task_function, job_dir_key="hydra.sweep.dir",
+                                job_subdir_key="hydra.sweep.subdir")]
+            else:
+                from hydra_plugins.trpo_lab_launchers.batched_launcher import run_group
+
+                rets = run_group(hydra_context, configs)
+            conn.send(("done", cloudpickle.dumps(rets)))
         except (BrokenPipeError, ConnectionResetError):
-            return  # the sweep's process is gone; the job has saved what it had
+            return  # the sweep's process is gone; the jobs have saved what they had
 
 
 # ----------------------------------------------------------------------------- in the parent
@@ -134,8 +147,8 @@ def worker_main(conn: Connection, payload: bytes, parent_pid: int) -> None:
 class Worker:
     process: Any
     conn: Connection
-    job: int | None = None  # index into the launch's jobs
-    job_dir: Path | None = None
+    job: int | None = None  # index into the launch's tasks
+    job_dirs: list[Path] = field(default_factory=list)  # of the task's jobs, once started
 
 
 @dataclass
@@ -237,6 +250,16 @@ class _Stop:
 
 def launch_isolated(launcher, job_overrides: Sequence[Sequence[str]],
                     initial_job_idx: int) -> list[JobReturn]:
+    """``hydra/launcher=joblib``: every job a task of its own on the isolated workers."""
+    tasks = [[(initial_job_idx + i, list(o))] for i, o in enumerate(job_overrides)]
+    return [ret for rets in launch_tasks(launcher, tasks) for ret in rets]
+
+
+def launch_tasks(launcher, tasks: Sequence[Sequence[tuple[int, Sequence[str]]]]
+                 ) -> list[list[JobReturn]]:
+    """Run ``tasks`` (each a list of jobs ``(hydra.job.num, overrides)``; several jobs train
+    together as a group) on ``launcher.joblib["n_jobs"]`` isolated workers; the JobReturns of
+    each task's jobs. A worker that dies fails the jobs of its task."""
     from trpo_lab.app import record_job
 
     setup_globals()
@@ -245,10 +268,10 @@ def launch_isolated(launcher, job_overrides: Sequence[Sequence[str]],
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     payload = cloudpickle.dumps((launcher.hydra_context, launcher.config,
                                  launcher.task_function, Singleton.get_state()))
-    n_workers = worker_count(launcher.joblib["n_jobs"], len(job_overrides))
+    n_workers = worker_count(launcher.joblib["n_jobs"], len(tasks))
     pool = Pool(payload)
-    results: list[JobReturn | None] = [None] * len(job_overrides)
-    pending = deque(range(len(job_overrides)))
+    results: list[list[JobReturn] | None] = [None] * len(tasks)
+    pending = deque(range(len(tasks)))
     with _Stop(pool) as stop:
         try:
             while (pending and not stop.count) or pool.busy():
@@ -258,21 +281,21 @@ def launch_isolated(launcher, job_overrides: Sequence[Sequence[str]],
                     if worker is None:
                         break
                     worker.job = pending.popleft()
-                    worker.conn.send((initial_job_idx + worker.job,
-                                      list(job_overrides[worker.job])))
-                _collect(pool, job_overrides, results, record_job)
+                    worker.conn.send([(num, list(o)) for num, o in tasks[worker.job]])
+                _collect(pool, tasks, results, record_job)
         finally:
             pool.close()
     if stop.count:
-        done = sum(r is not None for r in results)
+        done = sum(len(r) for r in results if r is not None)
+        total = sum(len(t) for t in tasks)
         print(f"trpo-lab: sweep {launcher.config.hydra.sweep.dir} interrupted ({done} of "
-              f"{len(results)} jobs ended, the running ones checkpointed); rerun the same "
+              f"{total} jobs ended, the running ones checkpointed); rerun the same "
               f"command to resume", file=sys.stderr, flush=True)
         sys.exit(130)
     return [r for r in results if r is not None]
 
 
-def _collect(pool: Pool, job_overrides, results, record_job) -> None:
+def _collect(pool: Pool, tasks, results, record_job) -> None:
     """Wait for a message or a death among the busy workers and act on it."""
     busy = pool.busy()
     by_handle = {}
@@ -287,23 +310,29 @@ def _collect(pool: Pool, job_overrides, results, record_job) -> None:
             if worker.conn.poll():
                 kind, value = worker.conn.recv()
                 if kind == "started":
-                    worker.job_dir = Path(value)
+                    worker.job_dirs = [Path(v) for v in value]
                     continue
-                ret = cloudpickle.loads(value)
-                results[worker.job] = ret
-                record_job(worker.job_dir, ret)
-                worker.job, worker.job_dir = None, None
+                rets = cloudpickle.loads(value)
+                results[worker.job] = rets
+                for directory, ret in zip(worker.job_dirs, rets):
+                    record_job(directory, ret)
+                worker.job, worker.job_dirs = None, []
                 continue
         except (EOFError, OSError):
             pass  # the pipe broke: the worker is dead or dying
         if ready is worker.process.sentinel or not worker.process.is_alive():
             worker.process.join(timeout=5)
-            reason = _mark_dead_job(worker.job_dir, worker.process.exitcode)
-            print(f"trpo-lab: job {worker.job_dir or worker.job}: {reason}", file=sys.stderr,
-                  flush=True)
-            ret = _dead_job_return(job_overrides[worker.job], worker.job_dir)
-            results[worker.job] = ret
-            record_job(worker.job_dir, ret)
+            task = tasks[worker.job]
+            directories = worker.job_dirs or [None] * len(task)
+            rets = []
+            for (num, overrides), directory in zip(task, directories):
+                reason = _mark_dead_job(directory, worker.process.exitcode)
+                print(f"trpo-lab: job {directory or num}: {reason}", file=sys.stderr,
+                      flush=True)
+                ret = _dead_job_return(overrides, directory)
+                record_job(directory, ret)
+                rets.append(ret)
+            results[worker.job] = rets
             pool.remove(worker)
 
 

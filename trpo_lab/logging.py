@@ -268,7 +268,10 @@ class WandbRun:
 
     def __init__(self, *, mode: str, project: str, entity: str | None, group: str | None,
                  job_type: str, tags: list[str], name: str, config: dict, run_dir: Path,
-                 run_id: str, connect_timeout: float = 1.0):
+                 run_id: str, connect_timeout: float = 1.0, reinit: str = "finish_previous"):
+        """``reinit``: ``finish_previous`` (a process's runs one after another: a run left
+        open by an earlier job is finished) or ``create_new`` (several runs open at once in one
+        process: a group of runs, trpo_lab.group)."""
         os.environ["WANDB_MODE"] = mode
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_CONSOLE", "off")
@@ -278,7 +281,7 @@ class WandbRun:
         self.run_dir, self.run_id = run_dir, run_id
         self.kwargs = dict(project=project, entity=entity, group=group, job_type=job_type,
                            tags=tags, name=name, config=config, dir=str(run_dir), id=run_id,
-                           resume="allow", reinit="finish_previous")
+                           resume="allow", reinit=reinit)
         self.run = None
         self.local_dir: str | None = None
         self.url: str | None = None

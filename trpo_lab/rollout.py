@@ -131,60 +131,9 @@ class Collector:
         return encode
 
     def collect(self, actor: NumpyActor) -> RolloutData:
-        """Step every env ``steps`` times with ``actor``; autoreset in the same step.
-
-        The sub-environments of the vector env are stepped directly with SyncVectorEnv's
-        same-step autoreset semantics (an ended episode's last observation is kept for the
-        bootstrap, the env is reset at once), without its per-step info merging; episode
-        bookkeeping is derived from the buffers afterwards.
-        """
-        T, N = self.steps, self.num_envs  # noqa: N806
-        raw_obs = np.array(self.raw_obs)
-        first = self.encode(raw_obs)
-        obs_dim = first.shape[1]
-        obs_buf = np.empty((T, N, obs_dim), np.float32)
-        raw_buf = np.empty((T, *raw_obs.shape), raw_obs.dtype) if self.obs_rms is not None \
-            else None
-        act_shape = () if self.discrete else self.action_space.shape
-        act_buf = np.empty((T, N, *act_shape), np.int64 if self.discrete else np.float64)
-        rew_buf = np.empty((T, N))
-        term_buf = np.zeros((T, N), bool)
-        done_buf = np.zeros((T, N), bool)
-        final_index: list[tuple[int, int]] = []
-        final_obs: list[np.ndarray] = []
-        envs = self.envs.envs
-        low = high = None
-        if not self.discrete:
-            low, high = self.action_space.low, self.action_space.high
-        for t in range(T):
-            x = self.encode(raw_obs)
-            obs_buf[t] = x
-            if raw_buf is not None:
-                raw_buf[t] = raw_obs
-            actions = actor.sample(x, self.rng)
-            act_buf[t] = actions
-            env_actions = actions if self.discrete else np.clip(actions, low, high)
-            for i, env in enumerate(envs):
-                obs_i, reward, terminated, truncated, _ = env.step(env_actions[i])
-                rew_buf[t, i] = reward
-                if terminated or truncated:
-                    term_buf[t, i] = terminated
-                    done_buf[t, i] = True
-                    final_index.append((t, i))
-                    final_obs.append(obs_i)
-                    obs_i, _ = env.reset()
-                raw_obs[i] = obs_i
-        self.raw_obs = raw_obs
-        self.total_steps += T * N
-        time_buf, stats = self._episode_bookkeeping(rew_buf, done_buf)
-        last = self.encode(raw_obs)
-        finals = self.encode(np.asarray(final_obs)) if final_obs else np.empty((0, obs_dim),
-                                                                                np.float32)
-        if self.obs_rms is not None:
-            self.obs_rms.update(encode_observations(
-                self.obs_space, raw_buf.reshape(T * N, *raw_obs.shape[1:])))
-        return RolloutData(obs_buf, act_buf, rew_buf, term_buf, done_buf, time_buf, last,
-                           final_index, finals, stats, self._reward_scale(rew_buf, done_buf))
+        """Step every env ``steps`` times with ``actor``; autoreset in the same step (see
+        :func:`collect_runs`, of which this is the group of one)."""
+        return collect_runs([self], [actor])[0]
 
     def _reward_scale(self, rewards: np.ndarray, done: np.ndarray) -> float:
         """Update the return statistics with this batch; the std the batch's rewards are
@@ -250,6 +199,81 @@ class Collector:
             restore_physics(env, physics)
 
 
+def collect_runs(collectors: list[Collector], actors: list[NumpyActor]) -> list[RolloutData]:
+    """One batch per run: collector r steps its envs ``steps`` times with ``actors[r]``.
+
+    The runs step in lockstep with one policy call per step for all of them (the actors
+    stacked: a leading run axis on every weight); each run draws its noise from its own
+    generator, exactly as alone, so a run's batch does not depend on the others in its group
+    (up to the rounding of the stacked matrix products). All collectors have the same number
+    of envs and steps.
+
+    The sub-environments are stepped directly with SyncVectorEnv's same-step autoreset
+    semantics (an ended episode's last observation is kept for the bootstrap, the env is reset
+    at once), without its per-step info merging; episode bookkeeping is derived from the
+    buffers afterwards.
+    """
+    first_collector = collectors[0]
+    R, T, N = len(collectors), first_collector.steps, first_collector.num_envs  # noqa: N806
+    stacked = actors[0] if R == 1 else NumpyActor.stack(actors)
+    raw_obs = [np.array(c.raw_obs) for c in collectors]
+    obs_dim = first_collector.encode(raw_obs[0]).shape[1]
+    discrete = first_collector.discrete
+    space = first_collector.action_space
+    act_shape = () if discrete else space.shape
+    obs_buf = np.empty((R, T, N, obs_dim), np.float32)
+    raw_buf = [np.empty((T, *raw.shape), raw.dtype) if c.obs_rms is not None else None
+               for c, raw in zip(collectors, raw_obs)]
+    act_buf = np.empty((R, T, N, *act_shape), np.int64 if discrete else np.float64)
+    rew_buf = np.empty((R, T, N))
+    term_buf = np.zeros((R, T, N), bool)
+    done_buf = np.zeros((R, T, N), bool)
+    final_index: list[list[tuple[int, int]]] = [[] for _ in range(R)]
+    final_obs: list[list[np.ndarray]] = [[] for _ in range(R)]
+    low = high = None
+    if not discrete:
+        low, high = space.low, space.high
+    for t in range(T):
+        for r, c in enumerate(collectors):
+            obs_buf[r, t] = c.encode(raw_obs[r])
+            if raw_buf[r] is not None:
+                raw_buf[r][t] = raw_obs[r]
+        if R == 1:
+            actions = stacked.sample(obs_buf[0, t], first_collector.rng)[None]
+        else:
+            noise = np.stack([a.noise(c.rng, N) for a, c in zip(actors, collectors)])
+            actions = stacked.sample_from_noise(obs_buf[:, t], noise)
+        act_buf[:, t] = actions
+        env_actions = actions if discrete else np.clip(actions, low, high)
+        for r, c in enumerate(collectors):
+            raw = raw_obs[r]
+            for i, env in enumerate(c.envs.envs):
+                obs_i, reward, terminated, truncated, _ = env.step(env_actions[r, i])
+                rew_buf[r, t, i] = reward
+                if terminated or truncated:
+                    term_buf[r, t, i] = terminated
+                    done_buf[r, t, i] = True
+                    final_index[r].append((t, i))
+                    final_obs[r].append(obs_i)
+                    obs_i, _ = env.reset()
+                raw[i] = obs_i
+    out = []
+    for r, c in enumerate(collectors):
+        c.raw_obs = raw_obs[r]
+        c.total_steps += T * N
+        time_buf, stats = c._episode_bookkeeping(rew_buf[r], done_buf[r])
+        last = c.encode(raw_obs[r])
+        finals = c.encode(np.asarray(final_obs[r])) if final_obs[r] else \
+            np.empty((0, obs_dim), np.float32)
+        if c.obs_rms is not None:
+            c.obs_rms.update(encode_observations(
+                c.obs_space, raw_buf[r].reshape(T * N, *raw_obs[r].shape[1:])))
+        out.append(RolloutData(obs_buf[r], act_buf[r], rew_buf[r], term_buf[r], done_buf[r],
+                               time_buf, last, final_index[r], finals, stats,
+                               c._reward_scale(rew_buf[r], done_buf[r])))
+    return out
+
+
 def physics_state(env: gym.Env) -> dict | None:
     """What pickling a MuJoCo env loses: it is rebuilt from its constructor arguments, so the
     simulator state and the env's RNG are saved beside it (pure-Python envs pickle whole)."""
@@ -297,42 +321,65 @@ def scaled_rewards(rewards: np.ndarray, reward_scale: float) -> np.ndarray:
 
 def build_batch(policy: Policy, data: RolloutData, gamma: float, lam: float,
                 normalize_advantages: bool) -> Batch:
-    """Critic values, GAE and weights for a rollout.
+    """Critic values, GAE and weights for a rollout (:func:`build_batches` for one run).
 
     With reward normalisation (``data.reward_scale`` != 1) the critic and GAE work on the
     scaled, clipped rewards; ``Batch.advantages`` is multiplied back to units of reward (exact
     unless a reward was clipped) so every logged estimate stays in units of J.
     """
-    T, N, obs_dim = data.obs.shape  # noqa: N806
-    flat_obs = data.obs.reshape(T * N, obs_dim)
-    with torch.no_grad():
-        all_values = policy.value(_as_tensor(
-            np.concatenate([flat_obs, data.last_obs, data.final_obs]))).double().numpy()
-    values = all_values[: T * N].reshape(T, N)
-    next_values = np.empty_like(values)
-    next_values[:-1] = values[1:]
-    next_values[-1] = all_values[T * N: T * N + N]
-    for (t, i), v in zip(data.final_index, all_values[T * N + N:]):
-        next_values[t, i] = v  # terminated steps are zeroed inside gae
-    rewards = scaled_rewards(data.rewards, data.reward_scale)
-    advantages = gae(rewards, values, next_values, data.terminated, data.done, gamma, lam)
-    starts = int((data.episode_time == 0).sum())
-    episodes = starts if starts else N  # no start: one segment per env
-    dl_weights = gamma ** data.episode_time.astype(np.float64) / episodes
+    return build_batches([policy], [data], [gamma], [lam], normalize_advantages)[0]
+
+
+def build_batches(policies: list[Policy], datas: list[RolloutData], gammas: list[float],
+                  lams: list[float], normalize_advantages: bool) -> list[Batch]:
+    """:func:`build_batch` for R runs of one shape: each run's critic values, then one GAE
+    recursion over all runs' envs side by side ([T, R * N], each column with its run's gamma
+    and lambda), then each run's weights."""
+    R = len(datas)  # noqa: N806
+    T, N, obs_dim = datas[0].obs.shape  # noqa: N806
+    values, next_values = np.empty((T, R * N)), np.empty((T, R * N))
+    for r, (policy, data) in enumerate(zip(policies, datas)):
+        flat_obs = data.obs.reshape(T * N, obs_dim)
+        with torch.no_grad():
+            all_values = policy.value(_as_tensor(
+                np.concatenate([flat_obs, data.last_obs, data.final_obs]))).double().numpy()
+        v = values[:, r * N:(r + 1) * N]
+        v[:] = all_values[: T * N].reshape(T, N)
+        nv = next_values[:, r * N:(r + 1) * N]
+        nv[:-1] = v[1:]
+        nv[-1] = all_values[T * N: T * N + N]
+        for (t, i), value in zip(data.final_index, all_values[T * N + N:]):
+            nv[t, i] = value  # terminated steps are zeroed inside gae
+    columns = [slice(r * N, (r + 1) * N) for r in range(R)]
+    rewards = np.concatenate([scaled_rewards(d.rewards, d.reward_scale) for d in datas], axis=1)
+    terminated = np.concatenate([d.terminated for d in datas], axis=1)
+    done = np.concatenate([d.done for d in datas], axis=1)
+    if R == 1:
+        gamma_cols, lam_cols = gammas[0], lams[0]
+    else:
+        gamma_cols, lam_cols = np.repeat(gammas, N), np.repeat(lams, N)
+    all_advantages = gae(rewards, values, next_values, terminated, done, gamma_cols, lam_cols)
     size = T * N
-    return finish_batch(
-        policy,
-        _as_tensor(flat_obs),
-        _as_tensor(data.actions.reshape(size, *data.actions.shape[2:]),
-                   torch.long if policy.head.kind == "categorical" else torch.float32),
-        _as_tensor(data.reward_scale * advantages.reshape(size)),
-        _as_tensor((advantages + values).reshape(size)),
-        _as_tensor(values.reshape(size)),
-        torch.full((size,), 1.0 / size),
-        _as_tensor(dl_weights.reshape(size)),
-        normalize_advantages,
-        exact=False,
-    )
+    batches = []
+    for r, (policy, data) in enumerate(zip(policies, datas)):
+        advantages, v = all_advantages[:, columns[r]], values[:, columns[r]]
+        starts = int((data.episode_time == 0).sum())
+        episodes = starts if starts else N  # no start: one segment per env
+        dl_weights = gammas[r] ** data.episode_time.astype(np.float64) / episodes
+        batches.append(finish_batch(
+            policy,
+            _as_tensor(data.obs.reshape(size, obs_dim)),
+            _as_tensor(data.actions.reshape(size, *data.actions.shape[2:]),
+                       torch.long if policy.head.kind == "categorical" else torch.float32),
+            _as_tensor(data.reward_scale * advantages.reshape(size)),
+            _as_tensor((advantages + v).reshape(size)),
+            _as_tensor(v.reshape(size)),
+            torch.full((size,), 1.0 / size),
+            _as_tensor(dl_weights.reshape(size)),
+            normalize_advantages,
+            exact=False,
+        ))
+    return batches
 
 
 def exact_batch(policy: Policy, pi: np.ndarray, advantages: np.ndarray, rho: np.ndarray,

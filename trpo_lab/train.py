@@ -32,8 +32,10 @@ from trpo_lab.config import Config, ConfigError, env_label, planned_updates
 from trpo_lab.critic import CriticTrainer
 from trpo_lab.envs import env_factory, make_vector_env, tabular_model
 from trpo_lab.evaluation import (
+    Episodes,
     EpisodeSampler,
     MonteCarloEstimate,
+    SamplerRequest,
     deterministic_returns,
     episode_envs,
     paired_difference,
@@ -55,6 +57,7 @@ from trpo_lab.rollout import (
     Batch,
     Collector,
     HeldoutBatch,
+    RolloutData,
     build_batch,
     exact_batch,
     heldout_batch,
@@ -228,6 +231,25 @@ def exact_diagnostics(compare) -> dict[str, float]:
     }
 
 
+@dataclass
+class Update:
+    """What one update carries from phase to phase (see :meth:`Trainer.step`)."""
+
+    t0: float
+    row: dict[str, Any]
+    encode_old: Callable[[np.ndarray], np.ndarray]
+    actor_old: Any  # NumpyActor: the collecting policy
+    pi_old: np.ndarray | None = None  # tabular: pi(.|s) of the collecting policy
+    old_eval: Any = None  # tabular: its exact evaluation
+    reward_scale: float = 1.0
+    batch: Batch | None = None
+    theta_old: torch.Tensor | None = None
+    theta_new: torch.Tensor | None = None
+    grad_dl: torch.Tensor | None = None
+    nonfinite: bool = False
+    heldout: HeldoutBatch | None = None  # the evaluation's held-out batch, for the probes
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -237,7 +259,9 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, *, wandb_config: dict | None = None,
                  group: str | None = None, tags: list[str] | None = None,
-                 clock_origins: dict[str, float] | None = None):
+                 clock_origins: dict[str, float] | None = None, in_group: bool = False):
+        """``in_group``: the run trains in a group with others in this process
+        (:mod:`trpo_lab.group`): its W&B run is one of several open at once."""
         self.cfg, self.run_dir = cfg, run_dir
         self.resumed = will_resume(cfg, run_dir)
         # checked before anything is built or written: a refused resume changes nothing
@@ -310,7 +334,8 @@ class Trainer:
                 name=f"{label}-{env_label(cfg.env.name, cfg.env.id)}-seed{cfg.seed}-"
                      f"{run_dir.name}",
                 config=wandb_config or {}, run_dir=run_dir, run_id=self.run_id,
-                connect_timeout=cfg.logger.connect_timeout)
+                connect_timeout=cfg.logger.connect_timeout,
+                reinit="create_new" if in_group else "finish_previous")
 
     def _sampler(self) -> EpisodeSampler | None:
         """Rows [0, eval.episodes) of the sampler are the paired evaluation, the next
@@ -401,25 +426,40 @@ class Trainer:
         return self.policy.numpy_actor().probabilities(np.eye(self.mdp.num_states))
 
     def step(self) -> dict[str, Any]:
-        cfg, k = self.cfg, self.iteration
-        t0 = time.perf_counter()
-        row: dict[str, Any] = {"iteration": k}
-        # the policy that collects this batch: the actor now, with the observation statistics
-        # now (collecting updates them); every estimate about pi uses exactly this map
-        encode_old = self.collector.frozen_encoder()
-        actor_old = self.policy.numpy_actor()
-        reward_scale = 1.0
+        """One update, in the phases a group of runs (:mod:`trpo_lab.group`) also goes through:
+        there the rollout, the TRPO update and the critic's steps are batched over the runs."""
+        update = self.begin_update()
+        data = None if self.cfg.algo.estimator == "exact" else \
+            self.collector.collect(update.actor_old)
+        self.take_batch(update, data)
+        self.apply_update(update, self.algo.update(update.batch))
+        if self.trains_critic(update):
+            update.row.update(self.critic.update(update.batch))
+        return self.end_update(update)
+
+    def begin_update(self) -> Update:
+        """The policy that collects this batch: the actor now, with the observation statistics
+        now (collecting updates them); every estimate about pi uses exactly this map."""
+        update = Update(time.perf_counter(), {"iteration": self.iteration},
+                        self.collector.frozen_encoder(), self.policy.numpy_actor())
         if self.mdp is not None:
-            pi_old = self._pi_table()
-            old_eval = self.exact.evaluate(self.mdp, pi_old, cfg.gamma)
+            update.pi_old = self._pi_table()
+            update.old_eval = self.exact.evaluate(self.mdp, update.pi_old, self.cfg.gamma)
+        return update
+
+    def take_batch(self, update: Update, data: RolloutData | None,
+                   batch: Batch | None = None) -> None:
+        """The update's batch (exact, or built from the rollout ``data`` unless ``batch`` is
+        given: a group builds its runs' batches together) and the gradient of dL at
+        theta_old."""
+        cfg, row = self.cfg, update.row
         if cfg.algo.estimator == "exact":
-            batch = exact_batch(self.policy, pi_old, old_eval.A, old_eval.rho, cfg.gamma,
-                                cfg.normalize_advantages)
+            update.batch = exact_batch(self.policy, update.pi_old, update.old_eval.A,
+                                       update.old_eval.rho, cfg.gamma, cfg.normalize_advantages)
         else:
-            data = self.collector.collect(actor_old)
-            reward_scale = data.reward_scale
-            batch = build_batch(self.policy, data, cfg.gamma, cfg.gae_lambda,
-                                cfg.normalize_advantages)
+            update.reward_scale = data.reward_scale
+            update.batch = batch if batch is not None else build_batch(
+                self.policy, data, cfg.gamma, cfg.gae_lambda, cfg.normalize_advantages)
             returns = data.stats.returns
             if returns:
                 self.last_returns = returns
@@ -428,11 +468,21 @@ class Trainer:
             row["rollout/episodes"] = len(returns)
         self.env_steps += cfg.batch_steps
         row["env_steps"] = self.env_steps
-
         params = self.policy.actor_parameters()
-        theta_old = flat_params(params)
-        grad_dl = flat_grad(predicted_improvement(self.policy, batch), params)
-        info = self.algo.update(batch)
+        update.theta_old = flat_params(params)
+        update.grad_dl = flat_grad(predicted_improvement(self.policy, update.batch), params)
+
+    def apply_update(self, update: Update, info: dict[str, float]) -> None:
+        """After the algorithm moved the actor: guard, measure the update (KL, ratios, dL, the
+        truth, the bounds)."""
+        self.guard_update(update, info)
+        self.measure_update(update)
+
+    def guard_update(self, update: Update, info: dict[str, float]) -> None:
+        """Non-finite numbers put the old parameters back; the update's size on its batch."""
+        row, batch = update.row, update.batch
+        params = self.policy.actor_parameters()
+        theta_old = update.theta_old
         theta_new = flat_params(params)
         nonfinite = info.pop("guard/nonfinite", 0.0) > 0 or not torch.isfinite(theta_new).all() \
             or batch_overflow(batch.advantages, None if batch.exact else batch.returns)
@@ -441,68 +491,102 @@ class Trainer:
             theta_new = theta_old
             if "trpo/accepted" in info:
                 info.update({"trpo/accepted": 0.0, "trpo/step_norm": 0.0})
+        update.nonfinite = bool(nonfinite)
+        update.theta_new = theta_new
         row.update(info)
         row.update(update_diagnostics(self.policy, batch))
-        step = theta_new - theta_old
-        row["surrogate/linear"] = float(grad_dl @ step)
-        exact_advantages = old_eval.A if cfg.algo.estimator == "exact" else None
-        probing = self.prober is not None and self.prober.due(k)
-        heldout = None
-        if (k % cfg.eval.every == 0 or probing) and self.sampler is not None:
+        row["surrogate/linear"] = float(update.grad_dl @ (theta_new - theta_old))
+
+    def evaluation_request(self, update: Update) -> SamplerRequest | None:
+        """The fresh episodes this update's evaluation needs (after :meth:`guard_update`), or
+        None when it does not evaluate: a group samples its runs' episodes together."""
+        if self.sampler is None or (self.iteration % self.cfg.eval.every != 0
+                                    and not self.probing()):
+            return None  # a probed update is always evaluated
+        actors = [update.actor_old, self.policy.numpy_actor()] if self.cfg.eval.episodes \
+            else [update.actor_old]
+        return SamplerRequest(self.sampler, actors, update.encode_old, (self.iteration,),
+                              self.cfg.eval.heldout_episodes > 0)
+
+    def measure_update(self, update: Update, episodes: list[Episodes] | None = None) -> None:
+        """The truth of the update: paired Monte Carlo J and dJ and the held-out dL (on
+        ``episodes`` when given, sampled here otherwise), and on tabular envs the exact
+        comparison and bounds."""
+        cfg, row = self.cfg, update.row
+        request = self.evaluation_request(update)
+        if request is not None:
             start = time.perf_counter()
-            evaluation, heldout = self._evaluate(actor_old, encode_old, theta_old, theta_new,
-                                                 reward_scale, exact_advantages)
+            if episodes is None:
+                episodes = self.sampler.run(request.actors, request.encode, request.key,
+                                            record=request.record)
+            evaluation, update.heldout = self._evaluate(
+                episodes, update.theta_old, update.theta_new, update.reward_scale,
+                self._exact_advantages(update))
             row.update(evaluation)
             row["time/eval_s"] = time.perf_counter() - start
         if self.mdp is not None:
             row.update(exact_diagnostics(
-                self.exact.compare(self.mdp, pi_old, self._pi_table(), cfg.gamma,
-                                   old=old_eval)))
-        if probing:
-            start = time.perf_counter()
-            probe_rows = self.prober.run(UpdateContext(
-                k, self.env_steps, batch, theta_old, theta_new, actor_old, encode_old,
-                reward_scale, heldout, pi_old if self.mdp is not None else None,
-                old_eval if self.mdp is not None else None, exact_advantages))
-            with writing(self.run_dir / PROBES):
-                for probe_row in probe_rows:
-                    self.probes.write(probe_row)
-            self.probe_env_steps += self.prober.env_steps
-            row["time/probe_s"] = time.perf_counter() - start
-        if self.prober is not None:
-            row["probe/env_steps"] = self.probe_env_steps
+                self.exact.compare(self.mdp, update.pi_old, self._pi_table(), cfg.gamma,
+                                   old=update.old_eval)))
+        if self.probing():
+            self._probe(update)
+
+    def probing(self) -> bool:
+        """This update is probed (``probe.every``)."""
+        return self.prober is not None and self.prober.due(self.iteration)
+
+    def _exact_advantages(self, update: Update) -> np.ndarray | None:
+        """The exact A_pi the update was fitted to (``algo.estimator=exact``), else None."""
+        return update.old_eval.A if self.cfg.algo.estimator == "exact" else None
+
+    def _probe(self, update: Update) -> None:
+        """The probes of this update (before the critic moves): rows of probes.csv."""
+        start = time.perf_counter()
+        rows = self.prober.run(UpdateContext(
+            self.iteration, self.env_steps, update.batch, update.theta_old, update.theta_new,
+            update.actor_old, update.encode_old, update.reward_scale, update.heldout,
+            update.pi_old, update.old_eval, self._exact_advantages(update)))
+        with writing(self.run_dir / PROBES):
+            for row in rows:
+                self.probes.write(row)
+        self.probe_env_steps += self.prober.env_steps
+        update.row["time/probe_s"] = time.perf_counter() - start
         if "true/J" in row:
             self.last_true_J = row["true/J"]
-        if not batch.exact and cfg.critic.epochs > 0:
-            row.update(self.critic.update(batch))
 
-        nonfinite = nonfinite or critic_nonfinite(row)
+    def trains_critic(self, update: Update) -> bool:
+        return not update.batch.exact and self.cfg.critic.epochs > 0
+
+    def end_update(self, update: Update) -> dict[str, Any]:
+        cfg, row = self.cfg, update.row
+        nonfinite = update.nonfinite or critic_nonfinite(row)
         self.bad_updates = self.bad_updates + 1 if nonfinite else 0
         row["guard/nonfinite"] = float(nonfinite)
         row["guard/bad_updates"] = self.bad_updates
-        elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - update.t0
         row["time/wall_s"] = self.wall_before + self._elapsed()
         row["time/sps"] = cfg.batch_steps / elapsed if elapsed > 0 else math.nan
         row["heldout/env_steps"] = self.heldout_env_steps
         row["eval/env_steps"] = self.eval_env_steps
+        if self.prober is not None:
+            row["probe/env_steps"] = self.probe_env_steps
         self.iteration += 1
         return row
 
-    def _evaluate(self, actor_old, encode_old, theta_old: torch.Tensor, theta_new: torch.Tensor,
+    def _evaluate(self, runs: list[Episodes], theta_old: torch.Tensor, theta_new: torch.Tensor,
                   reward_scale: float, exact_advantages: np.ndarray | None
                   ) -> tuple[dict[str, float], HeldoutBatch | None]:
-        """Paired Monte Carlo J and dJ, and dL on the held-out episodes, for one update; and
-        the held-out batch itself (None when eval.heldout_episodes is 0), for the probes.
+        """Paired Monte Carlo J and dJ, and dL on the held-out episodes, for one update, from
+        the sampler's ``runs`` of the old and new policy (:meth:`evaluation_request`); and the
+        held-out batch itself (None when eval.heldout_episodes is 0), for the probes.
 
-        Both policies see the observation map ``encode_old`` of the collecting policy. The
-        held-out batch (the old policy's log-probabilities and gradient, the pre-update
-        critic's advantages) is built with the actor set back to theta_old for a moment.
+        Both policies saw the observation map of the collecting policy. The held-out batch (the
+        old policy's log-probabilities and gradient, the pre-update critic's advantages) is
+        built with the actor set back to theta_old for a moment.
         """
-        cfg, k, out = self.cfg, self.iteration, {}
+        cfg, out = self.cfg, {}
         heldout = None
         n_eval = cfg.eval.episodes
-        actors = [actor_old, self.policy.numpy_actor()] if n_eval else [actor_old]
-        runs = self.sampler.run(actors, encode_old, (k,), record=cfg.eval.heldout_episodes > 0)
         if n_eval:
             old, new = (run.columns(slice(0, n_eval)) for run in runs)
             self.eval_env_steps += old.steps + new.steps
@@ -569,41 +653,55 @@ class Trainer:
             while self.iteration < self.updates:
                 theta_before = flat_params(self.policy.actor_parameters())
                 row = self.step()
-                with writing(self.run_dir / METRICS):
-                    self.metrics.write(row)
-                self._watch_progress(row, theta_before)
-                if self.wandb is not None:
-                    self.wandb.log(row)
-                if on_row is not None:
-                    on_row(row)
-                if progress is not None:
-                    progress.update(self.cfg.batch_steps)
-                    progress.set_postfix(ret=f"{row.get('rollout/return_mean', math.nan):.1f}",
-                                         kl=f"{row['kl/mean']:.4f}", refresh=False)
-                if self.bad_updates >= self.cfg.max_bad_updates:
-                    raise NumericalFailure(
-                        f"{self.bad_updates} consecutive updates had non-finite numbers "
-                        f"(max_bad_updates={self.cfg.max_bad_updates}); last at iteration "
-                        f"{row['iteration']}{nonfinite_hint(row)}")
-                every = self.cfg.checkpoint.every
-                if every and self.iteration % every == 0 and self.iteration < self.updates:
-                    self.checkpoint()
-                if stop is not None and stop.requested:
+                if self.record(row, theta_before, on_row, progress):
                     status = "interrupted"
                     break
         except KeyboardInterrupt:
             status, dropped = "interrupted", True
         except RunWriteError as exc:
+            raise self.fail(exc, progress) from None
+        except Exception as exc:  # noqa: BLE001  (recorded in summary.json, then re-raised)
+            self.fail(exc, progress)
+            raise
+        return self._finish(status, error, progress, stop, dropped=dropped)
+
+    def fail(self, exc: Exception, progress=None) -> Exception:
+        """End the run as failed after ``exc`` (summary.json, W&B); returns the exception to
+        raise: for a file that cannot be written, one that says what the checkpoint holds."""
+        if isinstance(exc, RunWriteError):
             failure = RunWriteError(exc.path, exc.os_error,
                                     self.saved["iteration"] if self.checkpoint_on_disk else None)
             with contextlib.suppress(RunWriteError):  # the summary may not fit either
-                self._finish("failed", str(failure), progress, stop)
-            raise failure from None
-        except Exception as exc:  # noqa: BLE001  (recorded in summary.json, then re-raised)
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
-            self._finish(status, error, progress, stop)
-            raise
-        return self._finish(status, error, progress, stop, dropped=dropped)
+                self._finish("failed", str(failure), progress, self.stop)
+            return failure
+        self._finish("failed", f"{type(exc).__name__}: {exc}", progress, self.stop)
+        return exc
+
+    def record(self, row: dict[str, Any], theta_before: torch.Tensor,
+               on_row: Callable[[dict[str, Any]], None] | None = None,
+               progress=None) -> bool:
+        """Write an update's row (metrics.csv, W&B), check the run's health, checkpoint when
+        due; True when a stop was requested. Raises :class:`NumericalFailure`."""
+        with writing(self.run_dir / METRICS):
+            self.metrics.write(row)
+        self._watch_progress(row, theta_before)
+        if self.wandb is not None:
+            self.wandb.log(row)
+        if on_row is not None:
+            on_row(row)
+        if progress is not None:
+            progress.update(self.cfg.batch_steps)
+            progress.set_postfix(ret=f"{row.get('rollout/return_mean', math.nan):.1f}",
+                                 kl=f"{row['kl/mean']:.4f}", refresh=False)
+        if self.bad_updates >= self.cfg.max_bad_updates:
+            raise NumericalFailure(
+                f"{self.bad_updates} consecutive updates had non-finite numbers "
+                f"(max_bad_updates={self.cfg.max_bad_updates}); last at iteration "
+                f"{row['iteration']}{nonfinite_hint(row)}")
+        every = self.cfg.checkpoint.every
+        if every and self.iteration % every == 0 and self.iteration < self.updates:
+            self.checkpoint()
+        return self.stop is not None and self.stop.requested
 
     def _watch_progress(self, row: dict[str, Any], theta_before: torch.Tensor) -> None:
         moved = not torch.equal(theta_before, flat_params(self.policy.actor_parameters()))
