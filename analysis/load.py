@@ -341,19 +341,20 @@ def _complete_lines(text: str) -> tuple[str, bool]:
     return (text[: cut + 1] if cut >= 0 else ""), bool(text.strip())
 
 
-def parse_metrics_csv(text: str) -> tuple[pd.DataFrame, bool]:
-    """Parse the text of a ``metrics.csv``; returns ``(table, truncated)``.
+def parse_metrics_csv(text: str, text_columns: Iterable[str] = ()) -> tuple[pd.DataFrame, bool]:
+    """Parse the text of a ``metrics.csv`` (or a ``probes.csv``); returns ``(table, truncated)``.
 
-    Every column becomes float (empty cell: NaN). A last line without a newline was cut off by
-    a hard kill and is dropped (``truncated`` is then True); so are malformed lines and repeated
-    header lines. Empty text gives an empty table.
+    Every column but ``text_columns`` becomes float (empty cell: NaN). A last line without a
+    newline was cut off by a hard kill and is dropped (``truncated`` is then True); so are
+    malformed lines and repeated header lines. Empty text gives an empty table.
     """
     text, truncated = _complete_lines(text)
     if not text.strip():
         return pd.DataFrame(), truncated
     table = pd.read_csv(io.StringIO(text), on_bad_lines="skip", dtype=str, keep_default_na=False)
     table = table.replace("", np.nan)
-    table = table.apply(_to_numeric)
+    keep = set(text_columns)
+    table = table.apply(lambda col: col if col.name in keep else _to_numeric(col))
     if "iteration" in table.columns:
         table = table[table["iteration"].notna()].reset_index(drop=True)
     return table, truncated
@@ -377,15 +378,8 @@ def read_probes(path: str | os.PathLike[str]) -> pd.DataFrame:
     p = Path(path)
     if not p.is_file():
         return pd.DataFrame()
-    text, _ = _complete_lines(p.read_text(encoding="utf-8", errors="replace"))
-    if not text.strip():
-        return pd.DataFrame()
-    table = pd.read_csv(io.StringIO(text), on_bad_lines="skip", dtype=str, keep_default_na=False)
-    table = table.replace("", np.nan)
-    for col in table.columns:
-        if col not in PROBE_TEXT_COLUMNS:
-            table[col] = _to_numeric(table[col])
-    return table[table["iteration"].notna()].reset_index(drop=True)
+    text = p.read_text(encoding="utf-8", errors="replace")
+    return parse_metrics_csv(text, PROBE_TEXT_COLUMNS)[0]
 
 
 def load_probes(index: pd.DataFrame) -> pd.DataFrame:

@@ -19,7 +19,6 @@ from tests.conftest import read_metrics, run_cli, train_in_process, wandb_summar
 from trpo_lab.evaluation import Episodes
 from trpo_lab.probes import (
     COLUMNS,
-    cosine,
     first_steps,
     gradient_agreement,
     join_episodes,
@@ -56,9 +55,12 @@ def test_gradient_agreement_in_closed_form():
     assert out["norm_ratio_mean"] == pytest.approx((3 + 1 + 0.5) / 3 / 2)
 
 
-def test_cosine_of_a_zero_vector_is_nan():
-    assert math.isnan(cosine(np.zeros(3), np.ones(3)))
-    assert cosine(np.array([1.0, 2.0]), np.array([2.0, 4.0])) == pytest.approx(1.0)
+def test_gradient_agreement_with_a_zero_vector_is_nan():
+    out = gradient_agreement(np.ones((2, 3)), np.zeros(3))  # a vanished reference
+    assert math.isnan(out["cosine_mean"]) and math.isnan(out["norm_ratio_mean"])
+    assert out["pairwise_cosine_mean"] == pytest.approx(1.0) and out["reference_norm"] == 0.0
+    out = gradient_agreement(np.array([[0.0, 0.0], [1.0, 2.0]]), np.array([2.0, 4.0]))
+    assert math.isnan(out["cosine_mean"])  # a zero estimate has no direction
 
 
 def test_random_direction_has_the_norm_and_depends_only_on_its_seed():

@@ -76,12 +76,6 @@ LANDSCAPE_SEED, GRADIENT_SEED, DIRECTION_SEED = 20_000, 30_000, 40_000
 
 # ------------------------------------------------------------------ pure numerics
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """a.b / (|a| |b|); NaN when either vector is zero."""
-    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(a @ b) / norms if norms > 0 else math.nan
-
-
 def gradient_agreement(estimates: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """How M independent gradient estimates [M, P] agree with ``reference`` [P] and with each
     other: mean and standard error over the estimates of cos(g_i, g_ref), the mean of
@@ -158,10 +152,11 @@ def probe_tables(text: str) -> dict[str, tuple[list[str], list[list[Any]]]]:
     """The rows of a probes.csv as W&B tables ``probes_landscape`` and ``probes_gradient``:
     name -> (columns, rows), each with its own columns, numbers as floats (NaN when empty)."""
     tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
+    records = list(csv.DictReader(io.StringIO(text)))
     for kind, columns in (("landscape", LANDSCAPE_COLUMNS), ("gradient", GRADIENT_COLUMNS)):
         rows = [[row[c] if c in ("probe", "direction") else
                  float(row[c]) if row[c] else math.nan for c in columns]
-                for row in csv.DictReader(io.StringIO(text)) if row["probe"] == kind]
+                for row in records if row["probe"] == kind]
         if rows:
             tables[f"probes_{kind}"] = (columns, rows)
     return tables
