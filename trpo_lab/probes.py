@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from trpo_lab.algos.common import heldout_improvement, predicted_improvement
-from trpo_lab.config import Config
+from trpo_lab.config import Config, TRPOConfig
 from trpo_lab.evaluation import (
     Episodes,
     EpisodeSampler,
@@ -202,8 +202,7 @@ class Prober:
             self.gradient_sampler = EpisodeSampler(
                 episode_envs(cfg.env, cfg.gamma, ROUND_EPISODES, 1, mdp), cfg.gamma,
                 cfg.seed + GRADIENT_SEED)
-        algo = cfg.algo
-        self.kl_limit = float(algo.delta) if hasattr(algo, "delta") else math.nan
+        self.kl_limit = float(cfg.algo.delta) if isinstance(cfg.algo, TRPOConfig) else math.nan
 
     def due(self, iteration: int) -> bool:
         return self.probe.every > 0 and iteration % self.probe.every == 0
