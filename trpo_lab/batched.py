@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from trpo_lab.algos.common import minibatch_indices, surrogate
+from trpo_lab.mlp import tanh_
 from trpo_lab.numerics import explained_variance, flat_grad, flat_params, set_flat_params
 from trpo_lab.policies import Policy
 from trpo_lab.rollout import Batch
@@ -97,7 +98,7 @@ class StackedNet:
                     h = np.maximum(z, 0)
                     slopes.append((z > 0).astype(z.dtype))
                 else:
-                    h = np.tanh(z)
+                    h = tanh_(z)
                     slopes.append(1 - h * h)
             else:
                 h = z

@@ -3,7 +3,8 @@
 Autograd's per-node overhead dominates for 64x64 networks on a CPU: a conjugate-gradient step
 spends most of its time in the engine, not in arithmetic. These functions compute the same
 products with a handful of matrix multiplications, in numpy on zero-copy views of the torch
-tensors (at these sizes numpy's matmul and tanh take about half the time of torch's):
+tensors (at these sizes numpy's matmul takes about half the time of torch's; tanh is torch's
+sigmoid form, :func:`tanh_`):
 
 - :func:`forward_cache` runs the network once and keeps what the derivatives need;
 - :func:`jvp` gives J v (the output's directional derivative for parameter tangents v);
@@ -39,6 +40,15 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().numpy()
 
 
+def tanh_(z: np.ndarray) -> np.ndarray:
+    """tanh in place as :class:`trpo_lab.policies.Tanh` computes it, 2 sigmoid(2 z) - 1, with
+    the same float32 operations (so the cached forward pass is the module's, to the bit); torch's
+    sigmoid on a zero-copy view is 2x (one network) to 3.5x (a group's stacked networks) faster
+    than numpy's tanh here."""
+    torch.from_numpy(z).mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+    return z
+
+
 def forward_cache(net: nn.Sequential, x: torch.Tensor) -> Cache:
     linears = [m for m in net if isinstance(m, nn.Linear)]
     activations = [m for m in net if not isinstance(m, nn.Linear)]
@@ -55,8 +65,8 @@ def forward_cache(net: nn.Sequential, x: torch.Tensor) -> Cache:
             if isinstance(activations[i], nn.ReLU):
                 h = np.maximum(z, 0)
                 slopes.append((z > 0).astype(z.dtype))
-            else:  # tanh
-                h = np.tanh(z)
+            else:
+                h = tanh_(z)
                 slopes.append(1 - h * h)
         else:
             h = z

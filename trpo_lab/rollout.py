@@ -208,10 +208,11 @@ def collect_runs(collectors: list[Collector], actors: list[NumpyActor]) -> list[
     (up to the rounding of the stacked matrix products). All collectors have the same number
     of envs and steps.
 
-    The sub-environments are stepped directly with SyncVectorEnv's same-step autoreset
-    semantics (an ended episode's last observation is kept for the bootstrap, the env is reset
-    at once), without its per-step info merging; episode bookkeeping is derived from the
-    buffers afterwards.
+    The sub-environments are stepped with SyncVectorEnv's same-step autoreset semantics (an
+    ended episode's last observation is kept for the bootstrap, the env is reset at once),
+    without its per-step info merging: one by one (:class:`SubEnvSteps`) or, for CartPole with
+    enough envs in all, as one numpy vector env (:class:`CartPoleSteps`; the same numbers).
+    Episode bookkeeping is derived from the buffers afterwards.
     """
     first_collector = collectors[0]
     R, T, N = len(collectors), first_collector.steps, first_collector.num_envs  # noqa: N806
@@ -233,6 +234,7 @@ def collect_runs(collectors: list[Collector], actors: list[NumpyActor]) -> list[
     low = high = None
     if not discrete:
         low, high = space.low, space.high
+    stepper = CartPoleSteps.of(collectors) or SubEnvSteps(collectors)
     for t in range(T):
         for r, c in enumerate(collectors):
             obs_buf[r, t] = c.encode(raw_obs[r])
@@ -245,18 +247,11 @@ def collect_runs(collectors: list[Collector], actors: list[NumpyActor]) -> list[
             actions = stacked.sample_from_noise(obs_buf[:, t], noise)
         act_buf[:, t] = actions
         env_actions = actions if discrete else np.clip(actions, low, high)
-        for r, c in enumerate(collectors):
-            raw = raw_obs[r]
-            for i, env in enumerate(c.envs.envs):
-                obs_i, reward, terminated, truncated, _ = env.step(env_actions[r, i])
-                rew_buf[r, t, i] = reward
-                if terminated or truncated:
-                    term_buf[r, t, i] = terminated
-                    done_buf[r, t, i] = True
-                    final_index[r].append((t, i))
-                    final_obs[r].append(obs_i)
-                    obs_i, _ = env.reset()
-                raw[i] = obs_i
+        rew_buf[:, t], term_buf[:, t], done_buf[:, t] = stepper.step(env_actions, raw_obs)
+        for r, i, obs_i in stepper.finals:
+            final_index[r].append((t, i))
+            final_obs[r].append(obs_i)
+    stepper.close()
     out = []
     for r, c in enumerate(collectors):
         c.raw_obs = raw_obs[r]
@@ -272,6 +267,126 @@ def collect_runs(collectors: list[Collector], actors: list[NumpyActor]) -> list[
                                time_buf, last, final_index[r], finals, stats,
                                c._reward_scale(rew_buf[r], done_buf[r])))
     return out
+
+
+class SubEnvSteps:
+    """Every sub-env of every run's SyncVectorEnv stepped by itself, reset in the step that
+    ends its episode."""
+
+    def __init__(self, collectors: list[Collector]):
+        self.envs = [c.envs.envs for c in collectors]
+        runs, n = len(collectors), collectors[0].num_envs
+        self.rewards = np.empty((runs, n))
+        self.terminated = np.zeros((runs, n), bool)
+        self.done = np.zeros((runs, n), bool)
+        self.finals: list[tuple[int, int, np.ndarray]] = []
+
+    def step(self, actions: np.ndarray, raw_obs: list[np.ndarray]
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Step env i of run r with ``actions[r, i]``; ``raw_obs[r][i]`` becomes the
+        observation the next step starts from. Returns rewards, terminated and done [R, N];
+        ``finals`` lists (r, i, final observation) of the episodes that ended."""
+        self.terminated[:] = False
+        self.done[:] = False
+        self.finals = []
+        for r, envs in enumerate(self.envs):
+            raw = raw_obs[r]
+            for i, env in enumerate(envs):
+                obs_i, reward, terminated, truncated, _ = env.step(actions[r, i])
+                self.rewards[r, i] = reward
+                if terminated or truncated:
+                    self.terminated[r, i] = terminated
+                    self.done[r, i] = True
+                    self.finals.append((r, i, obs_i))
+                    obs_i, _ = env.reset()
+                raw[i] = obs_i
+        return self.rewards, self.terminated, self.done
+
+    def close(self) -> None:
+        pass
+
+
+class CartPoleSteps:
+    """The CartPole envs of all runs stepped as ONE gymnasium ``CartPoleVectorEnv``.
+
+    A vector step costs about as much as five single-env steps (its per-call checks), so this
+    pays from :data:`MIN_ENVS` envs on (a group of runs). The sub-envs stay the runs' state:
+    their physical states and time-limit counters are copied into the vector env when a batch
+    starts and back when it ends. Both envs compute the same float64 physics, so the numbers
+    are the single envs' to the bit (tests/test_rollout_engine.py). An episode that ends is
+    reset by its own sub-env's ``reset()`` (its own random stream, as alone), whose state then
+    goes into its column, so the vector env never resets anything itself.
+    """
+
+    MIN_ENVS = 6
+
+    def __init__(self, collectors: list[Collector], limits: list[gym.Wrapper]):
+        self.envs = [env for c in collectors for env in c.envs.envs]
+        self.limits = limits  # each sub-env's TimeLimit, which counts its episode's steps
+        self.shape = (len(collectors), collectors[0].num_envs)
+        first = self.envs[0]
+        kwargs = {**first.spec.kwargs, "max_episode_steps": limits[0]._max_episode_steps}
+        self.engine = gym.make_vec(first.spec.id, len(self.envs),
+                                   vectorization_mode="vector_entry_point", **kwargs)
+        self.state = self.engine.unwrapped
+        self.engine.reset(seed=0)  # gymnasium requires one; every column is overwritten
+        self.state.state = np.stack([np.asarray(env.unwrapped.state, np.float64)
+                                     for env in self.envs], axis=1)
+        self.state.steps[:] = [limit._elapsed_steps for limit in limits]
+        self.finals: list[tuple[int, int, np.ndarray]] = []
+
+    @staticmethod
+    def of(collectors: list[Collector]) -> CartPoleSteps | None:
+        """The vector stepping of these runs' envs, or None: not CartPole (gymnasium's
+        ``CartPoleEnv`` under its ``TimeLimit``, one limit for all), or fewer than MIN_ENVS."""
+        from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+        envs = [env for c in collectors for env in c.envs.envs]
+        if len(envs) < CartPoleSteps.MIN_ENVS:
+            return None
+        limits = []
+        for env in envs:
+            if not isinstance(env.unwrapped, CartPoleEnv) or env.spec is None or \
+                    env.spec.vector_entry_point is None:
+                return None
+            limit = env
+            while not isinstance(limit, gym.wrappers.TimeLimit):
+                if not isinstance(limit, gym.Wrapper):
+                    return None
+                limit = limit.env
+            limits.append(limit)
+        if len({limit._max_episode_steps for limit in limits}) != 1:
+            return None
+        try:
+            return CartPoleSteps(collectors, limits)
+        except TypeError:  # kwargs the vector env does not take
+            return None
+
+    def step(self, actions: np.ndarray, raw_obs: list[np.ndarray]
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`SubEnvSteps.step`, in one vector step."""
+        obs, rewards, terminated, truncated, _ = self.engine.step(actions.reshape(-1))
+        done = terminated | truncated
+        self.finals = []
+        n = self.shape[1]
+        for j in np.flatnonzero(done):
+            self.finals.append((j // n, j % n, obs[j].copy()))
+            obs[j], _ = self.envs[j].reset()
+            self.state.state[:, j] = self.envs[j].unwrapped.state
+            self.state.steps[j] = 0
+        self.state.prev_done[:] = False
+        obs = obs.reshape(*self.shape, -1)
+        for r, raw in enumerate(raw_obs):
+            raw[:] = obs[r]
+        return (rewards.reshape(self.shape).astype(np.float64),
+                terminated.reshape(self.shape), done.reshape(self.shape))
+
+    def close(self) -> None:
+        """The states and step counters back into the sub-envs (each run's own state)."""
+        for j, (env, limit) in enumerate(zip(self.envs, self.limits)):
+            env.unwrapped.state = self.state.state[:, j].copy()
+            limit._elapsed_steps = int(self.state.steps[j])
+        self.engine.close()
 
 
 def physics_state(env: gym.Env) -> dict | None:
