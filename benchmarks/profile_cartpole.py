@@ -47,13 +47,13 @@ PHASES = {  # phase -> (owner path, attribute); nested phases are subtracted fro
     "rollout": ("trpo_lab.rollout:Collector", "collect"),
     "batch (values, GAE, old log-probs)": ("trpo_lab.train", "build_batch"),
     "policy update": ("trpo_lab.algos.trpo:TRPO", "update"),
-    "natural step (gradient, CG, FVP)": ("trpo_lab.algos.trpo", "natural_step"),
+    "conjugate gradient (FVPs)": ("trpo_lab.algos.trpo", "conjugate_gradient_runs"),
     "update diagnostics (KL, ratios, dL)": ("trpo_lab.train", "update_diagnostics"),
     "critic (Adam steps)": ("trpo_lab.critic:CriticTrainer", "update"),
     "metrics.csv": ("trpo_lab.logging:MetricsCSV", "write"),
     "checkpoint (end of run)": ("trpo_lab.train:Trainer", "checkpoint"),
 }
-PARENT = {"natural step (gradient, CG, FVP)": "policy update"}
+PARENT = {"conjugate gradient (FVPs)": "policy update"}
 
 
 def resolve(path: str):
@@ -153,8 +153,8 @@ def phase_shares(steps: int, seed: int, work: Path) -> dict[str, float]:
     counts = {"critic steps": 0, "fvps": 0}
     for name, (owner, attr) in PHASES.items():
         _timed(resolve(owner), attr, clock, name)
-    counted = {"critic steps": ("trpo_lab.critic:CriticTrainer", "_step"),
-               "fvps": ("trpo_lab.mlp", "jvp")}  # J v: once per Fisher-vector product
+    counted = {"critic steps": ("trpo_lab.critic", "stacked_vjp"),  # once per Adam step
+               "fvps": ("trpo_lab.batched", "stacked_jvp")}  # J v: once per FVP
     for name, (owner, attr) in counted.items():
         _timed(resolve(owner), attr, {name: 0.0}, name,
                on_result=lambda _, name=name: counts.__setitem__(name, counts[name] + 1))

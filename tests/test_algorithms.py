@@ -12,7 +12,7 @@ import torch
 from tests.conftest import compose_typed, train_in_process
 from trpo_lab.algos.kl_penalty import KLPenalty
 from trpo_lab.algos.ppo import clipped_surrogate
-from trpo_lab.algos.trpo import TRPO, natural_step
+from trpo_lab.algos.trpo import TRPO
 from trpo_lab.algos.vpg import VPG
 from trpo_lab.config import KLPenaltyConfig, TRPOConfig, VPGConfig
 from trpo_lab.envs import make_vector_env
@@ -121,25 +121,25 @@ def test_trpo_rejection_restores_the_exact_old_parameters():
     assert torch.equal(flat_params(policy.actor_parameters()), before)
 
 
-def test_trpo_line_search_rejects_when_the_surrogate_cannot_improve():
+def test_trpo_line_search_rejects_when_the_surrogate_cannot_improve(monkeypatch):
+    from trpo_lab.algos import trpo
+
     policy, batch = fixed_batch()
     before = flat_params(policy.actor_parameters()).clone()
-    step = natural_step(policy, batch, TRPOConfig())
-    assert step.finite
-    # flip the sign of the advantages used by the line search only: every trial step along the
-    # (old) ascent direction now lowers the surrogate, so all backtracks fail
-    trpo = TRPO(policy, TRPOConfig(backtrack_iters=5))
-    original = trpo._evaluate
-    flipped = copy.copy(batch)
-    flipped.policy_advantages = -batch.policy_advantages
+    # flip the sign of the advantages in the line search's surrogate only: every trial step
+    # along the ascent direction now lowers it, so all backtracks fail
+    surrogate_runs = trpo.surrogate_runs
 
-    def evaluate_flipped(_):
-        return original(flipped)
+    def flipped(actor, stacked, params):
+        return -surrogate_runs(actor, stacked, params)
 
-    trpo._evaluate = evaluate_flipped
-    info = trpo.update(batch)
+    monkeypatch.setattr(trpo, "surrogate_runs", flipped)
+    info = TRPO(policy, TRPOConfig(backtrack_iters=5)).update(batch)
     assert info == {"trpo/backtracks": 5.0, "trpo/accepted": 0.0, "trpo/step_norm": 0.0}
     assert torch.equal(flat_params(policy.actor_parameters()), before)
+    monkeypatch.undo()
+    info = TRPO(policy, TRPOConfig(backtrack_iters=5)).update(batch)
+    assert info["trpo/accepted"] == 1.0  # the same update without the flip takes a step
 
 
 def test_ppo_clipped_objective_matches_hand_computation():

@@ -14,7 +14,7 @@ import torch
 
 from tests.test_numerics import _dist_params_with
 from trpo_lab import mlp
-from trpo_lab.algos.trpo import TRPO, fisher_vector_product
+from trpo_lab.algos.trpo import TRPO, fisher_vector_product, trpo_update_runs
 from trpo_lab.batched import (
     StackedActor,
     StackedBatch,
@@ -24,7 +24,6 @@ from trpo_lab.batched import (
     mean_kl_runs,
     stacked_jvp,
     stacked_vjp,
-    trpo_update_runs,
 )
 from trpo_lab.config import PolicyConfig, TRPOConfig
 from trpo_lab.numerics import conjugate_gradient_residual, flat_params, gae

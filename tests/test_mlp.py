@@ -43,14 +43,18 @@ def test_critic_step_matches_an_autograd_adam_step():
     from trpo_lab.config import CriticConfig, PolicyConfig
     from trpo_lab.critic import CriticTrainer
     from trpo_lab.policies import Policy
+    from trpo_lab.rollout import Batch
 
     torch.manual_seed(0)
     policy = Policy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), PolicyConfig(), [8, 8])
     reference = Policy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), PolicyConfig(), [8, 8])
     reference.load_state_dict(policy.state_dict())
     obs, targets = torch.randn(16, 3), torch.randn(16)
-    trainer = CriticTrainer(policy, CriticConfig(lr=1e-2, adam_eps=1e-5), torch.Generator())
-    trainer._step(obs, targets)
+    trainer = CriticTrainer(policy, CriticConfig(lr=1e-2, adam_eps=1e-5, epochs=1,
+                                                 minibatches=1), torch.Generator())
+    zeros = torch.zeros(16)
+    trainer.update(Batch(obs, zeros.long(), zeros, targets, zeros, zeros + 1 / 16, zeros,
+                         torch.zeros(16, 2), zeros, zeros))
     optimizer = torch.optim.Adam(reference.critic_parameters(), lr=1e-2, eps=1e-5)
     loss = ((reference.value(obs) - targets) ** 2).mean()
     loss.backward()

@@ -3,7 +3,7 @@
 A group of runs (:mod:`trpo_lab.group`) has the same network shapes and batch sizes, and
 differs in numbers that do not change shapes (seed, delta, damping, learning rates, ...). These
 functions do for all R runs what :mod:`trpo_lab.mlp`, :mod:`trpo_lab.numerics`,
-:mod:`trpo_lab.algos.trpo` and :mod:`trpo_lab.critic` do for one, in one call per operation:
+:func:`trpo_lab.algos.trpo.fisher_vector_product` does for one, in one call per operation:
 
 - :class:`StackedNet`: R MLPs of one architecture as stacked weights [R, out, in]; its
   :meth:`~StackedNet.forward_cache`, :meth:`~StackedNet.jvp` and :meth:`~StackedNet.vjp` are
@@ -11,10 +11,11 @@ functions do for all R runs what :mod:`trpo_lab.mlp`, :mod:`trpo_lab.numerics`,
 - :func:`conjugate_gradient_runs`: R conjugate-gradient solves, each with its own step sizes
   and its own stopping rule (a run whose residual is small stops; the others go on);
 - :func:`fisher_vector_product_runs`: v [R, P] -> (F_r + damping_r I) v_r for every run;
-- :func:`trpo_update_runs`: TRPO's (and NPG's) update for R runs, with a line search that
-  accepts or rejects each run's step separately (per-run acceptance mask);
-- :func:`critic_update_runs`: the critic's minibatch Adam steps for R runs, each with its own
-  minibatch order (its own generator) and learning rate.
+- :func:`surrogate_runs`, :func:`mean_kl_runs`: the surrogate and the mean KL of every run.
+
+:func:`trpo_lab.algos.trpo.trpo_update_runs` (TRPO's and NPG's update) and
+:func:`trpo_lab.critic.critic_update_runs` (the critic's Adam steps) are built on them; a lone
+run goes through the same functions as a group of one.
 
 Every run's result is the unbatched formula's for that run (tests/test_batched.py checks each
 against the single-run functions); the runs never mix.
@@ -22,7 +23,6 @@ against the single-run functions); the runs never mix.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,9 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trpo_lab.algos.common import minibatch_indices, surrogate
 from trpo_lab.mlp import tanh_
-from trpo_lab.numerics import explained_variance, flat_grad, flat_params, set_flat_params
+from trpo_lab.numerics import flat_params
 from trpo_lab.policies import Policy
 from trpo_lab.rollout import Batch
 
@@ -308,185 +307,3 @@ def fisher_vector_product_runs(actor: StackedActor, batch: StackedBatch,
         return torch.cat([g.reshape(rows, -1) for g in grads], dim=1) + damping.to(v.dtype) * v
 
     return fvp
-
-
-# ----------------------------------------------------------------------------- TRPO
-def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
-                     cfgs: Sequence) -> list[dict[str, float]]:
-    """:class:`trpo_lab.algos.trpo.TRPO`'s update for R runs at once; returns each run's info
-    (the same keys and values its own ``update`` returns) and leaves each policy's actor at
-    its new (or, rejected, its old) parameters.
-
-    The gradient is one autograd call of the runs' summed surrogates (the runs share no
-    parameter, so each row is its own run's gradient); the direction is R conjugate-gradient
-    solves on batched Fisher-vector products; the line search evaluates the runs still
-    searching in one batched forward pass per backtrack and accepts each run's step when its
-    own KL <= its delta and its surrogate improves.
-    """
-    R = len(policies)  # noqa: N806
-    actor, theta_old = StackedActor.of(policies)
-    batch = StackedBatch.of(batches)
-    iters = cfgs[0].cg_iters
-    backtrack_iters = cfgs[0].backtrack_iters
-    delta = torch.tensor([c.delta for c in cfgs], dtype=torch.float64)
-    damping = torch.tensor([c.cg_damping for c in cfgs], dtype=torch.float64)
-    coef = torch.tensor([c.backtrack_coef for c in cfgs], dtype=torch.float64)
-    line_search = torch.tensor([bool(c.line_search) for c in cfgs])
-
-    # each run's gradient by its own autograd call: the single-run code's numbers to the bit
-    # (conjugate gradient amplifies a 1e-8 difference in g to 1e-5 in the direction)
-    g = torch.stack([flat_grad(surrogate(p, b), p.actor_parameters())
-                     for p, b in zip(policies, batches)])
-    g_finite = torch.isfinite(g).all(1)
-    fvp = fisher_vector_product_runs(actor, batch, damping)
-    direction, residual = conjugate_gradient_runs(
-        fvp, torch.where(g_finite[:, None], g, torch.zeros_like(g)), iters)
-    damped = row_dots(direction, g - residual)  # s^T (F + damping I) s
-    norms = row_dots(direction, direction)
-    dir_finite = torch.isfinite(direction).all(1)
-    zero, valid = torch.zeros(R, dtype=torch.bool), torch.zeros(R, dtype=torch.bool)
-    full_step = torch.zeros_like(direction)
-    for r, cfg in enumerate(cfgs):  # per run in Python floats, as natural_step computes it
-        damped_shs = float(damped[r])
-        fisher_shs = damped_shs - cfg.cg_damping * float(norms[r])
-        shs = fisher_shs if fisher_shs > 0 else damped_shs
-        if not bool(g_finite[r]):
-            continue
-        if shs == 0 and not bool(direction[r].any()):
-            zero[r] = True
-        elif shs > 0 and bool(dir_finite[r]):
-            valid[r] = True
-            full_step[r] = direction[r] * (2.0 * cfg.delta / shs) ** 0.5
-
-    infos: list[dict[str, float] | None] = [None] * R
-    theta_new = theta_old.clone()
-    for r in range(R):
-        rejected = {"trpo/backtracks": float(backtrack_iters * bool(line_search[r])),
-                    "trpo/accepted": 0.0, "trpo/step_norm": 0.0}
-        if not bool(valid[r]) and not bool(zero[r]):
-            infos[r] = rejected | {"guard/nonfinite": 1.0}
-        elif bool(zero[r]):
-            infos[r] = {"trpo/backtracks": 0.0, "trpo/accepted": 0.0, "trpo/step_norm": 0.0}
-    with torch.no_grad():
-        npg = [r for r in range(R) if infos[r] is None and not bool(line_search[r])]
-        if npg:
-            index = torch.tensor(npg)
-            trial = theta_old[index] + full_step[index]
-            sub = batch.rows(index)
-            params = actor.dist_params(trial, sub.obs)
-            surr, kl = surrogate_runs(actor, sub, params), mean_kl_runs(actor, sub, params)
-            for j, r in enumerate(npg):
-                if bool(torch.isfinite(surr[j])) and bool(torch.isfinite(kl[j])):
-                    theta_new[r] = trial[j]
-                    infos[r] = {"trpo/backtracks": 0.0, "trpo/accepted": 1.0,
-                                "trpo/step_norm": float(full_step[r].norm())}
-                else:
-                    infos[r] = {"trpo/backtracks": 0.0, "trpo/accepted": 0.0,
-                                "trpo/step_norm": 0.0, "guard/nonfinite": 1.0}
-        # at theta_old every ratio is 1: the surrogate is sum_i w_i A_i
-        surr_old = (batch.weights * batch.policy_advantages).sum(-1).double()
-        searching = [r for r in range(R) if infos[r] is None]
-        for k in range(backtrack_iters + 1):
-            if not searching:
-                break
-            index = torch.tensor(searching)
-            trial_step = full_step[index] * (coef[index] ** k).to(full_step.dtype)[:, None]
-            trial = theta_old[index] + trial_step
-            sub = batch.rows(index)
-            params = actor.dist_params(trial, sub.obs)
-            surr = surrogate_runs(actor, sub, params).double()
-            kl = mean_kl_runs(actor, sub, params).double()
-            ok = (kl <= delta[index]) & (surr > surr_old[index])  # NaN compares False
-            still = []
-            for j, r in enumerate(searching):
-                if bool(ok[j]):
-                    theta_new[r] = trial[j]
-                    infos[r] = {"trpo/backtracks": float(k), "trpo/accepted": 1.0,
-                                "trpo/step_norm": float(trial_step[j].norm())}
-                else:
-                    still.append(r)
-            searching = still
-        for r in searching:  # no step passed: the old parameters, exactly
-            infos[r] = {"trpo/backtracks": float(backtrack_iters), "trpo/accepted": 0.0,
-                        "trpo/step_norm": 0.0}
-    for r, policy in enumerate(policies):
-        set_flat_params(policy.actor_parameters(), theta_new[r])
-    return infos  # type: ignore[return-value]
-
-
-# ----------------------------------------------------------------------------- critic
-def critic_update_runs(trainers: Sequence, batches: Sequence[Batch]) -> list[dict[str, float]]:
-    """:meth:`trpo_lab.critic.CriticTrainer.update` for R runs (``trainers``: their
-    CriticTrainers) at once: the same epochs of minibatch Adam steps on mean (V - target)^2,
-    each run's minibatches drawn from its own generator, each run's step size its own; a run
-    whose errors are not finite skips that step, as alone. Each run's critic parameters and
-    Adam state are written back, so its checkpoint is what a lone run's would be."""
-    R = len(trainers)  # noqa: N806
-    first = trainers[0]
-    cfg = first.cfg
-    evs = [explained_variance(b.values.double().numpy(), b.returns.double().numpy())
-           for b in batches]
-    net = StackedNet.of([t.policy.critic for t in trainers])
-    flat = net.flat
-    optimizers = [t.optimizer for t in trainers]
-    m = torch.stack([o._m for o in optimizers])
-    v = torch.stack([o._v for o in optimizers])
-    steps = np.array([o.steps[0] if o.steps else 0 for o in optimizers], np.int64)
-    lr = np.array([o.lr for o in optimizers])
-    b1, b2 = first.optimizer.betas
-    eps = first.optimizer.eps
-    obs = torch.stack([b.obs for b in batches])
-    returns = torch.stack([b.returns for b in batches])
-    size = batches[0].size
-    rows = torch.arange(R)[:, None]
-    for _ in range(cfg.epochs):
-        parts = [minibatch_indices(size, cfg.minibatches, t.generator) for t in trainers]
-        for j in range(len(parts[0])):
-            if isinstance(parts[0][j], slice):
-                x, target = obs, returns
-            else:
-                index = torch.stack([p[j] for p in parts])
-                x, target = obs[rows, index], returns[rows, index]
-            cache = net.forward_cache(x.numpy(), flat)
-            error = torch.from_numpy(cache.output[..., 0]) - target
-            live = torch.isfinite(error).all(1)
-            if not bool(live.any()):
-                continue
-            cot = (2.0 / error.shape[1]) * torch.where(live[:, None], error,
-                                                       torch.zeros_like(error))
-            grads = stacked_vjp(cache, cot.unsqueeze(-1))
-            g = torch.cat([gr.reshape(R, -1) for gr in grads], dim=1)
-            live_np = live.numpy()
-            steps = steps + live_np
-            # Adam with Python-float step sizes, as trpo_lab.optim.Adam computes it (a tensor of
-            # per-run step sizes rounds differently: torch divides by a scalar as a product
-            # with its reciprocal); one block per distinct (lr, t), usually the whole group
-            blocks: dict[tuple[float, int], list[int]] = {}
-            for r in np.flatnonzero(live_np):
-                blocks.setdefault((float(lr[r]), int(steps[r])), []).append(int(r))
-            for (rate, t), members in blocks.items():
-                whole = len(members) == R
-                index = None if whole else torch.tensor(members)
-                m_b, v_b = (m, v) if whole else (m[index], v[index])
-                g_b, p_b = (g, flat) if whole else (g[index], flat[index])
-                m_b = m_b.mul(b1).add_(g_b, alpha=1 - b1)
-                v_b = v_b.mul(b2).addcmul_(g_b, g_b, value=1 - b2)
-                denom = v_b.sqrt().div_(math.sqrt(1 - b2**t)).add_(eps)
-                p_b = p_b + torch.div(m_b, denom).mul_(-(rate / (1 - b1**t)))
-                if whole:
-                    m, v, flat = m_b, v_b, p_b
-                else:
-                    m, v = m.index_copy(0, index, m_b), v.index_copy(0, index, v_b)
-                    flat = flat.index_copy(0, index, p_b)
-    with torch.no_grad():
-        values = torch.from_numpy(net.forward_cache(obs.numpy(), flat).output[..., 0])
-        losses = ((values - returns) ** 2).mean(1)
-    out = []
-    for r, trainer in enumerate(trainers):
-        set_flat_params(trainer.params, flat[r])
-        opt = trainer.optimizer
-        opt._m.copy_(m[r])
-        opt._v.copy_(v[r])
-        opt.steps = [int(steps[r])] * len(opt.params)
-        out.append({"value/loss": float(losses[r]), "value/explained_variance": evs[r]})
-    return out

@@ -11,10 +11,10 @@ once, with a leading run axis:
 - the rollout (:func:`trpo_lab.rollout.collect_runs`): one policy call per step for every
   run's envs, each run's noise from its own generator;
 - the batches (:func:`trpo_lab.rollout.build_batches`): one GAE recursion over all runs;
-- TRPO's and NPG's update (:func:`trpo_lab.batched.trpo_update_runs`): batched gradient,
+- TRPO's and NPG's update (:func:`trpo_lab.algos.trpo.trpo_update_runs`): batched gradient,
   conjugate gradient on batched Fisher-vector products, a line search with a per-run
   acceptance mask; the other algorithms update run by run;
-- the critic (:func:`trpo_lab.batched.critic_update_runs`).
+- the critic (:func:`trpo_lab.critic.critic_update_runs`).
 
 - the fresh episodes of the Monte Carlo truth and the held-out batch
   (:func:`trpo_lab.evaluation.run_samplers`): one policy call per step for every run's
@@ -33,8 +33,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from trpo_lab.batched import critic_update_runs, trpo_update_runs
+from trpo_lab.algos.trpo import trpo_update_runs
 from trpo_lab.config import TRPOConfig
+from trpo_lab.critic import critic_update_runs
 from trpo_lab.evaluation import run_samplers
 from trpo_lab.numerics import flat_params
 from trpo_lab.rollout import build_batches, collect_runs
@@ -136,13 +137,11 @@ class GroupTrainer:
             for r in active:
                 trainers[r].measure_update(updates[r], episodes.get(r))
             critics = [r for r in active if trainers[r].trains_critic(updates[r])]
-            if len(critics) > 1:
+            if critics:
                 rows = critic_update_runs([trainers[r].critic for r in critics],
                                           [updates[r].batch for r in critics])
                 for r, row in zip(critics, rows):
                     updates[r].row.update(row)
-            for r in critics if len(critics) == 1 else []:
-                updates[r].row.update(trainers[r].critic.update(updates[r].batch))
         except KeyboardInterrupt:
             raise
         except Exception as error:  # noqa: BLE001  (a batched phase: every run in it fails)

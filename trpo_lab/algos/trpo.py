@@ -17,36 +17,31 @@ Non-finite g, s, s^T F s, KL or surrogate reject the step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 
 from trpo_lab import mlp
-from trpo_lab.algos.common import mean_kl, surrogate
+from trpo_lab.algos.common import surrogate
+from trpo_lab.batched import (
+    StackedActor,
+    StackedBatch,
+    conjugate_gradient_runs,
+    fisher_vector_product_runs,
+    mean_kl_runs,
+    row_dots,
+    surrogate_runs,
+)
 from trpo_lab.config import TRPOConfig
-from trpo_lab.numerics import conjugate_gradient_residual, flat_grad, flat_params, set_flat_params
+from trpo_lab.numerics import flat_grad, set_flat_params
 from trpo_lab.policies import Policy
 from trpo_lab.rollout import Batch
 
 
-@dataclass
-class NaturalStep:
-    full_step: torch.Tensor  # sqrt(2 delta / s^T F s) s
-    gradient: torch.Tensor  # g, gradient of the surrogate at theta_old
-    shs: float  # s^T F s (undamped F)
-
-    @property
-    def finite(self) -> bool:
-        return bool(torch.isfinite(self.full_step).all()) and self.shs >= 0
-
-    @property
-    def zero(self) -> bool:
-        """g = 0 (e.g. a policy that is deterministic on every batch state): nothing to do."""
-        return self.shs == 0
-
-
 def fisher_vector_product(policy: Policy, batch: Batch, damping: float):
-    """v -> (F + damping I) v, F = the Hessian of the mean KL(pi_old || pi) at pi = pi_old.
+    """v -> (F + damping I) v, F = the Hessian of the mean KL(pi_old || pi) at pi = pi_old, for
+    one run: the formula that :func:`trpo_lab.batched.fisher_vector_product_runs` computes
+    for every run of a group (tests/test_batched.py holds it to this one).
 
     At pi = pi_old that Hessian is the Fisher matrix J^T diag(w) M J, with J the Jacobian of the
     distribution parameters in the actor's parameters, w the batch weights and M the Hessian of
@@ -78,62 +73,117 @@ def fisher_vector_product(policy: Policy, batch: Batch, damping: float):
     return fvp
 
 
-def natural_step(policy: Policy, batch: Batch, cfg: TRPOConfig) -> NaturalStep:
-    params = policy.actor_parameters()
-    g = flat_grad(surrogate(policy, batch), params)
-    if not torch.isfinite(g).all():
-        return NaturalStep(torch.full_like(g, float("nan")), g, float("nan"))
-    fvp = fisher_vector_product(policy, batch, cfg.cg_damping)
-    direction, residual = conjugate_gradient_residual(fvp, g, cfg.cg_iters)
-    damped_shs = float(direction @ (g - residual))  # s^T (F + damping I) s
-    fisher_shs = damped_shs - cfg.cg_damping * float(direction @ direction)
-    shs = fisher_shs if fisher_shs > 0 else damped_shs
-    if shs == 0 and not direction.any():
-        return NaturalStep(direction, g, 0.0)
-    if not (shs > 0 and torch.isfinite(direction).all()):
-        return NaturalStep(torch.full_like(g, float("nan")), g, shs)
-    return NaturalStep(direction * (2.0 * cfg.delta / shs) ** 0.5, g, shs)
+def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
+                     cfgs: Sequence) -> list[dict[str, float]]:
+    """TRPO's update (the module docstring) for R runs of one shape at once; a lone run is a
+    group of one. Returns each run's info and leaves each policy's actor at its new (or,
+    rejected, its old) parameters.
+
+    Each run's gradient is its own autograd call; the direction is R conjugate-gradient solves
+    on batched Fisher-vector products; the line search evaluates the runs still searching in
+    one batched forward pass per backtrack and accepts each run's step when its own KL <= its
+    delta and its surrogate improves (a per-run acceptance mask).
+    """
+    R = len(policies)  # noqa: N806
+    actor, theta_old = StackedActor.of(policies)
+    batch = StackedBatch.of(batches)
+    iters = cfgs[0].cg_iters
+    backtrack_iters = cfgs[0].backtrack_iters
+    delta = torch.tensor([c.delta for c in cfgs], dtype=torch.float64)
+    damping = torch.tensor([c.cg_damping for c in cfgs], dtype=torch.float64)
+    coef = torch.tensor([c.backtrack_coef for c in cfgs], dtype=torch.float64)
+    line_search = torch.tensor([bool(c.line_search) for c in cfgs])
+
+    # each run's gradient by its own autograd call: the single-run code's numbers to the bit
+    # (conjugate gradient amplifies a 1e-8 difference in g to 1e-5 in the direction)
+    g = torch.stack([flat_grad(surrogate(p, b), p.actor_parameters())
+                     for p, b in zip(policies, batches)])
+    g_finite = torch.isfinite(g).all(1)
+    fvp = fisher_vector_product_runs(actor, batch, damping)
+    direction, residual = conjugate_gradient_runs(
+        fvp, torch.where(g_finite[:, None], g, torch.zeros_like(g)), iters)
+    damped = row_dots(direction, g - residual)  # s^T (F + damping I) s
+    norms = row_dots(direction, direction)
+    dir_finite = torch.isfinite(direction).all(1)
+    zero, valid = torch.zeros(R, dtype=torch.bool), torch.zeros(R, dtype=torch.bool)
+    full_step = torch.zeros_like(direction)
+    for r, cfg in enumerate(cfgs):  # per run in Python floats (the module docstring's rules)
+        damped_shs = float(damped[r])
+        fisher_shs = damped_shs - cfg.cg_damping * float(norms[r])
+        shs = fisher_shs if fisher_shs > 0 else damped_shs
+        if not bool(g_finite[r]):
+            continue
+        if shs == 0 and not bool(direction[r].any()):
+            zero[r] = True
+        elif shs > 0 and bool(dir_finite[r]):
+            valid[r] = True
+            full_step[r] = direction[r] * (2.0 * cfg.delta / shs) ** 0.5
+
+    infos: list[dict[str, float] | None] = [None] * R
+    theta_new = theta_old.clone()
+    for r in range(R):
+        rejected = {"trpo/backtracks": float(backtrack_iters * bool(line_search[r])),
+                    "trpo/accepted": 0.0, "trpo/step_norm": 0.0}
+        if not bool(valid[r]) and not bool(zero[r]):
+            infos[r] = rejected | {"guard/nonfinite": 1.0}
+        elif bool(zero[r]):
+            infos[r] = {"trpo/backtracks": 0.0, "trpo/accepted": 0.0, "trpo/step_norm": 0.0}
+    with torch.no_grad():
+        npg = [r for r in range(R) if infos[r] is None and not bool(line_search[r])]
+        if npg:
+            index = torch.tensor(npg)
+            trial = theta_old[index] + full_step[index]
+            sub = batch.rows(index)
+            params = actor.dist_params(trial, sub.obs)
+            surr, kl = surrogate_runs(actor, sub, params), mean_kl_runs(actor, sub, params)
+            for j, r in enumerate(npg):
+                if bool(torch.isfinite(surr[j])) and bool(torch.isfinite(kl[j])):
+                    theta_new[r] = trial[j]
+                    infos[r] = {"trpo/backtracks": 0.0, "trpo/accepted": 1.0,
+                                "trpo/step_norm": float(full_step[r].norm())}
+                else:
+                    infos[r] = {"trpo/backtracks": 0.0, "trpo/accepted": 0.0,
+                                "trpo/step_norm": 0.0, "guard/nonfinite": 1.0}
+        # at theta_old every ratio is 1: the surrogate is sum_i w_i A_i
+        surr_old = (batch.weights * batch.policy_advantages).sum(-1).double()
+        searching = [r for r in range(R) if infos[r] is None]
+        for k in range(backtrack_iters + 1):
+            if not searching:
+                break
+            index = torch.tensor(searching)
+            trial_step = full_step[index] * (coef[index] ** k).to(full_step.dtype)[:, None]
+            trial = theta_old[index] + trial_step
+            sub = batch.rows(index)
+            params = actor.dist_params(trial, sub.obs)
+            surr = surrogate_runs(actor, sub, params).double()
+            kl = mean_kl_runs(actor, sub, params).double()
+            ok = (kl <= delta[index]) & (surr > surr_old[index])  # NaN compares False
+            still = []
+            for j, r in enumerate(searching):
+                if bool(ok[j]):
+                    theta_new[r] = trial[j]
+                    infos[r] = {"trpo/backtracks": float(k), "trpo/accepted": 1.0,
+                                "trpo/step_norm": float(trial_step[j].norm())}
+                else:
+                    still.append(r)
+            searching = still
+        for r in searching:  # no step passed: the old parameters, exactly
+            infos[r] = {"trpo/backtracks": float(backtrack_iters), "trpo/accepted": 0.0,
+                        "trpo/step_norm": 0.0}
+    for r, policy in enumerate(policies):
+        set_flat_params(policy.actor_parameters(), theta_new[r])
+    return infos  # type: ignore[return-value]
 
 
 class TRPO:
+    """TRPO's (line_search=true) or the natural policy gradient's update of one run: the
+    group-of-one call of :func:`trpo_update_runs`, the code every group of runs goes through."""
+
     def __init__(self, policy: Policy, cfg: TRPOConfig):
         self.policy, self.cfg = policy, cfg
 
-    def _evaluate(self, batch: Batch) -> tuple[float, float]:
-        with torch.no_grad():
-            params = self.policy.dist_params(batch.obs)
-            return float(surrogate(self.policy, batch, params)), float(
-                mean_kl(self.policy, batch, params))
-
     def update(self, batch: Batch) -> dict[str, float]:
-        params = self.policy.actor_parameters()
-        old = flat_params(params)
-        step = natural_step(self.policy, batch, self.cfg)
-        rejected = {"trpo/backtracks": float(self.cfg.backtrack_iters * self.cfg.line_search),
-                    "trpo/accepted": 0.0, "trpo/step_norm": 0.0}
-        if not step.finite:
-            return rejected | {"guard/nonfinite": 1.0}
-        if step.zero:
-            return {"trpo/backtracks": 0.0, "trpo/accepted": 0.0, "trpo/step_norm": 0.0}
-        if not self.cfg.line_search:
-            set_flat_params(params, old + step.full_step)
-            surr, kl = self._evaluate(batch)
-            if not (torch.isfinite(torch.tensor([surr, kl])).all()):
-                set_flat_params(params, old)
-                return rejected | {"guard/nonfinite": 1.0}
-            return {"trpo/backtracks": 0.0, "trpo/accepted": 1.0,
-                    "trpo/step_norm": float(step.full_step.norm())}
-        # at theta_old every ratio is 1: the surrogate is sum_i w_i A_i, no forward pass needed
-        surr_old = float((batch.weights * batch.policy_advantages).sum())
-        for k in range(self.cfg.backtrack_iters + 1):
-            trial = step.full_step * self.cfg.backtrack_coef**k
-            set_flat_params(params, old + trial)
-            surr, kl = self._evaluate(batch)
-            if kl <= self.cfg.delta and surr > surr_old:  # NaN compares False: rejected
-                return {"trpo/backtracks": float(k), "trpo/accepted": 1.0,
-                        "trpo/step_norm": float(trial.norm())}
-        set_flat_params(params, old)
-        return rejected
+        return trpo_update_runs([self.policy], [batch], [self.cfg])[0]
 
     def state_dict(self) -> dict:
         return {}
