@@ -355,28 +355,30 @@ def run_samplers(requests: list[SamplerRequest]) -> list[list[Episodes]]:
         actions = actions.reshape(R, m, n, *actions.shape[2:])
         all_actions = [actions[r].reshape(m * n, *actions.shape[3:]) for r in range(R)]
         stepped = merged.step(all_actions) if merged is not None else None
+        reward = np.zeros((R, m, n))
+        done = np.zeros((R, m, n), bool)
         for r in live:
             sampler = requests[r].sampler
             if stepped is not None:
-                next_raw, reward, terminated, truncated = stepped[r]
+                next_raw, run_reward, terminated, truncated = stepped[r]
             else:
                 flat_actions = all_actions[r]
                 if not sampler.discrete:
                     flat_actions = np.clip(flat_actions, sampler.low, sampler.high)
-                next_raw, reward, terminated, truncated = sampler.envs.step(
+                next_raw, run_reward, terminated, truncated = sampler.envs.step(
                     flat_actions, env_rngs[r].random(n))
-            reward = reward.reshape(m, n)
-            done = np.logical_or(terminated, truncated).reshape(m, n)
-            returns[r] += np.where(active[r], discount[r] * reward, 0.0)
-            lengths[r] += active[r]
+            reward[r] = run_reward.reshape(m, n)
+            done[r] = np.logical_or(terminated, truncated).reshape(m, n)
             if requests[r].record:
-                raw = raws[r]
-                steps[r].append((raw[:n], xs[r][:n], actions[r, 0], reward[0],
-                                 terminated[:n], done[0], active[r, 0].copy(), next_raw[:n]))
-            active[r] &= ~done
+                steps[r].append((raws[r][:n], xs[r][:n], actions[r, 0], reward[r, 0],
+                                 terminated[:n], done[r, 0], active[r, 0].copy(),
+                                 next_raw[:n]))
             raws[r] = next_raw
-            if not active[r].any():
-                running[r] = False
+        # every run at once (a finished run's rows are inactive: they add nothing)
+        returns += np.where(active, discount[:, None, None] * reward, 0.0)
+        lengths += active
+        active &= ~done
+        running = active.any(axis=(1, 2))
         discount *= gammas
         if not running.any():
             break
