@@ -107,20 +107,6 @@ def sweep_config_of(hydra_context, config, idx: int, overrides: Sequence[str]):
     return sweep_config
 
 
-def run_task(hydra_context, task_function, configs) -> list[JobReturn]:
-    """Run a task's jobs (their composed sweep configs): one job as a lone run, several
-    trained together as a group (:func:`~hydra_plugins.trpo_lab_launchers.batched_launcher.
-    run_group`); one JobReturn per job."""
-    if len(configs) == 1:
-        HydraConfig.instance().set_config(configs[0])
-        return [run_job(hydra_context=hydra_context, config=configs[0],
-                        task_function=task_function, job_dir_key="hydra.sweep.dir",
-                        job_subdir_key="hydra.sweep.subdir")]
-    from hydra_plugins.trpo_lab_launchers.batched_launcher import run_group
-
-    return run_group(hydra_context, configs)
-
-
 def worker_main(conn: Connection, payload: bytes, parent_pid: int) -> None:
     """Run the tasks the parent sends, one at a time, until it sends None or goes away. A task
     is a list of jobs ``(idx, overrides)``: one job runs as a lone run, several train together
@@ -142,7 +128,15 @@ def worker_main(conn: Connection, payload: bytes, parent_pid: int) -> None:
                    for idx, overrides in message]
         try:
             conn.send(("started", [str(job_dir(c)) for c in configs]))
-            rets = run_task(hydra_context, task_function, configs)
+            if len(configs) == 1:
+                HydraConfig.instance().set_config(configs[0])
+                rets = [run_job(hydra_context=hydra_context, config=configs[0],
+                                task_function=task_function, job_dir_key="hydra.sweep.dir",
+                                job_subdir_key="hydra.sweep.subdir")]
+            else:
+                from hydra_plugins.trpo_lab_launchers.batched_launcher import run_group
+
+                rets = run_group(hydra_context, configs)
             conn.send(("done", cloudpickle.dumps(rets)))
         except (BrokenPipeError, ConnectionResetError):
             return  # the sweep's process is gone; the jobs have saved what they had
