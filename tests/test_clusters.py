@@ -378,6 +378,115 @@ def test_slurm_ctrl_c_while_jobs_wait_says_which_are_queued_and_fails(slurm, slu
     assert slurm.elements(array)[f"{array}_0"][0] == "PENDING"  # the jobs are still there
 
 
+# ------------------------------------------------- Slurm: groups of runs as array elements
+GROUPED = ["hydra.launcher.group_runs=true"]
+
+
+def element_dirs(sweep_dir: Path) -> list[str]:
+    """The submitit folders of the sweep's array elements ("12_0", ...; beside them "12", the
+    array's submission)."""
+    return sorted(p.name for p in (sweep_dir / ".submitit").glob("[0-9]*_[0-9]*") if p.is_dir())
+
+
+def test_slurm_grouped_sweep_trains_each_group_in_one_array_element(slurm, slurm_sweep,
+                                                                    tmp_path):
+    """Four seeds, at most three a group: two array elements, a group of three (trained
+    together in one process) and one job alone; every run its own directory, W&B run and
+    metrics equal to the same seed trained alone."""
+    local = tmp_path / "local"
+    assert run_cli(["-m", "seed=0,1,2,3", *QUICK, "logger=none", f"hydra.sweep.dir={local}"],
+                   cwd=tmp_path).returncode == 0
+    sweep = slurm_sweep("seed=0,1,2,3", *QUICK, "hydra.sweep.dir=sweep",
+                        launcher=[*GROUPED, "hydra.launcher.max_group=3"])
+    array = sweep.array_id()
+    assert sweep.finish() == 0, sweep.stderr()
+    sweep_dir = tmp_path / "sweep"
+    assert f"trpo-lab sweep {sweep_dir}: 4 completed" in sweep.stdout()
+    assert "4 jobs in 1 group(s) (3) and 1 alone: 2 array element(s)" in sweep.stderr()
+    assert f"submitted 4 jobs as Slurm array job {array} of 2 element(s)" in sweep.stderr()
+    assert sorted(slurm.elements(array)) == [f"{array}_0", f"{array}_1"]  # 2 elements, not 4
+    assert element_dirs(sweep_dir) == [f"{array}_0", f"{array}_1"]
+    group_log = (sweep_dir / ".submitit" / f"{array}_0" / f"{array}_0_0_log.out").read_text()
+    assert [int(n) for n in re.findall(r"run directory .*/sweep/(\d+)\n", group_log)] == [0, 1, 2]
+    jobs = job_dirs(sweep_dir)
+    assert [j.name for j in jobs] == ["0", "1", "2", "3"]
+    run_ids = set()
+    for job, reference in zip(jobs, job_dirs(local)):
+        assert_same_run(job, reference)
+        assert len(read_metrics(job)) == 4
+        run = next(r["run"] for r in wandb_records(job) if r["type"] == "run")
+        assert run["tags"] == [f"seed={job.name}"]
+        assert run["run_id"] == read_summary(job)["wandb_run_id"]
+        run_ids.add(run["run_id"])
+    assert len(run_ids) == 4
+
+
+def test_slurm_requeued_group_element_resumes_every_run_of_the_group(
+        slurm, slurm_sweep, uninterrupted, tmp_path):
+    sweep = slurm_sweep("seed=0,1", *slow(0.01), "hydra.sweep.dir=sweep", launcher=GROUPED)
+    array = sweep.array_id()
+    jobs = [tmp_path / "sweep" / str(seed) for seed in (0, 1)]
+    wait_until(lambda: rows(jobs[0]) >= 3, "3 updates of the group", sweep)
+    assert list(slurm.elements(array)) == [array]  # one element trains both runs
+    slurm.run("scontrol", "requeue", array)  # SIGTERM to the group's process
+    released = slurm.release_requeued(sweep, array)
+    assert sweep.finish() == 0
+    assert "2 completed" in sweep.stdout()
+    assert released == {array: 1}
+    logs = submitit_logs(tmp_path / "sweep")
+    stopped_at = int(re.search(r"SIGTERM from Slurm .*: 2 runs checkpointed after (\d+) of 16",
+                               logs)[1])
+    assert 3 <= stopped_at < 16
+    assert logs.count("resuming from iteration") == 2  # both runs, in the requeued element
+    for seed, job in enumerate(jobs):
+        assert_same_run(job, uninterrupted[seed])
+        assert wandb_run_ids(job) == {read_summary(job)["wandb_run_id"]}  # the same W&B run
+
+
+def test_slurm_preempted_group_element_is_requeued_by_submitit_and_completes(
+        slurm, slurm_sweep, uninterrupted, tmp_path):
+    sweep = slurm_sweep("seed=0,1", *slow(0.01), "logger=none", "hydra.sweep.dir=sweep",
+                        launcher=GROUPED)
+    array = sweep.array_id()
+    jobs = [tmp_path / "sweep" / str(seed) for seed in (0, 1)]
+    wait_until(lambda: all(rows(job) >= 3 for job in jobs), "3 updates of the group", sweep)
+    slurm.run("sbatch", "--partition=urgent", "--cpus-per-task=2", "--output=/dev/null",
+              "--wrap=sleep 2")
+    released = slurm.release_requeued(sweep, array)
+    assert sweep.finish() == 0
+    assert "2 completed" in sweep.stdout()
+    assert released == {array: 1}, released
+    logs = submitit_logs(tmp_path / "sweep")
+    assert "this job is preempted" in logs  # submitit's USR2 ...
+    assert "Calling checkpoint method." in logs  # ... resubmits the element (GroupElement)
+    assert re.search(r"timeout/preemption signal: 2 runs checkpointed after \d+ of 16", logs)
+    for seed, job in enumerate(jobs):
+        assert_same_run(job, uninterrupted[seed])
+
+
+def test_slurm_timed_out_group_element_is_requeued_and_completes(
+        slurm, slurm_sweep, uninterrupted, tmp_path):
+    # two runs of about 47 s of sleep each, trained in one element of 2 minutes: as in the lone
+    # timeout test above, USR2 comes after 54-84 s of training and the requeued element has
+    # time for the rest (submitit's checkpoint of the element counts a timeout)
+    sweep = slurm_sweep("seed=0,1", *slow(0.01125), "logger=none", "hydra.sweep.dir=sweep",
+                        launcher=[*GROUPED, "hydra.launcher.timeout_min=2",
+                                  "hydra.launcher.signal_delay_s=30"])
+    array = sweep.array_id()
+    released = slurm.release_requeued(sweep, array)
+    assert sweep.finish() == 0
+    assert "2 completed" in sweep.stdout()
+    assert 1 <= sum(released.values()) <= 3, released
+    logs = submitit_logs(tmp_path / "sweep")
+    assert "this job is timed-out" in logs
+    assert re.search(r"Requeued job \d+ \(2 remaining timeouts\)", logs)
+    stopped_at = int(re.search(r"timeout/preemption signal: 2 runs checkpointed after (\d+) of "
+                               r"16", logs)[1])
+    assert 1 <= stopped_at < 16
+    for seed in (0, 1):
+        assert_same_run(tmp_path / "sweep" / str(seed), uninterrupted[seed])
+
+
 # ----------------------------------------------------------------------------- Ray
 
 

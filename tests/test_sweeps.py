@@ -280,3 +280,106 @@ def test_wandb_sweep_commands_built_by_wandb_are_accepted_by_the_app(spec, tmp_p
         for part in key.split("."):
             node = node[part]
         assert (node["name"] if isinstance(node, dict) else node) == value  # group or value
+
+
+# --------------------------------------------- hydra/launcher=slurm with group_runs (no cluster)
+class _Loader:
+    """A stand-in for Hydra's config loader: composes a job's config as the sweep does."""
+
+    def load_sweep_config(self, config, overrides):
+        return compose_hydra("hydra/launcher=slurm", "hydra.launcher.partition=cpu",
+                             *overrides)
+
+
+def test_slurm_group_runs_plans_one_array_element_per_group_in_job_order():
+    from types import SimpleNamespace
+
+    from hydra_plugins.trpo_lab_launchers.slurm_launcher import SlurmLauncher
+
+    config = compose_hydra("hydra/launcher=slurm", "hydra.launcher.partition=cpu",
+                           "hydra.launcher.group_runs=true", "hydra.launcher.max_group=2")
+    assert (config.hydra.launcher.group_runs, config.hydra.launcher.max_group) == (True, 2)
+    params = {k: v for k, v in config.hydra.launcher.items() if k != "_target_"}
+    launcher = SlurmLauncher(**params)
+    assert "group_runs" not in launcher.params and "max_group" not in launcher.params  # sbatch
+    launcher.config, launcher.hydra_context = config, SimpleNamespace(config_loader=_Loader())
+    jobs = [["seed=0"], ["seed=1", "algo.delta=0.02"], ["seed=2"], ["batch_steps=128"],
+            ["seed=3", "gamma=0.9"], ["seed=4"]]
+    # seeds/deltas/gammas group (2 a group); another batch size is an element of its own
+    assert launcher._elements(jobs, 0) == [[0, 1], [2, 4], [3], [5]]
+    launcher.max_group = 16
+    assert launcher._elements(jobs, 0) == [[0, 1, 2, 4, 5], [3]]
+    launcher.group_runs = False
+    assert launcher._elements(jobs, 0) is None  # one element per job, as without grouping
+
+
+def test_slurm_wait_maps_each_array_element_back_to_its_jobs(tmp_path):
+    """A grouped element returns one JobReturn per job; one that raised fails all its jobs;
+    the sweep gets one JobReturn per job, in job order."""
+    from types import SimpleNamespace
+
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    from trpo_lab.cluster import SlurmWait, forget_launcher_reports, launcher_outcomes
+
+    class Job:
+        def __init__(self, job_id, value):
+            self.job_id, self.value = job_id, value
+            self.paths = SimpleNamespace(result_pickle=tmp_path / "result.pkl",
+                                         stderr=tmp_path / f"{job_id}.err")
+
+        def results(self):
+            if isinstance(self.value, Exception):
+                raise self.value
+            return [self.value]
+
+    (tmp_path / "result.pkl").write_bytes(b"")
+    done = [JobReturn(overrides=["seed=0"], status=JobStatus.COMPLETED, _return_value="completed"),
+            JobReturn(overrides=["seed=2"], status=JobStatus.FAILED,
+                      _return_value=RuntimeError("boom"))]
+    lone = JobReturn(overrides=["seed=1"], status=JobStatus.COMPLETED, _return_value="completed")
+    jobs = [Job("7_0", done), Job("7_1", [lone]), Job("7_2", RuntimeError("no python"))]
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path),
+                                                   "subdir": "${hydra.job.num}"}}})
+    launcher = SimpleNamespace(config=config, poll_s=1e6, lost_after_s=30.0)
+    forget_launcher_reports()
+    overrides = [[f"seed={i}"] for i in range(5)]
+    returns = SlurmWait(launcher, jobs, overrides, 0, [[0, 2], [1], [3, 4]]).run()
+    assert [r.return_value for r in returns] == ["completed", "completed", "failed", "failed",
+                                                "failed"]
+    assert [r.overrides for r in returns[2:]] == [["seed=2"], ["seed=3"], ["seed=4"]]
+    outcomes = launcher_outcomes()
+    assert sorted(int(p.name) for p in outcomes) == [2, 3, 4]
+    assert outcomes[tmp_path / "2"].detail == "Slurm job 7_0: RuntimeError: boom"
+    for job in (3, 4):  # the element's failure is each of its jobs'
+        assert outcomes[tmp_path / str(job)].detail.startswith(
+            "Slurm job 7_2 raised outside the run: RuntimeError: no python")
+    forget_launcher_reports()
+
+
+def test_slurm_signals_settle_a_group_then_leave_the_job_to_be_requeued(monkeypatch, tmp_path,
+                                                                      capsys):
+    import signal
+
+    from trpo_lab.cluster import SlurmSignals
+    from trpo_lab.train import StopSignal
+
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    runs = [({"status": "interrupted", "iterations": 5, "updates_planned": 16}, tmp_path / "0"),
+            ({"status": "interrupted", "iterations": 5, "updates_planned": 16}, tmp_path / "1"),
+            ({"status": "completed", "iterations": 16, "updates_planned": 16}, tmp_path / "2")]
+    slurm = SlurmSignals(StopSignal())
+    assert slurm.active
+    assert slurm.settle(runs) == ["interrupted", "interrupted", "completed"]  # no signal
+    slurm.received = signal.SIGTERM
+    with pytest.raises(SystemExit) as exit_:
+        slurm.settle(runs)
+    assert exit_.value.code == 128 + signal.SIGTERM
+    assert "SIGTERM from Slurm (requeue, preemption or scancel): 2 runs checkpointed after 5 " \
+           "of 16 updates; the job ends without a result" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        slurm.settle(runs[:1])
+    assert ": checkpointed after 5 of 16 updates;" in capsys.readouterr().err  # a lone run
+    assert slurm.settle(runs[2:]) == ["completed"]  # nothing to resume: the job returns

@@ -330,7 +330,7 @@ def train_prepared(prepared: PreparedRun) -> str:
         stop.restore()
         if not multirun and stop.requested:  # saved and ending: a late Ctrl-C changes nothing
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-    summary["status"] = slurm.settle(summary, run_dir)
+    summary["status"] = slurm.settle([(summary, run_dir)])[0]
     _say(end_lines(trainer, summary))
     if summary["status"] == "interrupted":
         print(f"trpo-lab: interrupted after {summary['iterations']} updates; rerun the same "
@@ -342,9 +342,12 @@ def train_prepared(prepared: PreparedRun) -> str:
 
 def train_group(prepared: list[PreparedRun]) -> list[str]:
     """Train prepared runs of one shape together (:class:`trpo_lab.group.GroupTrainer`, for
-    ``hydra/launcher=batched``); returns each run's status. Each run says what a lone run says
-    when it starts and ends; a run that fails is reported as a failed job, the others go on.
-    Ctrl-C or SIGTERM interrupts every run of the group after its current update."""
+    ``hydra/launcher=batched`` and grouped Slurm elements); returns each run's status. Each run
+    says what a lone run says when it starts and ends; a run that fails is reported as a failed
+    job, the others go on. Ctrl-C or SIGTERM interrupts every run of the group after its
+    current update; inside a Slurm job the group's element is then requeued, as a lone run's
+    job is (:class:`trpo_lab.cluster.SlurmSignals`)."""
+    from trpo_lab.cluster import SlurmSignals
     from trpo_lab.group import GroupTrainer
     from trpo_lab.train import NumericalFailure, RunWriteError, StopSignal
 
@@ -352,29 +355,37 @@ def train_group(prepared: list[PreparedRun]) -> list[str]:
         _say(start_lines(run.trainer))
     stop = StopSignal()
     stop.install()
+    slurm = SlurmSignals(stop)
+    slurm.install()
     try:
         results = GroupTrainer([run.trainer for run in prepared]).run(stop)
     finally:
+        slurm.restore()
         stop.restore()
-    statuses = []
-    for run, (summary, error) in zip(prepared, results):
-        if error is not None:
-            if isinstance(error, (RunWriteError, NumericalFailure)):
-                statuses.append(_stop_leaving_files(str(error), run.hc, code=1))
-            else:
-                print(f"trpo-lab: job {run.hc.job.num}: failed: {type(error).__name__}: "
-                      f"{error}; summary.json and metrics.csv in {run.run_dir}", file=sys.stderr,
-                      flush=True)
-                traceback.print_exception(error)
-                statuses.append("failed")
+    statuses: list[str | None] = [None] * len(prepared)
+    for k, (run, (_, error)) in enumerate(zip(prepared, results)):
+        if error is None:
             continue
+        if isinstance(error, (RunWriteError, NumericalFailure)):
+            statuses[k] = _stop_leaving_files(str(error), run.hc, code=1)
+        else:
+            print(f"trpo-lab: job {run.hc.job.num}: failed: {type(error).__name__}: "
+                  f"{error}; summary.json and metrics.csv in {run.run_dir}", file=sys.stderr,
+                  flush=True)
+            traceback.print_exception(error)
+            statuses[k] = "failed"
+    ended = [k for k, status in enumerate(statuses) if status is None]
+    settled = slurm.settle([(results[k][0], prepared[k].run_dir) for k in ended])
+    for k, status in zip(ended, settled):
+        run, summary = prepared[k], results[k][0]
+        summary["status"] = status
         _say(end_lines(run.trainer, summary))
-        if summary["status"] == "interrupted":
+        if status == "interrupted":
             print(f"trpo-lab: interrupted after {summary['iterations']} updates; rerun the "
                   f"same command with hydra.sweep.dir={run.hc.sweep.dir} to resume",
                   file=sys.stderr)
-        statuses.append(summary["status"])
-    return statuses
+        statuses[k] = status
+    return [str(status) for status in statuses]
 
 
 def _stop_leaving_files(message: str, hc, code: int) -> str:

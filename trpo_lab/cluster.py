@@ -127,7 +127,7 @@ class SlurmSignals:
     then hand the job back to the queue (see the module's docstring). Outside one: nothing.
 
     Install after the run's :class:`~trpo_lab.train.StopSignal`, restore before it, and pass the
-    run's final status through :meth:`settle`.
+    run's (or the group's runs') final summaries through :meth:`settle`.
     """
 
     def __init__(self, stop: Any):
@@ -157,12 +157,20 @@ class SlurmSignals:
             self.previous[signal.SIGTERM](signum, frame)  # the run's StopSignal
         self.stop.requested = True
 
-    def settle(self, summary: dict[str, Any], run_dir: Path) -> str:
-        """The run's status, or no return: the job leaves without a result, to be requeued."""
-        status = summary["status"]
-        if not self.active or self.received is None or status != "interrupted":
-            return status
-        done = f"checkpointed after {summary['iterations']} of {summary['updates_planned']} updates"
+    def settle(self, runs: Sequence[tuple[dict[str, Any], Path]]) -> list[str]:
+        """The final statuses of the runs this process trained (one, or a group:
+        ``(summary, run_dir)`` each), or no return: when a signal stopped them, the job
+        leaves without a result, to be requeued, and every interrupted run resumes from its
+        checkpoint."""
+        statuses = [summary["status"] for summary, _ in runs]
+        if not self.active or self.received is None or "interrupted" not in statuses:
+            return statuses
+        stopped = [summary for summary, _ in runs if summary["status"] == "interrupted"]
+        counts = Counter((s["iterations"], s["updates_planned"]) for s in stopped)
+        done = ", ".join(
+            (f"{n} run{'s' if n > 1 else ''} " if len(stopped) > 1 else "")
+            + f"checkpointed after {iterations} of {planned} updates"
+            for (iterations, planned), n in sorted(counts.items()))
         if self.received == self.requeue_signal:
             from submitit.core.utils import UncompletedJobError
 
@@ -175,9 +183,12 @@ class SlurmSignals:
             except UncompletedJobError as error:  # timed out more than max_num_timeout times
                 from trpo_lab.train import write_summary
 
-                write_summary(run_dir, {**summary, "status": "failed", "error": str(error)})
+                for summary, run_dir in runs:
+                    if summary["status"] == "interrupted":
+                        write_summary(run_dir, {**summary, "status": "failed",
+                                                "error": str(error)})
                 print(f"trpo-lab: {error}", file=sys.stderr)
-                return "failed"
+                return ["failed" if status == "interrupted" else status for status in statuses]
             except (OSError, subprocess.SubprocessError) as error:
                 print(f"trpo-lab: scontrol requeue failed ({error}); the job ends without a "
                       "result (a preempted job is requeued by Slurm all the same)",
@@ -244,44 +255,55 @@ def _cause(error: Exception) -> str:
 
 
 class SlurmWait:
-    """Waits for a sweep's Slurm jobs (submitit Job objects), watching their result files and,
-    every ``launcher.poll_s`` seconds, ``squeue``:
+    """Waits for a sweep's Slurm jobs (submitit Job objects, one per array element), watching
+    their result files and, every ``launcher.poll_s`` seconds, ``squeue``:
 
-    - a job with a result is done (a failed run is in its summary.json, as with any launcher);
-    - a requeued job (SIGTERM under :class:`SlurmSignals`, a timeout or a preemption through
-      submitit) is pending again, and the wait goes on;
-    - a job out of the queue (or in a final state) for ``launcher.lost_after_s`` without a result
-      is failed, with its Slurm state and the path of its log;
-    - Ctrl-C stops waiting: the jobs still queued or running are ``queued`` (they go on on the
-      cluster), and the sweep report says so.
+    - an element with a result is done (a failed run is in its summary.json, as with any
+      launcher);
+    - a requeued element (SIGTERM under :class:`SlurmSignals`, a timeout or a preemption
+      through submitit) is pending again, and the wait goes on;
+    - an element out of the queue (or in a final state) for ``launcher.lost_after_s`` without a
+      result is failed, with its Slurm state and the path of its log;
+    - Ctrl-C stops waiting: the elements still queued or running are ``queued`` (they go on on
+      the cluster), and the sweep report says so.
 
-    While jobs wait, one line on stderr says what Slurm says of them whenever that changes.
+    ``elements``: the sweep's job indices that each element trains (``group_runs``: a group of
+    jobs in one element, which returns one JobReturn per job); by default one job each. What
+    the wait sees of an element holds for each of its jobs: the wait returns one JobReturn per
+    job. While jobs wait, one line on stderr says what Slurm says of them whenever that changes.
     """
 
     def __init__(self, launcher: Any, jobs: list[Any],
-                 job_overrides: Sequence[Sequence[str]], first_num: int):
+                 job_overrides: Sequence[Sequence[str]], first_num: int,
+                 elements: Sequence[Sequence[int]] | None = None):
         self.launcher, self.jobs = launcher, dict(enumerate(jobs))
         self.overrides, self.first_num = job_overrides, first_num
-        self.returns: dict[int, JobReturn] = {}
-        self.last_seen: dict[int, QueueEntry] = {}
+        self.elements = [list(e) for e in elements] if elements is not None else \
+            [[i] for i in range(len(jobs))]
+        self.returns: dict[int, JobReturn] = {}  # by job index
+        self.last_seen: dict[int, QueueEntry] = {}  # by element
         self.out_of_queue_since: dict[int, float] = {}
         self.shown = ""
         self.squeue_failed = False
         self.arrays = {job.job_id.split("_")[0] for job in jobs}
 
     def pending(self) -> dict[int, Any]:
-        return {i: job for i, job in self.jobs.items() if i not in self.returns}
+        """The elements (index -> submitit job) with a job that has no return yet."""
+        return {e: job for e, job in self.jobs.items()
+                if any(i not in self.returns for i in self.elements[e])}
 
     def run(self) -> list[JobReturn]:
-        print(f"trpo-lab: submitted {len(self.jobs)} jobs as Slurm array job "
-              f"{', '.join(sorted(self.arrays))}; waiting for all of them to finish (Ctrl-C "
-              "stops waiting; the jobs go on)", file=sys.stderr, flush=True)
+        grouped = len(self.jobs) != len(self.overrides)
+        print(f"trpo-lab: submitted {len(self.overrides)} jobs as Slurm array job "
+              f"{', '.join(sorted(self.arrays))}"
+              f"{f' of {len(self.jobs)} element(s)' if grouped else ''}; waiting for all of "
+              "them to finish (Ctrl-C stops waiting; the jobs go on)", file=sys.stderr, flush=True)
         next_poll = 0.0
         try:
             while self.pending():
-                for i, job in self.pending().items():
+                for e, job in self.pending().items():
                     if job.paths.result_pickle.exists():
-                        self.returns[i] = self._result(i, job)
+                        self._result(e, job)
                 now = time.monotonic()
                 if self.pending() and now >= next_poll:
                     next_poll = now + self.launcher.poll_s
@@ -292,21 +314,33 @@ class SlurmWait:
             self._stop_waiting()
         return [self.returns[i] for i in sorted(self.returns)]
 
-    def _result(self, i: int, job: Any) -> JobReturn:
+    def _result(self, e: int, job: Any) -> None:
         try:
-            job_return = job.results()[0]
+            value = job.results()[0]
         except Exception as error:  # noqa: BLE001  (submitit: the job raised outside the run)
-            return self._outcome(i, "failed", f"Slurm job {job.job_id} raised outside the run: "
-                                              f"{_cause(error)} (log: {job.paths.stderr})")
-        if job_return.status != JobStatus.COMPLETED:
-            error = job_return._return_value
-            return self._outcome(i, "failed", f"Slurm job {job.job_id}: "
-                                              f"{type(error).__name__}: {error}")
-        return job_return
+            self._outcome(e, "failed", f"Slurm job {job.job_id} raised outside the run: "
+                                       f"{_cause(error)} (log: {job.paths.stderr})")
+            return
+        job_returns = value if isinstance(value, list) else [value]
+        for n, i in enumerate(self.elements[e]):
+            job_return = job_returns[n] if n < len(job_returns) else None
+            if job_return is None:
+                self._job_outcome(i, "failed", f"Slurm job {job.job_id} returned no result "
+                                               f"for this job (log: {job.paths.stderr})")
+            elif job_return.status != JobStatus.COMPLETED:
+                error = job_return._return_value
+                self._job_outcome(i, "failed", f"Slurm job {job.job_id}: "
+                                               f"{type(error).__name__}: {error}")
+            else:
+                self.returns[i] = job_return
 
-    def _outcome(self, i: int, status: str, detail: str) -> JobReturn:
+    def _outcome(self, e: int, status: str, detail: str) -> None:
+        for i in self.elements[e]:
+            self._job_outcome(i, status, detail)
+
+    def _job_outcome(self, i: int, status: str, detail: str) -> None:
         record_outcome(self._run_dir(i), status, detail)
-        return outcome_return(self.overrides[i], status)
+        self.returns[i] = outcome_return(self.overrides[i], status)
 
     def _run_dir(self, i: int) -> Path:
         sweep = OmegaConf.to_container(self.launcher.config.hydra.sweep, resolve=False)
@@ -323,28 +357,27 @@ class SlurmWait:
             self.squeue_failed = True
             return
         self.squeue_failed = False
-        for i, job in self.pending().items():
+        for e, job in self.pending().items():
             entry = entries.get(job.job_id)
             if entry is not None and entry.state not in FINAL_STATES:
-                self.last_seen[i] = entry
-                self.out_of_queue_since.pop(i, None)
+                self.last_seen[e] = entry
+                self.out_of_queue_since.pop(e, None)
                 continue
-            since = self.out_of_queue_since.setdefault(i, now)
+            since = self.out_of_queue_since.setdefault(e, now)
             if now - since >= self.launcher.lost_after_s and not job.paths.result_pickle.exists():
                 state = entry.state if entry is not None else "no longer in squeue"
-                self.returns[i] = self._outcome(
-                    i, "failed", f"Slurm job {job.job_id} ended without a result ({state}; "
-                                 f"log: {job.paths.stderr})")
+                self._outcome(e, "failed", f"Slurm job {job.job_id} ended without a result "
+                                           f"({state}; log: {job.paths.stderr})")
         self._show()
 
     def _show(self) -> None:
-        waiting = [(job.job_id, self.last_seen.get(i)) for i, job in self.pending().items()]
+        waiting = [(job.job_id, self.last_seen.get(e)) for e, job in self.pending().items()]
         described = [entry.describe() if entry else "not in squeue" for _, entry in waiting]
         if len(waiting) <= SHOWN_ONE_BY_ONE:
             parts = [f"{job_id} {text}" for (job_id, _), text in zip(waiting, described)]
         else:
             parts = [f"{n} {text}" for text, n in sorted(Counter(described).items())]
-        line = f"trpo-lab: {len(self.returns)} of {len(self.jobs)} jobs finished"
+        line = f"trpo-lab: {len(self.returns)} of {len(self.overrides)} jobs finished"
         if parts:
             line += "; waiting: " + ", ".join(parts)
         if line != self.shown:
@@ -353,13 +386,16 @@ class SlurmWait:
 
     def _stop_waiting(self) -> None:
         arrays = " ".join(sorted(self.arrays))
-        print(f"\ntrpo-lab: stopped waiting; {len(self.pending())} jobs are still on the "
-              f"cluster (squeue -j {arrays.replace(' ', ',')}; cancel them with scancel "
-              f"{arrays}). Rerun the same command with hydra.sweep.dir="
+        pending = self.pending()
+        print(f"\ntrpo-lab: stopped waiting; "
+              f"{sum(i not in self.returns for e in pending for i in self.elements[e])} jobs "
+              f"are still on the cluster (squeue -j {arrays.replace(' ', ',')}; cancel them "
+              f"with scancel {arrays}). Rerun the same command with hydra.sweep.dir="
               f"{self.launcher.config.hydra.sweep.dir} when they are done: finished runs are "
               "skipped, interrupted ones resume.", file=sys.stderr, flush=True)
-        for i, job in self.pending().items():
-            entry = self.last_seen.get(i)
-            self.returns[i] = self._outcome(
-                i, "queued", f"Slurm job {job.job_id} "
-                             f"{entry.describe() if entry else 'submitted'}")
+        for e, job in pending.items():
+            entry = self.last_seen.get(e)
+            detail = f"Slurm job {job.job_id} {entry.describe() if entry else 'submitted'}"
+            for i in self.elements[e]:
+                if i not in self.returns:
+                    self._job_outcome(i, "queued", detail)

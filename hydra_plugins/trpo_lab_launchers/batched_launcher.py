@@ -83,6 +83,21 @@ def plan_groups(keys: Sequence[str | None], max_group: int) -> tuple[list[list[i
     return groups, sorted(singles)
 
 
+def plan(hydra_context: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]],
+         initial_job_idx: int, max_group: int) -> tuple[list[list[int]], list[int]]:
+    """Compose every job's configuration as its job will, and group the jobs
+    (:func:`plan_groups` of their :func:`group_key`); indices into ``job_overrides``. Used by
+    this launcher and by ``hydra/launcher=slurm`` with ``group_runs=true``."""
+    from trpo_lab.launcher import sweep_config_of
+
+    keys = []
+    for num, overrides in enumerate(job_overrides, start=initial_job_idx):
+        sweep_config = sweep_config_of(hydra_context, config, num, overrides)
+        HydraConfig.instance().set_config(sweep_config)  # for ${hydra:...} in the job's config
+        keys.append(group_key(sweep_config))
+    return plan_groups(keys, max_group)
+
+
 def prepare_task(cfg: DictConfig) -> Any:
     """The task function of a grouped job: validate and build its run (trained later with its
     group)."""
@@ -111,19 +126,8 @@ class BatchedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        configs = []
-        for num, overrides in enumerate(job_overrides, start=initial_job_idx):
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(
-                self.config, list(overrides))
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{num}"
-                sweep_config.hydra.job.num = num
-            configs.append(sweep_config)
-        keys = []
-        for sweep_config in configs:
-            HydraConfig.instance().set_config(sweep_config)
-            keys.append(group_key(sweep_config))
-        groups, singles = plan_groups(keys, self.max_group)
+        groups, singles = plan(self.hydra_context, self.config, job_overrides, initial_job_idx,
+                               self.max_group)
         groups = spread(groups, worker_count(self.joblib["n_jobs"], len(job_overrides)))
         workers = worker_count(self.joblib["n_jobs"], len(groups) + len(singles))
         print(f"trpo-lab: batched launcher: {len(job_overrides)} jobs in {len(groups)} groups "

@@ -14,6 +14,10 @@ class SlurmLauncherConf(SlurmQueueConf):
     # so that they run on Slurm unchanged, and ignored; array_parallelism says how many jobs of
     # the array run at once.
     n_jobs: Optional[int] = None  # noqa: UP045  (OmegaConf's schemas want typing.Optional)
+    # One array element per group of jobs (hydra/launcher=batched's grouping), trained together
+    # in one process; at most max_group jobs a group (slurm_launcher.py).
+    group_runs: bool = False
+    max_group: int = 16
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="trpo_lab_slurm",
