@@ -464,29 +464,6 @@ def test_slurm_preempted_group_element_is_requeued_by_submitit_and_completes(
         assert_same_run(job, uninterrupted[seed])
 
 
-def test_slurm_timed_out_group_element_is_requeued_and_completes(
-        slurm, slurm_sweep, uninterrupted, tmp_path):
-    # two runs of about 47 s of sleep each, trained in one element of 2 minutes: as in the lone
-    # timeout test above, USR2 comes after 54-84 s of training and the requeued element has
-    # time for the rest (submitit's checkpoint of the element counts a timeout)
-    sweep = slurm_sweep("seed=0,1", *slow(0.01125), "logger=none", "hydra.sweep.dir=sweep",
-                        launcher=[*GROUPED, "hydra.launcher.timeout_min=2",
-                                  "hydra.launcher.signal_delay_s=30"])
-    array = sweep.array_id()
-    released = slurm.release_requeued(sweep, array)
-    assert sweep.finish() == 0
-    assert "2 completed" in sweep.stdout()
-    assert 1 <= sum(released.values()) <= 3, released
-    logs = submitit_logs(tmp_path / "sweep")
-    assert "this job is timed-out" in logs
-    assert re.search(r"Requeued job \d+ \(2 remaining timeouts\)", logs)
-    stopped_at = int(re.search(r"timeout/preemption signal: 2 runs checkpointed after (\d+) of "
-                               r"16", logs)[1])
-    assert 1 <= stopped_at < 16
-    for seed in (0, 1):
-        assert_same_run(tmp_path / "sweep" / str(seed), uninterrupted[seed])
-
-
 # ----------------------------------------------------------------------------- Ray
 
 
