@@ -151,3 +151,69 @@ def test_ppo_clipped_objective_matches_hand_computation():
                 min(1.5 * 2, 1.2 * 2), min(1.5 * -1, 1.2 * -1), min(0.7 * -1, 0.8 * -1)]
     value = clipped_surrogate(ratios, adv, weights, 0.2)
     assert float(value) == pytest.approx(np.mean(expected), rel=1e-6)
+
+
+@pytest.mark.parametrize("line_search", [False, True])
+def test_trpo_step_is_the_closed_form_natural_step_of_the_dense_fisher(line_search):
+    """Independent of the hand-written derivatives and of CG's code: on a tiny float64 policy
+    (31 parameters) F is the dense Hessian of the mean KL at theta_old (autograd), g the
+    surrogate's gradient, s = (F + damping I)^-1 g solved exactly, and the full step is
+    sqrt(2 delta / s^T F s) s. NPG takes it; TRPO takes it times backtrack_coef^k for the k it
+    reports, with the measured KL within delta."""
+    import gymnasium as gym
+    from torch.func import functional_call
+
+    from trpo_lab.config import PolicyConfig
+    from trpo_lab.numerics import categorical_kl
+    from trpo_lab.rollout import Batch
+
+    torch.manual_seed(3)
+    policy = Policy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(3),
+                    PolicyConfig(hidden_sizes=[4]), [4]).double()
+    with torch.no_grad():  # logits far from uniform, so F is far from a multiple of I
+        for p in policy.actor.parameters():
+            p.copy_(torch.randn_like(p))
+    n = 64
+    obs = torch.randn(n, 3, dtype=torch.float64)
+    actions = torch.randint(0, 3, (n,))
+    # large advantages: CG stops at an absolute r.r <= 1e-10, which at |g| = 0.55 leaves the
+    # direction 1.3e-5 (relative) from the exact solve; at |g| = 550 it is within 1e-8
+    advantages = 1000.0 * torch.randn(n, dtype=torch.float64)
+    weights = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    with torch.no_grad():
+        old_params = policy.dist_params(obs)
+        old_log_prob = policy.head.log_prob(old_params, actions)
+    batch = Batch(obs, actions, advantages, advantages, advantages, weights, weights,
+                  old_params, old_log_prob, advantages)
+    names = [name for name, _ in policy.actor.named_parameters()]
+    shapes = [p.shape for p in policy.actor.parameters()]
+    theta_old = flat_params(policy.actor_parameters()).clone()
+
+    def logits(theta):
+        chunks = torch.split(theta, [s.numel() for s in shapes])
+        params = {k: c.view(s) for k, c, s in zip(names, chunks, shapes)}
+        return functional_call(policy.actor, params, (obs,))
+
+    def mean_kl(theta):
+        return (weights * categorical_kl(old_params, logits(theta))).sum()
+
+    def surrogate(theta):
+        log_prob = torch.log_softmax(logits(theta), -1).gather(1, actions[:, None])[:, 0]
+        return (weights * torch.exp(log_prob - old_log_prob) * advantages).sum()
+
+    fisher = torch.autograd.functional.hessian(mean_kl, theta_old)
+    g = torch.autograd.functional.jacobian(surrogate, theta_old)
+    size = theta_old.numel()
+    cfg = TRPOConfig(delta=0.01, cg_damping=0.1, cg_iters=size, line_search=line_search,
+                     backtrack_coef=0.8)
+    s = torch.linalg.solve(fisher + cfg.cg_damping * torch.eye(size, dtype=torch.float64), g)
+    full_step = s * (2 * cfg.delta / float(s @ fisher @ s)) ** 0.5
+    info = TRPO(policy, cfg).update(batch)
+    assert info["trpo/accepted"] == 1.0
+    step = flat_params(policy.actor_parameters()) - theta_old
+    expected = full_step * cfg.backtrack_coef ** info["trpo/backtracks"]
+    assert float((step - expected).norm() / expected.norm()) < 1e-6  # CG's error: 1e-8
+    if line_search:
+        assert float(mean_kl(theta_old + step)) <= cfg.delta
+    else:  # the quadratic model's KL of the full step is delta exactly
+        assert 0.5 * float(step @ fisher @ step) == pytest.approx(cfg.delta, rel=1e-9)

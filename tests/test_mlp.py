@@ -37,9 +37,15 @@ def test_jvp_and_vjp_match_autograd(activation, hidden):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_critic_step_matches_an_autograd_adam_step():
+@pytest.mark.parametrize("minibatches", [1, 4])
+def test_critic_update_matches_autograd_adam_steps(minibatches):
+    """Three epochs of the critic's update (the batched code, one run) against torch.optim.Adam
+    on autograd gradients over the same minibatches: parameters, Adam's moments and its step
+    count agree after every step's scale of gradient has mattered (12 steps with 4
+    minibatches, from a critic far from its targets)."""
     import gymnasium as gym
 
+    from trpo_lab.algos.common import minibatch_indices
     from trpo_lab.config import CriticConfig, PolicyConfig
     from trpo_lab.critic import CriticTrainer
     from trpo_lab.policies import Policy
@@ -49,15 +55,27 @@ def test_critic_step_matches_an_autograd_adam_step():
     policy = Policy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), PolicyConfig(), [8, 8])
     reference = Policy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), PolicyConfig(), [8, 8])
     reference.load_state_dict(policy.state_dict())
-    obs, targets = torch.randn(16, 3), torch.randn(16)
-    trainer = CriticTrainer(policy, CriticConfig(lr=1e-2, adam_eps=1e-5, epochs=1,
-                                                 minibatches=1), torch.Generator())
-    zeros = torch.zeros(16)
-    trainer.update(Batch(obs, zeros.long(), zeros, targets, zeros, zeros + 1 / 16, zeros,
-                         torch.zeros(16, 2), zeros, zeros))
+    obs, targets = torch.randn(32, 3), 5.0 + 3.0 * torch.randn(32)
+    cfg = CriticConfig(lr=1e-2, adam_eps=1e-5, epochs=3, minibatches=minibatches)
+    trainer = CriticTrainer(policy, cfg, torch.Generator().manual_seed(7))
+    zeros = torch.zeros(32)
+    initial = [p.detach().clone() for p in policy.critic_parameters()]
+    trainer.update(Batch(obs, zeros.long(), zeros, targets, zeros, zeros + 1 / 32, zeros,
+                         torch.zeros(32, 2), zeros, zeros))
     optimizer = torch.optim.Adam(reference.critic_parameters(), lr=1e-2, eps=1e-5)
-    loss = ((reference.value(obs) - targets) ** 2).mean()
-    loss.backward()
-    optimizer.step()
-    for got, want in zip(policy.critic_parameters(), reference.critic_parameters()):
+    order = torch.Generator().manual_seed(7)
+    for _ in range(cfg.epochs):
+        for index in minibatch_indices(32, minibatches, order):
+            optimizer.zero_grad()
+            ((reference.value(obs[index]) - targets[index]) ** 2).mean().backward()
+            optimizer.step()
+    params = reference.critic_parameters()
+    for got, want in zip(policy.critic_parameters(), params):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    moved = torch.cat([(p - p0).reshape(-1) for p, p0 in zip(params, initial)])
+    assert float(moved.norm()) > 0.05
+    state = optimizer.state
+    assert trainer.optimizer.steps == [3 * minibatches] * len(params)
+    for m, v, p in zip(trainer.optimizer.m, trainer.optimizer.v, params):
+        torch.testing.assert_close(m, state[p]["exp_avg"], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(v, state[p]["exp_avg_sq"], rtol=1e-4, atol=1e-7)

@@ -126,3 +126,44 @@ def test_merged_episode_envs_equal_each_runs_own():
                 np.testing.assert_array_equal(getattr(want, name)[want.alive],
                                               getattr(have, name)[have.alive], err_msg=name)
     assert len({float(g[0].returns.sum()) for g in together}) == 3
+
+
+def test_runs_stepped_as_one_vector_env_resume_from_their_checkpoints():
+    """The sub-envs hold every run's state between batches: three runs collect a batch in one
+    vector env, their collectors' state (pickled, as in checkpoint.pt) is loaded into fresh
+    collectors, and the next two batches of both equal each other."""
+    import pickle
+
+    original, actors = collectors_and_actors(3, 2, 40)
+    collect_runs(original, actors)
+    saved = pickle.dumps([c.state_dict() for c in original])
+    resumed, _ = collectors_and_actors(3, 2, 40)
+    for collector, state in zip(resumed, pickle.loads(saved)):
+        collector.load_state_dict(state)
+    assert CartPoleSteps.of(resumed) is not None
+    for _ in range(2):
+        for want, have in zip(collect_runs(original, actors), collect_runs(resumed, actors)):
+            np.testing.assert_array_equal(want.obs, have.obs)
+            np.testing.assert_array_equal(want.actions, have.actions)
+            np.testing.assert_array_equal(want.done, have.done)
+            np.testing.assert_array_equal(want.episode_time, have.episode_time)
+    for (a, s), (b, t) in zip(env_states(original), env_states(resumed)):
+        np.testing.assert_array_equal(a, b)
+        assert s == t
+
+
+def test_envs_that_are_not_plain_cartpole_step_one_by_one():
+    """A wrapper between the TimeLimit and CartPoleEnv, or runs with different env kwargs,
+    would change what one vector env computes: those step one by one."""
+    import gymnasium as gym
+
+    collectors, _ = collectors_and_actors(3, 2, 10)
+    env = collectors[0].envs.envs[0]
+    collectors[0].envs.envs[0] = gym.wrappers.TimeLimit(
+        gym.wrappers.TransformReward(env.env, lambda r: 2 * r), env._max_episode_steps)
+    assert CartPoleSteps.of(collectors) is None
+    mixed = collectors_and_actors(2, 2, 10)[0] + collectors_and_actors(
+        1, 2, 10, "+env.kwargs.sutton_barto_reward=true")[0]
+    assert CartPoleSteps.of(mixed) is None
+    same = collectors_and_actors(3, 2, 10, "+env.kwargs.sutton_barto_reward=true")[0]
+    assert CartPoleSteps.of(same) is not None

@@ -15,8 +15,13 @@ def _reuse_freed_memory() -> None:
     derivatives). By default glibc serves those from fresh mmap'd or trimmed pages, so each one
     costs its page faults again: half the time of a group's Fisher-vector products and critic
     steps went to faults. With a fixed mmap threshold (32 MiB, glibc's largest) and a high trim
-    threshold, freed blocks are reused; the peak memory is unchanged. A no-op off glibc.
+    threshold, freed blocks are reused; the peak memory is unchanged, but a process keeps its
+    high-water mark until it exits. A no-op off glibc, and when glibc's
+    ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` is set in the environment (your
+    own thresholds: trpo-lab then leaves malloc as glibc sets it up).
     """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return
     import ctypes
     import ctypes.util
 

@@ -313,7 +313,8 @@ def run_samplers(requests: list[SamplerRequest]) -> list[list[Episodes]]:
     trpo_lab.group): one call of all runs' stacked actors per step; each run's envs, encoder
     and random numbers its own, so each run's episodes are those of its own call. The samplers
     have the same number of episodes and copies. A run whose episodes have all ended stops
-    stepping; the loop ends with the last one."""
+    counting (with merged CartPole envs its columns go on stepping, unread); the loop ends with
+    the last one."""
     R = len(requests)  # noqa: N806
     first = requests[0].sampler
     n, m = first.episodes, first.copies

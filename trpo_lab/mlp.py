@@ -42,7 +42,7 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
 
 def tanh_(z: np.ndarray) -> np.ndarray:
     """tanh in place as :class:`trpo_lab.policies.Tanh` computes it, 2 sigmoid(2 z) - 1, with
-    the same float32 operations (so the cached forward pass is the module's, to the bit); torch's
+    the same float32 operations (the activation is the module's to the bit); torch's
     sigmoid on a zero-copy view is 2x (one network) to 3.5x (a group's stacked networks) faster
     than numpy's tanh here."""
     torch.from_numpy(z).mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)

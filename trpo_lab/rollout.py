@@ -337,29 +337,32 @@ class CartPoleSteps:
 
     @staticmethod
     def of(collectors: list[Collector]) -> CartPoleSteps | None:
-        """The vector stepping of these runs' envs, or None: not CartPole (gymnasium's
-        ``CartPoleEnv`` under its ``TimeLimit``, one limit for all), or fewer than MIN_ENVS."""
+        """The vector stepping of these runs' envs, or None: fewer than MIN_ENVS, or not all
+        gymnasium's own ``CartPoleEnv`` as ``gym.make`` wraps it, with one spec (id, kwargs,
+        time limit)."""
         from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
         envs = [env for c in collectors for env in c.envs.envs]
         if len(envs) < CartPoleSteps.MIN_ENVS:
             return None
+        first = envs[0].spec
+        if first is None or first.vector_entry_point is None or first.additional_wrappers:
+            return None
         limits = []
         for env in envs:
-            if not isinstance(env.unwrapped, CartPoleEnv) or env.spec is None or \
-                    env.spec.vector_entry_point is None:
+            # exactly what gym.make builds: TimeLimit(OrderEnforcing(CartPoleEnv)); any other
+            # wrapper would change what the vector env computes
+            if not isinstance(env, gym.wrappers.TimeLimit) or env.spec != first:
                 return None
-            limit = env
-            while not isinstance(limit, gym.wrappers.TimeLimit):
-                if not isinstance(limit, gym.Wrapper):
-                    return None
-                limit = limit.env
-            limits.append(limit)
-        if len({limit._max_episode_steps for limit in limits}) != 1:
-            return None
+            inner = env.env
+            while isinstance(inner, gym.wrappers.OrderEnforcing | gym.wrappers.PassiveEnvChecker):
+                inner = inner.env
+            if type(inner) is not CartPoleEnv:
+                return None
+            limits.append(env)
         try:
             return CartPoleSteps(collectors, limits)
-        except TypeError:  # kwargs the vector env does not take
+        except (TypeError, gym.error.Error):  # kwargs or wrappers the vector env does not take
             return None
 
     def step(self, actions: np.ndarray, raw_obs: list[np.ndarray]
