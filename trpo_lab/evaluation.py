@@ -29,7 +29,13 @@ import gymnasium as gym
 import numpy as np
 
 from trpo_lab.config import EnvConfig
-from trpo_lab.envs import env_factory, make_kwargs, registered_id, tabular_horizon
+from trpo_lab.envs import (
+    env_factory,
+    make_kwargs,
+    registered_id,
+    state_vector_env,
+    tabular_horizon,
+)
 from trpo_lab.policies import NumpyActor
 
 MAX_EVAL_STEPS = 100_000
@@ -147,12 +153,8 @@ class MergedEpisodes:
 
     def __init__(self, parts: list[GymEpisodes]):
         self.parts = parts
-        first = parts[0]
-        self.widths = [p.n * p.copies for p in parts]
-        self.bounds = np.cumsum([0, *self.widths])
-        self.engine = gym.make_vec(first.env_id, int(self.bounds[-1]),
-                                   vectorization_mode="vector_entry_point", **first.kwargs)
-        self.engine.reset(seed=0)  # gymnasium requires one; every column is overwritten
+        self.bounds = np.cumsum([0, *(p.n * p.copies for p in parts)])
+        self.engine = state_vector_env(parts[0].env_id, int(self.bounds[-1]), parts[0].kwargs)
 
     @staticmethod
     def of(parts: list) -> MergedEpisodes | None:

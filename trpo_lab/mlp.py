@@ -11,7 +11,10 @@ sigmoid form, :func:`tanh_`):
 - :func:`vjp` gives J^T w (parameter gradients for output cotangents w).
 
 Inputs and outputs are torch tensors. Every function is checked against autograd in
-tests/test_mlp.py.
+tests/test_mlp.py. Training runs (alone or in a group) use the stacked versions in
+:mod:`trpo_lab.batched`; these single-network ones are the reference formulas that
+:func:`trpo_lab.algos.trpo.fisher_vector_product` builds on and tests/test_batched.py holds the
+stacked ones to.
 """
 
 from __future__ import annotations

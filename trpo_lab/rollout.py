@@ -28,6 +28,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from trpo_lab.envs import state_vector_env
 from trpo_lab.evaluation import Episodes
 from trpo_lab.numerics import RunningMeanStd, discounted_running_returns, gae
 from trpo_lab.policies import NumpyActor, Policy, encode_observations
@@ -320,19 +321,17 @@ class CartPoleSteps:
 
     MIN_ENVS = 6
 
-    def __init__(self, collectors: list[Collector], limits: list[gym.Wrapper]):
+    def __init__(self, collectors: list[Collector]):
+        # each sub-env is its TimeLimit (outermost, see of()), which counts its episode's steps
         self.envs = [env for c in collectors for env in c.envs.envs]
-        self.limits = limits  # each sub-env's TimeLimit, which counts its episode's steps
         self.shape = (len(collectors), collectors[0].num_envs)
         first = self.envs[0]
-        kwargs = {**first.spec.kwargs, "max_episode_steps": limits[0]._max_episode_steps}
-        self.engine = gym.make_vec(first.spec.id, len(self.envs),
-                                   vectorization_mode="vector_entry_point", **kwargs)
+        kwargs = {**first.spec.kwargs, "max_episode_steps": first._max_episode_steps}
+        self.engine = state_vector_env(first.spec.id, len(self.envs), kwargs)
         self.state = self.engine.unwrapped
-        self.engine.reset(seed=0)  # gymnasium requires one; every column is overwritten
         self.state.state = np.stack([np.asarray(env.unwrapped.state, np.float64)
                                      for env in self.envs], axis=1)
-        self.state.steps[:] = [limit._elapsed_steps for limit in limits]
+        self.state.steps[:] = [env._elapsed_steps for env in self.envs]
         self.finals: list[tuple[int, int, np.ndarray]] = []
 
     @staticmethod
@@ -348,7 +347,6 @@ class CartPoleSteps:
         first = envs[0].spec
         if first is None or first.vector_entry_point is None or first.additional_wrappers:
             return None
-        limits = []
         for env in envs:
             # exactly what gym.make builds: TimeLimit(OrderEnforcing(CartPoleEnv)); any other
             # wrapper would change what the vector env computes
@@ -359,9 +357,8 @@ class CartPoleSteps:
                 inner = inner.env
             if type(inner) is not CartPoleEnv:
                 return None
-            limits.append(env)
         try:
-            return CartPoleSteps(collectors, limits)
+            return CartPoleSteps(collectors)
         except (TypeError, gym.error.Error):  # kwargs or wrappers the vector env does not take
             return None
 
@@ -386,9 +383,9 @@ class CartPoleSteps:
 
     def close(self) -> None:
         """The states and step counters back into the sub-envs (each run's own state)."""
-        for j, (env, limit) in enumerate(zip(self.envs, self.limits)):
+        for j, env in enumerate(self.envs):
             env.unwrapped.state = self.state.state[:, j].copy()
-            limit._elapsed_steps = int(self.state.steps[j])
+            env._elapsed_steps = int(self.state.steps[j])
         self.engine.close()
 
 

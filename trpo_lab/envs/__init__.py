@@ -102,6 +102,15 @@ def make_vector_env(env_cfg: EnvConfig, num_envs: int, gamma: float) -> SyncVect
                          autoreset_mode=AutoresetMode.SAME_STEP)
 
 
+def state_vector_env(env_id: str, n: int, kwargs: dict[str, Any]) -> gym.vector.VectorEnv:
+    """gymnasium's numpy vector env of ``n`` copies of ``env_id`` (its vector entry point),
+    reset once, as gymnasium requires before a step: for callers that then write every
+    column's state themselves (several runs' envs stepped as one)."""
+    envs = gym.make_vec(env_id, n, vectorization_mode="vector_entry_point", **kwargs)
+    envs.reset(seed=0)
+    return envs
+
+
 def tabular_model(envs: SyncVectorEnv):
     """The TabularMDP behind a tabular vector env (the same model in every copy)."""
     return envs.envs[0].unwrapped.mdp
