@@ -246,6 +246,12 @@ class LoggerConfig:
         "Seconds to wait for a TCP connection to the W&B server (WANDB_BASE_URL, or the "
         "https proxy) before an online run logs offline instead; the check runs only when "
         "the run would log online.")
+    log_checkpoints: bool = param(
+        False, no_check,
+        "Log every checkpoint.pt as a version of the W&B artifact checkpoint-<run id> (type "
+        "model; aliases latest and update-<k>); offline it is kept in the offline run and "
+        "uploaded by wandb sync. Each version stores a copy of the file (a few hundred KB for "
+        "the default MLP).")
 
 
 @dataclass

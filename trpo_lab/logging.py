@@ -41,6 +41,15 @@ COLUMNS = [
 ]
 
 
+#: Columns of the ``improvement_pairs`` W&B table (one row per evaluated update); the
+#: surrogate's error is the held-out prediction minus the truth.
+IMPROVEMENT_PAIRS_COLUMNS = [
+    "iteration", "env_steps", "predicted_improvement", "predicted_improvement_heldout",
+    "predicted_improvement_heldout_se", "true_improvement", "true_improvement_se",
+    "surrogate_error", "kl_max",
+]
+
+
 # columns that measure the machine, not the run: they differ between identical runs
 TIME_COLUMNS = ["time/wall_s", "time/sps", "time/eval_s", "time/probe_s"]
 
@@ -390,15 +399,33 @@ class WandbRun:
         clean = {k: v for k, v in row.items()
                  if v is not None and not (isinstance(v, float) and math.isnan(v))}
         if "surrogate/improvement" in clean and "true/improvement" in clean:
-            self.pairs.append([float(row["iteration"]), float(clean["surrogate/improvement"]),
-                               float(clean.get("surrogate/improvement_heldout", math.nan)),
-                               float(clean["true/improvement"]),
-                               float(clean.get("true/improvement_se", math.nan)),
-                               float(clean.get("kl/max", math.nan))])
+            heldout = float(clean.get("surrogate/improvement_heldout", math.nan))
+            true = float(clean["true/improvement"])
+            self.pairs.append([float(row["iteration"]), float(row["env_steps"]),
+                               float(clean["surrogate/improvement"]), heldout,
+                               float(clean.get("surrogate/improvement_heldout_se", math.nan)),
+                               true, float(clean.get("true/improvement_se", math.nan)),
+                               heldout - true, float(clean.get("kl/max", math.nan))])
         if self.thread.is_alive():
             self.pending.append(clean)
         elif self._ready():
             self._send(clean)
+
+    def log_checkpoint(self, path: Path, iteration: int, env_steps: int) -> None:
+        """Log the checkpoint file as a version of the run's W&B artifact
+        ``checkpoint-<run id>`` (type ``model``), aliased ``latest`` and ``update-<k>`` (k
+        updates done). Offline it is stored in the offline run and uploaded by ``wandb sync``."""
+        if not self._ready():
+            return
+        try:
+            artifact = self.wandb.Artifact(
+                f"checkpoint-{self.run_id}", type="model",
+                metadata={"iteration": iteration, "env_steps": env_steps})
+            artifact.add_file(str(path), name=path.name)  # a copy: the next checkpoint replaces it
+            self.run.log_artifact(artifact, aliases=["latest", f"update-{iteration}"])
+        except Exception as error:  # noqa: BLE001  (the checkpoint on disk is the record)
+            warnings.warn(f"W&B checkpoint artifact failed ({error}); checkpoint.pt keeps it",
+                          stacklevel=2)
 
     def finish(self, status: str, summary: dict[str, Any], exit_code: int | None = None,
                tables: Mapping[str, tuple[list[str], list[list[Any]]]] | None = None) -> None:
@@ -413,10 +440,7 @@ class WandbRun:
             exit_code = {"completed": 0, "interrupted": 130}.get(status, 1)
         try:
             if self.pairs:
-                table = self.wandb.Table(
-                    columns=["iteration", "predicted_improvement", "predicted_improvement_heldout",
-                             "true_improvement", "true_improvement_se", "kl_max"],
-                    data=self.pairs)
+                table = self.wandb.Table(columns=IMPROVEMENT_PAIRS_COLUMNS, data=self.pairs)
                 self.run.summary["improvement_pairs"] = table  # a summary, not a history row
             for name, (columns, rows) in (tables or {}).items():  # e.g. the probes
                 self.run.summary[name] = self.wandb.Table(columns=columns, data=rows)

@@ -28,7 +28,7 @@ import torch
 from trpo_lab.algos import algo_label, make_algorithm
 from trpo_lab.algos.common import heldout_improvement, predicted_improvement, ratio
 from trpo_lab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
-from trpo_lab.config import Config, ConfigError, env_label, planned_updates
+from trpo_lab.config import Config, ConfigError, TRPOConfig, env_label, planned_updates
 from trpo_lab.critic import CriticTrainer
 from trpo_lab.envs import env_factory, make_vector_env, tabular_model
 from trpo_lab.evaluation import (
@@ -62,6 +62,7 @@ from trpo_lab.rollout import (
     exact_batch,
     heldout_batch,
 )
+from trpo_lab.run_summary import comparison_figures, read_metrics
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
@@ -397,6 +398,8 @@ class Trainer:
             save_checkpoint(self.run_dir / CHECKPOINT, self._state())
         self.saved = self._counters()
         self.checkpoint_on_disk = True
+        if self.wandb is not None and self.cfg.logger.log_checkpoints:
+            self.wandb.log_checkpoint(self.run_dir / CHECKPOINT, self.iteration, self.env_steps)
 
     def _counters(self) -> dict[str, Any]:
         """The counters of the run as it is now, and where metrics.csv ends."""
@@ -610,7 +613,16 @@ class Trainer:
         return out, heldout
 
     # ----------------------------------------------------------------- the loop
+    def comparison(self, wall_s: float) -> dict[str, float | None]:
+        """The figures a runs table sorts by (:mod:`trpo_lab.run_summary`), from metrics.csv as
+        written so far: every update of the run, across resumes."""
+        path = self.run_dir / METRICS
+        rows = read_metrics(path.read_text()) if path.exists() else []
+        delta = float(self.cfg.algo.delta) if isinstance(self.cfg.algo, TRPOConfig) else None
+        return comparison_figures(rows, delta, self.env_steps, wall_s)
+
     def summary(self, status: str, error: str | None = None) -> dict[str, Any]:
+        wall_s = self.wall_before + self._elapsed() - self.final_eval_s
         return {
             "status": status, "error": error, "iterations": self.iteration,
             "updates_planned": self.updates, "env_steps": self.env_steps,
@@ -621,7 +633,8 @@ class Trainer:
             if self.final_eval_returns else None,
             "final_eval_returns": self.final_eval_returns,
             "final_eval_s": self.final_eval_s, "final_eval_error": self.final_eval_error,
-            "wall_s": self.wall_before + self._elapsed() - self.final_eval_s,
+            "wall_s": wall_s,
+            **self.comparison(wall_s),
             "wandb_run_id": self.run_id,
             # the W&B mode actually used (offline when online was impossible), and why not online
             "wandb_mode": self.wandb.final_mode() if self.wandb is not None else None,
