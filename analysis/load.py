@@ -75,6 +75,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "trpo/backtracks",
     "trpo/accepted",
     "trpo/step_norm",
+    "trpo/surrogate_tested",
     "value/loss",
     "value/explained_variance",
 )

@@ -129,6 +129,13 @@ class TRPOConfig(AlgoConfig):
                                   "Shrink factor per backtrack, in (0, 1). 0.5-0.8 is typical.")
     line_search: bool = param(True, no_check,
                               "false: take the full natural-gradient step (the NPG baseline).")
+    line_search_on: str = param(
+        "standardized", one_of("standardized", "dL"),
+        "What the line search requires to improve (besides mean KL <= delta): "
+        "'standardized' the policy objective sum_i w_i ratio_i A_i the gradient was taken of "
+        "(standardised advantages when normalize_advantages, the classic TRPO check); 'dL' "
+        "the dL estimate in units of J on raw advantages (surrogate/improvement). The value "
+        "it tested is logged as trpo/surrogate_tested.")
 
 
 @dataclass

@@ -32,7 +32,7 @@ COLUMNS = [
     "bound/trpo", "bound/cpo", "bound/C", "bound/eps",
     "exact/surrogate_improvement", "exact/pdl_residual",
     "mc/J", "mc/J_se", "mc/improvement", "mc/improvement_se",
-    "trpo/backtracks", "trpo/accepted", "trpo/step_norm",
+    "trpo/backtracks", "trpo/accepted", "trpo/step_norm", "trpo/surrogate_tested",
     "value/loss", "value/explained_variance",
     # beyond DESIGN.md's table: numerical guard and the penalty actually used
     "guard/nonfinite", "guard/bad_updates", "penalty/beta",

@@ -491,6 +491,7 @@ class Trainer:
             theta_new = theta_old
             if "trpo/accepted" in info:
                 info.update({"trpo/accepted": 0.0, "trpo/step_norm": 0.0})
+                info.pop("trpo/surrogate_tested", None)
         update.nonfinite = bool(nonfinite)
         update.theta_new = theta_new
         row.update(info)
