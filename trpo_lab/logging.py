@@ -23,7 +23,7 @@ from trpo_lab.rundir import RunFileError
 
 COLUMNS = [
     "iteration", "env_steps", "time/wall_s", "time/sps", "time/eval_s", "heldout/env_steps",
-    "eval/env_steps",
+    "eval/env_steps", "eval/pairs", "eval/pairs_differing",
     "rollout/return_mean", "rollout/length_mean", "rollout/episodes",
     "kl/mean", "kl/max", "kl/reverse_mean", "policy/max_ratio", "policy/entropy",
     "surrogate/linear", "surrogate/improvement",

@@ -38,9 +38,9 @@ from trpo_lab.evaluation import (
     SamplerRequest,
     deterministic_returns,
     episode_envs,
-    paired_difference,
 )
 from trpo_lab.guards import ProgressWatch, batch_overflow, critic_nonfinite, nonfinite_hint
+from trpo_lab.intervals import paired_improvement
 from trpo_lab.logging import (
     MetricsCSV,
     MetricsPosition,
@@ -286,6 +286,7 @@ class Trainer:
 
             self.exact = exact
         self.sampler = self._sampler()
+        self.more_pairs: EpisodeSampler | None = None  # adaptive rounds of pairs (on first use)
         self.prober = Prober(cfg, self.policy, self.mdp, self.exact if self.mdp else None) \
             if cfg.probe.every else None
         self.heldout_env_steps = 0
@@ -346,6 +347,16 @@ class Trainer:
         copies = 2 if self.cfg.eval.episodes else 1
         return EpisodeSampler(episode_envs(self.cfg.env, self.cfg.gamma, rows, copies, self.mdp),
                               self.cfg.gamma, self.cfg.seed + 10_000)
+
+    def _pair_sampler(self) -> EpisodeSampler:
+        """The env of the adaptive rounds of pairs (eval.episodes pairs a round), made on first
+        use: the evaluation's seed, its keys (update, round, 1) distinct from the first
+        round's (update,)."""
+        if self.more_pairs is None:
+            self.more_pairs = EpisodeSampler(
+                episode_envs(self.cfg.env, self.cfg.gamma, self.cfg.eval.episodes, 2, self.mdp),
+                self.cfg.gamma, self.cfg.seed + 10_000)
+        return self.more_pairs
 
     # ----------------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
@@ -522,7 +533,7 @@ class Trainer:
                                             record=request.record)
             evaluation, update.heldout = self._evaluate(
                 episodes, update.theta_old, update.theta_new, update.reward_scale,
-                self._exact_advantages(update))
+                self._exact_advantages(update), request)
             row.update(evaluation)
             row["time/eval_s"] = time.perf_counter() - start
         if self.mdp is not None:
@@ -575,10 +586,13 @@ class Trainer:
         return row
 
     def _evaluate(self, runs: list[Episodes], theta_old: torch.Tensor, theta_new: torch.Tensor,
-                  reward_scale: float, exact_advantages: np.ndarray | None
+                  reward_scale: float, exact_advantages: np.ndarray | None,
+                  request: SamplerRequest | None = None
                   ) -> tuple[dict[str, float], HeldoutBatch | None]:
         """Paired Monte Carlo J and dJ, and dL on the held-out episodes, for one update, from
-        the sampler's ``runs`` of the old and new policy (:meth:`evaluation_request`); and the
+        the sampler's ``runs`` of the old and new policy (:meth:`evaluation_request`), with
+        further rounds of pairs while too few differ (:func:`trpo_lab.intervals.
+        paired_improvement`, keyed by (update, round, 1), in an env of their own); and the
         held-out batch itself (None when eval.heldout_episodes is 0), for the probes.
 
         Both policies saw the observation map of the collecting policy. The held-out batch (the
@@ -591,11 +605,21 @@ class Trainer:
         if n_eval:
             old, new = (run.columns(slice(0, n_eval)) for run in runs)
             self.eval_env_steps += old.steps + new.steps
-            j = MonteCarloEstimate.of(old.returns)
-            dj = paired_difference(new.returns, old.returns)
+
+            def draw(round_index: int) -> tuple[np.ndarray, np.ndarray]:
+                more_old, more_new = self._pair_sampler().run(
+                    request.actors, request.encode, (*request.key, round_index, 1))
+                self.eval_env_steps += more_old.steps + more_new.steps
+                return more_new.returns, more_old.returns
+
+            dj = paired_improvement(new.returns, old.returns,
+                                    request is not None and not torch.equal(theta_old, theta_new),
+                                    cfg.eval.min_differing, cfg.eval.max_pairs, draw)
+            j = MonteCarloEstimate.of(dj.old_returns)
             prefix = "mc/" if self.mdp is not None else "true/"
             out.update({f"{prefix}J": j.mean, f"{prefix}J_se": j.se,
-                        f"{prefix}improvement": dj.mean, f"{prefix}improvement_se": dj.se})
+                        f"{prefix}improvement": dj.mean, f"{prefix}improvement_se": dj.se,
+                        "eval/pairs": dj.pairs, "eval/pairs_differing": dj.differing})
         if cfg.eval.heldout_episodes:
             params = self.policy.actor_parameters()
             set_flat_params(params, theta_old)
@@ -764,6 +788,8 @@ class Trainer:
         self.envs.close()
         if self.sampler is not None:
             self.sampler.close()
+        if self.more_pairs is not None:
+            self.more_pairs.close()
         if self.prober is not None:
             self.prober.close()
 
