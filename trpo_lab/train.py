@@ -10,6 +10,7 @@ and checkpoint when due. The algorithms differ only inside ``algo.update(batch)`
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import math
 import os
@@ -40,7 +41,7 @@ from trpo_lab.evaluation import (
     episode_envs,
 )
 from trpo_lab.guards import ProgressWatch, batch_overflow, critic_nonfinite, nonfinite_hint
-from trpo_lab.intervals import paired_improvement
+from trpo_lab.intervals import paired_improvement, run_prediction_summary
 from trpo_lab.logging import (
     MetricsCSV,
     MetricsPosition,
@@ -658,7 +659,22 @@ class Trainer:
             "startup": {f"{name}_to_first_update_s": self.first_update_at - origin
                         for name, origin in self.clock_origins.items()}
             if self.first_update_at is not None else {},
-        }
+        } | self._prediction_summary()
+
+    def _prediction_summary(self) -> dict[str, float]:
+        """The run's dJ-against-dL statistics (:func:`trpo_lab.intervals.
+        run_prediction_summary`) from metrics.csv as written so far (NaN: non-finite)."""
+        path = self.run_dir / METRICS
+        if not path.exists():
+            return {}
+        with open(path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        names = ("surrogate/improvement_heldout", "surrogate/improvement_heldout_se",
+                 "true/improvement", "true/improvement_se", "bound/trpo")
+        columns = {name: np.array([float(row[name]) if row.get(name) else math.nan
+                                   for row in rows]) for name in names}
+        return {key: (value if math.isfinite(value) else None)
+                for key, value in run_prediction_summary(columns, seed=self.cfg.seed).items()}
 
     def run(self, stop: StopSignal | None = None,
             on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
