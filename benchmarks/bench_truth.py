@@ -178,9 +178,10 @@ def coverage_row(shape: str, runs: dict[str, pd.DataFrame]) -> dict[str, str]:
 
 def coverage_table(seeds: int, exact_seeds: int, updates: int, shapes: list[str],
                    workdir: Path, jobs: int) -> list[dict[str, str]]:
-    tasks = [(shape, estimator, seed, updates, str(workdir)) for shape in shapes
-             for estimator in ESTIMATORS
-             for seed in range(seeds if estimator == "sampled" else exact_seeds)]
+    # seed by seed over the shapes (GAE runs first): every shape fills up at the same pace
+    tasks = [(shape, estimator, seed, updates, str(workdir)) for estimator in ESTIMATORS
+             for seed in range(seeds if estimator == "sampled" else exact_seeds)
+             for shape in shapes]
     with ProcessPoolExecutor(jobs) as pool:
         paths = list(pool.map(coverage_job, tasks))
     frames: dict[tuple[str, str], list[pd.DataFrame]] = {}
