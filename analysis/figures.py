@@ -29,10 +29,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy.stats import norm as sps_norm
 
 from analysis import plots, probe_plots
 from analysis.load import load_all, load_probes
-from analysis.tables import summary_table, write_summary
+from analysis.stats import prediction_stats
+from analysis.tables import prediction_table, summary_table, write_summary
 
 DJ, DL = plots.DJ, plots.DL
 
@@ -225,10 +227,64 @@ def _per_run_caption(fig: Figure, point: str, line: str, df: pd.DataFrame) -> Fi
     return fig
 
 
+def fig_calibration(df: pd.DataFrame, opts: Options) -> Figure:
+    """Calibration of the prediction: mean dJ in ten quantile bins of the predicted dL (with
+    95% normal intervals over the bin's updates), the line y = x, the calibration regression
+    dJ = a + b dL, and the statistics of :func:`analysis.stats.prediction_stats` with their
+    seed-bootstrap intervals and seed-clustered SEs; one panel per (algorithm, env, kind)."""
+    framed = plots.prediction_frame(df, opts.prediction)
+    framed = framed[np.isfinite(framed["_dl"].to_numpy(dtype=float))
+                    & np.isfinite(framed[DJ].to_numpy(dtype=float))]
+    if len(framed) < 10:
+        raise Skipped(f"needs >= 10 updates with both a dL estimate and {DJ}")
+    panels = []
+    for title, rows in plots.env_panels(framed):
+        for algo in plots.ordered_levels(rows, "algo"):
+            sub = rows[rows["algo"] == algo]
+            if len(sub) >= 10:
+                panels.append((f"{algo}, {title}", partial(_calibration_panel, sub, opts=opts)))
+    if not panels:
+        raise Skipped("needs >= 10 updates of one algorithm and env")
+    fig = plots.facet(panels, panel_size=(2.4, 2.1))
+    plots.caption(fig, f"points: mean dJ per decile of the {opts.prediction} dL, bars "
+                       f"{100 * opts.level:g}% normal interval over the bin's updates; "
+                       "solid: least squares over updates; dashed: y = x; text: intervals by "
+                       "a bootstrap over runs (seeds), SEs clustered by run")
+    return fig
+
+
+def _calibration_panel(rows: pd.DataFrame, ax: Any, *, opts: Options) -> None:
+    x, y = rows["_dl"].to_numpy(dtype=float), rows[DJ].to_numpy(dtype=float)
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, 11)))
+    which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, max(len(edges) - 2, 0))
+    z = sps_norm.ppf(0.5 + opts.level / 2)
+    for b in np.unique(which):
+        xb, yb = x[which == b], y[which == b]
+        half = z * yb.std(ddof=1) / np.sqrt(yb.size) if yb.size > 1 else 0.0
+        ax.errorbar(xb.mean(), yb.mean(), yerr=half, fmt="o", ms=3, color="C0", lw=0.8)
+    st = prediction_stats(rows, "_dl", "_dl_se", reps=min(opts.reps, 1000), level=opts.level,
+                          seed=opts.seed)
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    ax.plot([lo, hi], [lo, hi], ls="--", color="0.3", lw=0.8)
+    if math.isfinite(st["slope"]):
+        grid = np.linspace(float(x.min()), float(x.max()), 2)
+        ax.plot(grid, st["intercept"] + st["slope"] * grid, color="C3", lw=1)
+    plots.corner_text(
+        ax, f"slope {st['slope']:.2f} ± {st['slope_se']:.2f}, intercept "
+            f"{st['intercept']:.2g} ± {st['intercept_se']:.1g}\n"
+            f"ρ {st['spearman']:.2f} [{st['spearman_low']:.2f}, {st['spearman_high']:.2f}], "
+            f"r {st['pearson']:.2f} [{st['pearson_low']:.2f}, {st['pearson_high']:.2f}]\n"
+            f"|dL-dJ| ≤ 1.96 SE: {st['agreement']:.0%}; {st['n_updates']} updates, "
+            f"{st['n_runs']} runs", corners=("upper left", "lower right"))
+    ax.set_xlabel(f"predicted dL ({opts.prediction})")
+    ax.set_ylabel("true dJ")
+
+
 #: Every figure the CLI knows, in order: name -> builder.
 FIGURES: Mapping[str, Callable[[pd.DataFrame, Options], Figure]] = {
     "learning_curves": fig_learning_curves,
     "predicted_vs_true": fig_predicted_vs_true,
+    "calibration": fig_calibration,
     "surrogate_error": fig_surrogate_error,
     "improvement_vs_delta": fig_improvement_vs_delta,
     "trust_region": fig_trust_region,
@@ -450,7 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = summary_table(
         long, index, frac=args.frac, reps=args.reps, level=args.level, seed=args.seed
     )
-    csv_path, md_path = write_summary(table, args.out, level=args.level)
+    predictions = prediction_table(long, index, prediction=args.prediction, reps=args.reps,
+                                   level=args.level, seed=args.seed)
+    csv_path, md_path = write_summary(table, args.out, level=args.level,
+                                      predictions=predictions)
     print(f"summary: {csv_path.name}, {md_path.name} ({len(table)} rows)")
     if args.wandb:
         run_dir = log_to_wandb(

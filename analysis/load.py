@@ -45,6 +45,8 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "time/eval_s",
     "heldout/env_steps",
     "eval/env_steps",
+    "eval/pairs",
+    "eval/pairs_differing",
     "rollout/return_mean",
     "rollout/length_mean",
     "rollout/episodes",
@@ -75,6 +77,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "trpo/backtracks",
     "trpo/accepted",
     "trpo/step_norm",
+    "trpo/surrogate_tested",
     "value/loss",
     "value/explained_variance",
 )

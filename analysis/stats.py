@@ -6,6 +6,9 @@
 * :func:`scatter_stats`: Spearman's rho and the least-squares slope of y on x with bootstrap CIs
   (resampling points), for predicted-vs-true scatter plots.
 * :func:`final_per_run`: one "final performance" number per run (mean over the last updates).
+* :func:`prediction_stats`: dJ against the predicted dL with seed-bootstrap intervals on the
+  correlations, a calibration regression with seed-clustered SEs, the agreement within 1.96
+  combined SE and the bound's vacuity rate.
 
 Every function ignores NaN values.
 """
@@ -202,6 +205,41 @@ def final_per_run(
     out = rows.drop_duplicates(by)[run_cols].reset_index(drop=True)
     out["final"] = out[by].map(finals).astype(float)
     return out
+
+
+def prediction_stats(rows: pd.DataFrame, dl: str, dl_se: str, dj: str = "true/improvement",
+                     dj_se: str = "true/improvement_se", cluster: str = "run_dir",
+                     reps: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """How well the prediction ``dl`` (with standard error ``dl_se``) tells the truth ``dj``
+    over the updates in ``rows``, with its uncertainty across seeds: Pearson and Spearman
+    correlations with percentile intervals from a bootstrap over ``cluster`` (runs, i.e.
+    seeds: a replicate draws runs with replacement and pools their updates), the calibration
+    regression dJ = intercept + slope dL with cluster-robust (CR1) standard errors by run
+    (slope 1 and intercept 0 for a calibrated prediction), the fraction of updates with
+    |dL - dJ| <= 1.96 sqrt(se_dL^2 + se_dJ^2), and the TRPO bound's vacuity rate (fraction of
+    updates with ``bound/trpo`` <= 0, tabular runs; NaN without a bound). The numerics are
+    :mod:`trpo_lab.intervals`'."""
+    from trpo_lab.intervals import (
+        agreement_fraction,
+        calibration_regression,
+        cluster_bootstrap_correlations,
+        vacuity_rate,
+    )
+
+    x, y = rows[dl].to_numpy(dtype=float), rows[dj].to_numpy(dtype=float)
+    clusters = rows[cluster].astype(str).to_numpy()
+    corr = cluster_bootstrap_correlations(x, y, clusters, reps=reps, level=level, seed=seed)
+    fit = calibration_regression(x, y, clusters)
+    se = rows[dl_se].to_numpy(dtype=float) if dl_se in rows else np.full(len(rows), np.nan)
+    se_j = rows[dj_se].to_numpy(dtype=float) if dj_se in rows else np.full(len(rows), np.nan)
+    bound = rows["bound/trpo"] if "bound/trpo" in rows else pd.Series(np.nan, rows.index)
+    return {"n_updates": corr.n, "n_runs": corr.clusters,
+            "pearson": corr.pearson, "pearson_low": corr.pearson_low,
+            "pearson_high": corr.pearson_high, "spearman": corr.spearman,
+            "spearman_low": corr.spearman_low, "spearman_high": corr.spearman_high,
+            "slope": fit.slope, "slope_se": fit.slope_se, "intercept": fit.intercept,
+            "intercept_se": fit.intercept_se, "agreement": agreement_fraction(x, se, y, se_j),
+            "bound_vacuity_rate": vacuity_rate(bound.to_numpy(dtype=float))}
 
 
 def bound_violations(long: pd.DataFrame, tol: float = 1e-9) -> tuple[int, int]:

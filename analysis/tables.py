@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis.labels import interval_label, label
 from analysis.load import ALGO_ORDER, RUN_COLUMNS
-from analysis.stats import final_per_run, iqm, stratified_bootstrap_ci
+from analysis.stats import final_per_run, iqm, prediction_stats, stratified_bootstrap_ci
 
 #: Columns that define a row of the summary table.
 SUMMARY_KEYS: tuple[str, ...] = ("algo", "env", "estimator", "setting", "gamma", "gae_lambda")
@@ -120,6 +120,64 @@ def summary_table(
     return _sort(table, index)
 
 
+#: Columns of :func:`prediction_table` after :data:`SUMMARY_KEYS`.
+PREDICTION_COLUMNS: tuple[str, ...] = (
+    "prediction", "n_updates", "n_runs", "pearson", "pearson_low", "pearson_high", "spearman",
+    "spearman_low", "spearman_high", "slope", "slope_se", "intercept", "intercept_se",
+    "agreement", "bound_vacuity_rate",
+)
+
+
+def prediction_table(long: pd.DataFrame, index: pd.DataFrame | None = None, *,
+                     prediction: str = "heldout", reps: int = 2000, level: float = 0.95,
+                     seed: int = 0) -> pd.DataFrame:
+    """One row per :data:`SUMMARY_KEYS` group with updates that have a prediction and a
+    truth: :func:`analysis.stats.prediction_stats` of ``true/improvement`` against the dL of
+    :func:`analysis.plots.prediction_frame` (held-out by default, with its SE; the exact dL
+    on runs that update on the exact batch), bootstrapped and clustered by run (= seed)."""
+    from analysis.plots import prediction_frame
+
+    rows = []
+    if len(long) and DJ in long.columns:
+        framed = prediction_frame(long, prediction)
+        for key, group in framed.groupby(list(SUMMARY_KEYS), dropna=False, sort=False):
+            group = group[np.isfinite(group["_dl"].to_numpy(dtype=float))
+                          & np.isfinite(group[DJ].to_numpy(dtype=float))]
+            if len(group) < 3:
+                continue
+            rows.append(dict(zip(SUMMARY_KEYS, key, strict=True)) | {"prediction": prediction}
+                        | prediction_stats(group, "_dl", "_dl_se", reps=reps, level=level,
+                                           seed=seed))
+    table = pd.DataFrame(rows, columns=[*SUMMARY_KEYS, *PREDICTION_COLUMNS])
+    if index is None:
+        index = long.drop_duplicates("run_dir")[[c for c in RUN_COLUMNS if c in long.columns]] \
+            if len(long) else pd.DataFrame(columns=["setting", "setting_value"])
+    return _sort(table, index) if len(table) else table
+
+
+def prediction_markdown(table: pd.DataFrame, level: float = 0.95) -> str:
+    """:func:`prediction_table` as markdown: each statistic with its interval or SE."""
+    pct = f"{100 * level:g}%"
+
+    def ci(e: float, lo: float, hi: float) -> str:
+        return "" if math.isnan(e) else f"{e:.2f} [{lo:.2f}, {hi:.2f}]"
+
+    def pm(e: float, se: float) -> str:
+        return "" if math.isnan(e) else f"{e:.3g} ± {se:.2g}"
+
+    shown = table[list(SUMMARY_KEYS)].copy()
+    shown["updates (runs)"] = [f"{n} ({r})" for n, r in zip(table["n_updates"], table["n_runs"])]
+    shown[f"Pearson [{pct} seed bootstrap]"] = [
+        ci(*v) for v in zip(table["pearson"], table["pearson_low"], table["pearson_high"])]
+    shown[f"Spearman [{pct} seed bootstrap]"] = [
+        ci(*v) for v in zip(table["spearman"], table["spearman_low"], table["spearman_high"])]
+    shown["slope ± SE (dJ on dL)"] = [pm(*v) for v in zip(table["slope"], table["slope_se"])]
+    shown["intercept ± SE"] = [pm(*v) for v in zip(table["intercept"], table["intercept_se"])]
+    shown["within 1.96 combined SE"] = table["agreement"]
+    shown["bound vacuous"] = table["bound_vacuity_rate"]
+    return to_markdown(shown.rename(columns=label), floatfmt=".2f")
+
+
 def _sort(table: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
@@ -178,11 +236,19 @@ def summary_markdown(table: pd.DataFrame, level: float = 0.95) -> str:
 
 
 def write_summary(
-    table: pd.DataFrame, out_dir: str | os.PathLike[str], level: float = 0.95
+    table: pd.DataFrame, out_dir: str | os.PathLike[str], level: float = 0.95,
+    predictions: pd.DataFrame | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``summary.csv`` and ``summary.md`` into ``out_dir``; returns the two paths."""
+    """Write ``summary.csv`` and ``summary.md`` into ``out_dir``; returns the two paths. With
+    ``predictions`` (:func:`prediction_table`, rows present) also ``predictions.csv`` and, in
+    summary.md, a second table: predicted against true improvement with their uncertainty."""
     out = Path(out_dir)
     csv_path, md_path = out / "summary.csv", out / "summary.md"
     table.to_csv(csv_path, index=False)
-    md_path.write_text(summary_markdown(table, level=level), encoding="utf-8")
+    text = summary_markdown(table, level=level)
+    if predictions is not None and len(predictions):
+        predictions.to_csv(out / "predictions.csv", index=False)
+        text += ("\n## Predicted (dL) against true (dJ) improvement\n\n"
+                 + prediction_markdown(predictions, level=level))
+    md_path.write_text(text, encoding="utf-8")
     return csv_path, md_path

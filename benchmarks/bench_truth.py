@@ -16,6 +16,17 @@ interval, the standard deviation of z = (mc - exact) / se, and the bias of the h
 in-sample dL estimates against the exact dL (mean difference +/- its standard error over
 updates); Spearman correlations of the held-out and in-sample dL with dJ; the evaluation's share
 of the training wall time (``time/eval_s`` summed over ``time/wall_s``).
+
+    python benchmarks/bench_truth.py --coverage [--seeds 4] [--exact-seeds 2] [--updates 250]
+        [--jobs 2]
+        [--shapes "29x5 b3 g0.95" ...] [--keep DIR]
+
+The per-shape coverage table (:data:`SHAPES`: the project's garnet and six shapes nothing was
+tuned on, gamma 0.8-0.97, branching 2-30): per shape ``--seeds`` runs (each its own MDP) of
+sampled TRPO with GAE advantages and of exact-advantage TRPO (``algo.estimator=exact``), every
+evaluation setting at its default; the fraction of updates whose logged 95% interval holds the
+exact dJ (``mc/*`` against ``true/improvement``) and the exact dL (held-out against
+``exact/surrogate_improvement``), over all updates and over those whose step was accepted.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +43,7 @@ from hydra import compose, initialize_config_dir
 from scipy.stats import spearmanr
 
 from trpo_lab.config import register_configs, to_typed, validate
+from trpo_lab.intervals import covered
 from trpo_lab.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +108,89 @@ def truth_row(env: str, df: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+#: garnet shapes of the coverage table: name -> (states, actions, branching, gamma); the first
+#: is the project's garnet, the others are shapes no test or sweep was tuned on
+SHAPES = {
+    "50x4 b5 g0.9": (50, 4, 5, 0.9),
+    "29x5 b3 g0.95": (29, 5, 3, 0.95),
+    "37x3 b4 g0.9": (37, 3, 4, 0.9),
+    "20x2 b2 g0.8": (20, 2, 2, 0.8),
+    "80x3 b8 g0.85": (80, 3, 8, 0.85),
+    "60x6 b30 g0.95": (60, 6, 30, 0.95),
+    "25x4 b2 g0.97": (25, 4, 2, 0.97),
+}
+#: the two advantage estimators the held-out dL is checked with
+ESTIMATORS = ("sampled", "exact")
+
+
+def coverage_overrides(shape: str, estimator: str, seed: int, updates: int) -> list[str]:
+    """Sampled (GAE) or exact-advantage TRPO on a garnet shape, every evaluation setting at
+    its default; each seed its own MDP (env.mdp_seed = 100 + seed)."""
+    states, actions, branching, gamma = SHAPES[shape]
+    return ["env=garnet", "policy=tabular", f"gamma={gamma}", f"env.num_states={states}",
+            f"env.num_actions={actions}", f"env.branching={branching}",
+            f"env.mdp_seed={100 + seed}", "batch_steps=256", f"total_steps={256 * updates}",
+            f"algo.estimator={estimator}", "logger=none", "progress=false", f"seed={seed}",
+            "checkpoint.every=0"]
+
+
+def coverage_job(args: tuple[str, str, int, int, str]) -> str:
+    """One coverage run (in a worker process); returns its metrics.csv path."""
+    shape, estimator, seed, updates, workdir = args
+    register_configs()
+    run_dir = Path(workdir) / f"{shape.replace(' ', '_')}-{estimator}-{seed}"
+    if (run_dir / "metrics.csv").exists() and \
+            len(pd.read_csv(run_dir / "metrics.csv")) == updates:
+        return str(run_dir / "metrics.csv")  # kept from an earlier call
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        typed = to_typed(compose(config_name="config",
+                                 overrides=coverage_overrides(shape, estimator, seed, updates)))
+    validate(typed)
+    Trainer(typed, run_dir).run()
+    return str(run_dir / "metrics.csv")
+
+
+def coverage_row(shape: str, runs: dict[str, pd.DataFrame]) -> dict[str, str]:
+    """Coverage of the exact dJ and dL by the logged 95% intervals (mean +/- 1.96 SE, within
+    the exact solver's rounding), over all updates and over the updates whose step was
+    accepted (the others did not move the policy: dJ = 0 exactly, interval {0})."""
+    out = {"shape": shape}
+    for estimator, df in runs.items():
+        moved = df["trpo/accepted"] == 1
+        dj = covered(df["mc/improvement"], df["mc/improvement_se"], df["true/improvement"])
+        dl = covered(df["surrogate/improvement_heldout"], df["surrogate/improvement_heldout_se"],
+                     df["exact/surrogate_improvement"])
+        if estimator == "sampled":
+            out |= {"updates": str(len(df)), "moved": f"{moved.mean():.2f}",
+                    "dJ cov": f"{dj.mean():.3f}", "dJ cov (moved)": f"{dj[moved].mean():.3f}",
+                    "SE 0 (moved)": f"{(df['mc/improvement_se'][moved] == 0).mean():.3f}",
+                    "mean pairs": f"{df['eval/pairs'].mean():.0f}",
+                    "dL cov GAE": f"{dl.mean():.3f}",
+                    "dL cov GAE (moved)": f"{dl[moved].mean():.3f}"}
+        else:
+            out |= {"updates (exact A)": str(len(df)), "dJ cov (exact A)": f"{dj.mean():.3f}",
+                    "dL cov exact A": f"{dl.mean():.3f}",
+                    "dL cov exact A (moved)": f"{dl[moved].mean():.3f}"}
+    return out
+
+
+def coverage_table(seeds: int, exact_seeds: int, updates: int, shapes: list[str],
+                   workdir: Path, jobs: int) -> list[dict[str, str]]:
+    # seed by seed over the shapes (GAE runs first): every shape fills up at the same pace
+    tasks = [(shape, estimator, seed, updates, str(workdir)) for estimator in ESTIMATORS
+             for seed in range(seeds if estimator == "sampled" else exact_seeds)
+             for shape in shapes]
+    with ProcessPoolExecutor(jobs) as pool:
+        paths = list(pool.map(coverage_job, tasks))
+    frames: dict[tuple[str, str], list[pd.DataFrame]] = {}
+    for (shape, estimator, seed, _, _), path in zip(tasks, paths):
+        frames.setdefault((shape, estimator), []).append(pd.read_csv(path).assign(seed=seed))
+    return [coverage_row(shape, {e: pd.concat(frames[shape, e], ignore_index=True)
+                                 for e in ESTIMATORS}) for shape in shapes]
+
+
 def markdown(rows: list[dict[str, str]]) -> str:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -107,10 +203,31 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--envs", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides for every run")
-    parser.add_argument("--keep", type=Path, help="keep the run directories here")
+    parser.add_argument("--keep", type=Path, help="keep the run directories here (with "
+                        "--coverage, runs already there are reused)")
+    parser.add_argument("--coverage", action="store_true",
+                        help="the per-shape coverage table instead: --seeds runs of "
+                             "--updates sampled and exact-advantage TRPO updates per shape")
+    parser.add_argument("--updates", type=int, default=250)
+    parser.add_argument("--exact-seeds", type=int, default=2,
+                        help="runs with exact advantages per shape (--coverage)")
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
     register_configs()
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="bench_truth-"))
+    if args.coverage:
+        try:
+            rows = coverage_table(args.seeds, args.exact_seeds, args.updates, args.shapes,
+                                  workdir, args.jobs)
+        finally:
+            if args.keep is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+        print(f"{args.seeds} seeds (GAE advantages) and {args.exact_seeds} (exact advantages) "
+              f"x {args.updates} updates per shape, default evaluation settings; 95% "
+              f"intervals, coverage of the exact value")
+        print(markdown(rows))
+        return
     rows = []
     try:
         for env in args.envs:

@@ -142,6 +142,38 @@ def test_trpo_line_search_rejects_when_the_surrogate_cannot_improve(monkeypatch)
     assert info["trpo/accepted"] == 1.0  # the same update without the flip takes a step
 
 
+def test_line_search_logs_the_improvement_it_tested():
+    """trpo/surrogate_tested is the tested objective's improvement at the accepted step: the
+    standardised surrogate's by default, the dL estimate's (= surrogate/improvement) with
+    line_search_on=dL; when the two disagree in sign, each mode accepts only what its own
+    objective says improves; NPG tests nothing and logs nothing."""
+    from trpo_lab.algos.common import predicted_improvement, surrogate
+
+    policy, batch = fixed_batch()
+    old_surrogate = float((batch.weights * batch.policy_advantages).sum())
+    for mode in ("standardized", "dL"):
+        moved = copy.deepcopy(policy)
+        info = TRPO(moved, TRPOConfig(line_search_on=mode)).update(batch)
+        assert info["trpo/accepted"] == 1.0
+        with torch.no_grad():
+            expected = float(predicted_improvement(moved, batch)) if mode == "dL" else \
+                float(surrogate(moved, batch)) - old_surrogate
+        assert info["trpo/surrogate_tested"] > 0
+        assert info["trpo/surrogate_tested"] == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    # raw advantages of the opposite sign: the standardised step lowers dL
+    batch.advantages = -batch.advantages
+    moved = copy.deepcopy(policy)
+    info = TRPO(moved, TRPOConfig()).update(batch)
+    with torch.no_grad():
+        assert info["trpo/accepted"] == 1.0 and float(predicted_improvement(moved, batch)) < 0
+    before = flat_params(policy.actor_parameters()).clone()
+    info = TRPO(policy, TRPOConfig(line_search_on="dL")).update(batch)
+    assert info == {"trpo/backtracks": 10.0, "trpo/accepted": 0.0, "trpo/step_norm": 0.0}
+    assert torch.equal(flat_params(policy.actor_parameters()), before)
+    info = TRPO(copy.deepcopy(policy), TRPOConfig(line_search=False)).update(batch)
+    assert "trpo/surrogate_tested" not in info and info["trpo/accepted"] == 1.0
+
+
 def test_ppo_clipped_objective_matches_hand_computation():
     ratios = torch.tensor([0.5, 0.9, 1.1, 1.5, 1.5, 0.7])
     adv = torch.tensor([1.0, -2.0, 3.0, 2.0, -1.0, -1.0])

@@ -55,6 +55,23 @@ def test_gradient_agreement_in_closed_form():
     assert out["norm_ratio_mean"] == pytest.approx((3 + 1 + 0.5) / 3 / 2)
 
 
+def test_gradient_agreement_separates_bias_from_variance_in_closed_form():
+    reference = np.array([2.0, 0.0, 0.0])
+    # symmetric about the reference's direction: unbiased, mean cosine 1, variance 2 / 4
+    out = gradient_agreement(np.array([[1.0, 1.0, 0.0], [1.0, -1.0, 0.0]]), reference)
+    assert out["mean_cosine"] == pytest.approx(1.0, abs=1e-15)
+    assert out["relative_variance"] == pytest.approx(((0.0 + 2.0) + 0.0) / 4, abs=1e-15)
+    # |mean - ref|^2 = 1, minus the variance of a mean of 2, 2 / 2, over |ref|^2: 0
+    assert out["relative_bias_sq"] == pytest.approx(0.0, abs=1e-15)
+    # identical estimates at 60 degrees: no variance, all bias
+    same = np.array([[1.0, math.sqrt(3), 0.0]] * 3)
+    out = gradient_agreement(same, reference)
+    assert out["mean_cosine"] == pytest.approx(0.5, abs=1e-15)
+    assert out["relative_variance"] == pytest.approx(0.0, abs=1e-30)
+    assert out["pairwise_cosine_mean"] == pytest.approx(1)
+    assert out["relative_bias_sq"] == pytest.approx((1 + 3) / 4, abs=1e-15)
+
+
 def test_gradient_agreement_with_a_zero_vector_is_nan():
     out = gradient_agreement(np.ones((2, 3)), np.zeros(3))  # a vanished reference
     assert math.isnan(out["cosine_mean"]) and math.isnan(out["norm_ratio_mean"])
@@ -164,10 +181,12 @@ def test_probe_rows_per_probed_update(garnet_probes):
         assert len(land) == 3 * 6 and sorted(land["line"].unique()) == [0, 1, 2]
         assert land.groupby("direction").size().to_dict() == {"step": 6, "random": 12}
         assert grad["batch_steps"].tolist() == [64, 256, 1024, 4096, 16384]
+        # whole episodes of the horizon H = 132 at gamma 0.9: max(1, round(B / 132))
+        assert grad["batch_episodes"].tolist() == [1, 2, 8, 31, 124]
         assert (grad["batches"] == 8).all() and (grad["reference_steps"] == 0).all()
     assert metrics["time/probe_s"].notna().tolist() == [True, False, True]
     steps = metrics["probe/env_steps"]
-    assert steps.iloc[0] >= 8 * (64 + 256 + 1024 + 4096 + 16384)
+    assert steps.iloc[0] >= 8 * 132 * (1 + 2 + 8 + 31 + 124)
     assert steps.iloc[1] == steps.iloc[0] and steps.iloc[2] == 2 * steps.iloc[0]
     assert metrics["env_steps"].tolist() == [256, 512, 768]  # probes are not trained on
 
@@ -223,6 +242,34 @@ def test_gradient_cosine_rises_with_batch_size_to_the_exact_gradient(garnet_prob
         # pairwise cosines (no reference) rise too, and sit below the cosine to the truth
         pairwise = grad["pairwise_cosine_mean"].to_numpy()
         assert (np.diff(pairwise) > 0).all() and (pairwise < cosines).all()
+        # whole episodes with exact advantages: unbiased at every size, so the mean of the 8
+        # batch gradients points at the exact gradient far better than any one batch does,
+        # and the variance falls as 1 / episodes (within a factor 2 of it)
+        assert (grad["mean_cosine"] > cosines).all() and grad["mean_cosine"].iloc[-1] > 0.99
+        variance = grad["relative_variance"].to_numpy() * grad["batch_episodes"].to_numpy()
+        assert variance.max() < 2 * variance.min(), variance
+
+
+def test_gradient_batches_of_cut_episodes_are_biased_and_whole_episodes_are_not(tmp_path):
+    """On the exact garnet at gamma 0.99 (episodes of H = 1375 steps), a batch of 64 steps
+    (probe.batch_by=steps) is the first 64 steps of one episode: its expectation is the
+    gradient's sum over t < 64 only, which misses 0.99^64 = 53% of the discounted weight, a
+    squared bias of about 0.53^2 = 0.28 of |grad J|^2. One whole episode per batch
+    (batch_by=episodes) is unbiased: its squared bias is 0 within its noise, and its mean over
+    64 batches points at the exact gradient (cosine > 0.99)."""
+    common = [*(o for o in GARNET_EXACT if o != "gamma=0.9"), "gamma=0.99", "total_steps=256",
+              "probe.every=1",
+              "probe.alphas=[]", "probe.batch_steps=[64]", "probe.batches=64"]
+    rows = {}
+    for by in ("steps", "episodes"):
+        train_in_process(tmp_path / by, *common, f"probe.batch_by={by}")
+        rows[by] = read_probes(tmp_path / by).iloc[0]
+    assert rows["episodes"]["batch_episodes"] == 1
+    assert math.isnan(rows["steps"]["batch_episodes"])
+    episodes, steps = rows["episodes"], rows["steps"]
+    noise = 4 * episodes["relative_variance"] * math.sqrt(2 / 64) / 64
+    assert abs(episodes["relative_bias_sq"]) < noise and episodes["mean_cosine"] > 0.99
+    assert 0.15 < steps["relative_bias_sq"] < 0.45, steps
 
 
 def test_cartpole_probes_pair_episodes_and_resume_to_the_same_rows(tmp_path):

@@ -23,7 +23,7 @@ from trpo_lab.rundir import RunFileError
 
 COLUMNS = [
     "iteration", "env_steps", "time/wall_s", "time/sps", "time/eval_s", "heldout/env_steps",
-    "eval/env_steps",
+    "eval/env_steps", "eval/pairs", "eval/pairs_differing",
     "rollout/return_mean", "rollout/length_mean", "rollout/episodes",
     "kl/mean", "kl/max", "kl/reverse_mean", "policy/max_ratio", "policy/entropy",
     "surrogate/linear", "surrogate/improvement",
@@ -32,7 +32,7 @@ COLUMNS = [
     "bound/trpo", "bound/cpo", "bound/C", "bound/eps",
     "exact/surrogate_improvement", "exact/pdl_residual",
     "mc/J", "mc/J_se", "mc/improvement", "mc/improvement_se",
-    "trpo/backtracks", "trpo/accepted", "trpo/step_norm",
+    "trpo/backtracks", "trpo/accepted", "trpo/step_norm", "trpo/surrogate_tested",
     "value/loss", "value/explained_variance",
     # beyond DESIGN.md's table: numerical guard and the penalty actually used
     "guard/nonfinite", "guard/bad_updates", "penalty/beta",

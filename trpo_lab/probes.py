@@ -12,15 +12,31 @@ ones the algorithm chose, :class:`Prober` writes rows to ``probes.csv``:
   tabular envs, else paired Monte Carlo with ``true_se``), and KL(old || point) on the batch's
   states (``kl_mean``, ``kl_max``; exact and d_pi-weighted on tabular envs, where ``bound``, the
   TRPO lower bound dL - C KLmax at the point, and ``surrogate_exact`` are exact too);
-- ``gradient`` rows, one per batch size B: ``batches`` independent batches of B fresh env steps
-  of the old policy give gradient estimates g_i of dL at theta_old (the policy gradient, by the
-  seed's last identity), compared with a reference gradient by cosine (``cosine_mean``,
-  ``cosine_se`` over the batches), with each other (``pairwise_cosine_mean``, which needs no
-  reference) and by norm (``norm_ratio_mean`` = mean |g_i| / |g_ref|, ``reference_norm`` =
-  |g_ref|: near 0 once a tabular policy has converged, where cosines mean nothing). The
-  reference is the
-  exact gradient of J on tabular envs (``reference_steps`` = 0) and one estimate from
-  ``probe.reference_steps`` fresh steps elsewhere.
+- ``gradient`` rows, one per batch size B: ``batches`` independent batches of about B fresh
+  env steps of the old policy give gradient estimates g_i of dL at theta_old (the policy
+  gradient, by the seed's last identity), compared with a reference gradient by cosine
+  (``cosine_mean``, ``cosine_se`` over the batches), with each other (``pairwise_cosine_mean``,
+  which needs no reference) and by norm (``norm_ratio_mean`` = mean |g_i| / |g_ref|,
+  ``reference_norm`` = |g_ref|: near 0 once a tabular policy has converged, where cosines mean
+  nothing). ``cosine_mean`` mixes two things: a batch gradient is off because it is noisy
+  (variance) or because it is consistently off (bias). They are reported apart: ``mean_cosine``
+  is the cosine of the mean batch gradient (1/M) sum_i g_i with the reference (the bias: near 1
+  for an unbiased estimator once M x B steps resolve it, whatever B), ``relative_variance`` is
+  the trace of the batch gradients' covariance (ddof 1) over |g_ref|^2 (the variance, falling
+  as 1/B), ``relative_bias_sq`` an unbiased estimate of |E g_i - g_ref|^2 / |g_ref|^2 (the
+  squared bias, in length and direction: 0 for an unbiased estimator up to its noise, about
+  relative_variance x sqrt(2 / M) / M). The reference is the exact gradient of J on tabular
+  envs (``reference_steps`` = 0) and one estimate from ``probe.reference_steps`` fresh steps
+  elsewhere.
+
+  Batches (``probe.batch_by``): ``episodes`` (the default) makes a batch of n_B = max(1,
+  round(B / L)) whole episodes (L the mean length of the first round's episodes; on tabular
+  envs every episode has the horizon's length), so every batch weighs the discounted
+  visitation as the full gradient does (sum_t gamma^t from each reset): with exact advantages
+  E[g_i] is the exact gradient for every B, and ``batch_episodes`` says what n_B was;
+  ``steps`` takes exactly B steps of whole episodes in order, the last one cut (Ilyas et al.'s
+  batching): a batch shorter than an episode sees only its first steps, a biased direction,
+  not a noisy one.
 
 Every probe batch is collected with the old policy in envs of its own (never the training env,
 never trained on), counted in ``probe/env_steps`` and seeded by (seed, update), so a resumed run
@@ -60,7 +76,8 @@ COLUMNS = [
     "surrogate_exact", "true", "true_se", "kl_mean", "kl_max", "bound", "kl_limit",
     # gradient rows
     "batch_steps", "batches", "cosine_mean", "cosine_se", "pairwise_cosine_mean",
-    "norm_ratio_mean", "reference_norm", "reference_steps",
+    "norm_ratio_mean", "reference_norm", "reference_steps", "batch_episodes",
+    "mean_cosine", "relative_variance", "relative_bias_sq",
 ]
 
 LANDSCAPE_COLUMNS = COLUMNS[:COLUMNS.index("batch_steps")]
@@ -79,14 +96,26 @@ LANDSCAPE_SEED, GRADIENT_SEED, DIRECTION_SEED = 20_000, 30_000, 40_000
 def gradient_agreement(estimates: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """How M independent gradient estimates [M, P] agree with ``reference`` [P] and with each
     other: mean and standard error over the estimates of cos(g_i, g_ref), the mean of
-    cos(g_i, g_j) over the M(M-1)/2 pairs, the mean of |g_i| / |g_ref|, and |g_ref|."""
+    cos(g_i, g_j) over the M(M-1)/2 pairs, the mean of |g_i| / |g_ref|, and |g_ref|; apart,
+    the bias, cos(mean_i g_i, g_ref) and (|mean_i g_i - g_ref|^2 - V / M) / |g_ref|^2 (an
+    unbiased estimate of |E g - g_ref|^2 / |g_ref|^2 for an exact reference), and the variance
+    V / |g_ref|^2, V = sum_p Var_i(g_ip) (ddof 1): bias^2 + variance is the mean squared error
+    of one batch gradient, relative to |g_ref|^2."""
     m = estimates.shape[0]
     norms = np.linalg.norm(estimates, axis=1)
     ref_norm = float(np.linalg.norm(reference))
     unit = estimates / np.where(norms > 0, norms, np.nan)[:, None]
     to_reference = unit @ reference / ref_norm if ref_norm > 0 else np.full(m, np.nan)
     pairs = (unit @ unit.T)[np.triu_indices(m, k=1)]
+    mean = estimates.mean(axis=0)
+    mean_norm = float(np.linalg.norm(mean))
+    spread = float(estimates.var(axis=0, ddof=1).sum()) if m > 1 else math.nan
     return {
+        "mean_cosine": float(mean @ reference / (mean_norm * ref_norm))
+        if mean_norm > 0 and ref_norm > 0 else math.nan,
+        "relative_variance": spread / ref_norm**2 if ref_norm > 0 else math.nan,
+        "relative_bias_sq": (float(np.sum((mean - reference) ** 2)) - spread / m) / ref_norm**2
+        if ref_norm > 0 and m > 1 else math.nan,
         "cosine_mean": float(np.mean(to_reference)),
         "cosine_se": float(np.std(to_reference, ddof=1) / np.sqrt(m)) if m > 1 else math.nan,
         "pairwise_cosine_mean": float(np.mean(pairs)) if pairs.size else math.nan,
@@ -299,8 +328,10 @@ class Prober:
             chunks = batches[i::len(sizes)]
             grads = np.stack([self._gradient(self._heldout(update, chunk).batch)
                               for chunk in chunks])
+            by_episodes = self.probe.batch_by == "episodes"
             rows.append({"probe": "gradient", "batch_steps": size,
-                         "batches": self.probe.batches, "reference_steps": reference_steps}
+                         "batches": self.probe.batches, "reference_steps": reference_steps,
+                         "batch_episodes": chunks[0].returns.size if by_episodes else math.nan}
                         | gradient_agreement(grads, reference_grad))
         return rows
 
@@ -313,22 +344,38 @@ class Prober:
                              update.reward_scale, update.exact_advantages)
 
     def _episode_batches(self, update: UpdateContext, sizes: list[int]) -> list[Episodes]:
-        """Independent batches of the old policy of exactly ``sizes[i]`` steps each, taken in
-        order from rounds of :data:`ROUND_EPISODES` fresh episodes keyed by (update, round)."""
+        """Independent batches of the old policy, one per entry of ``sizes`` (env steps), taken
+        in order from rounds of :data:`ROUND_EPISODES` fresh episodes keyed by (update, round):
+        ``probe.batch_by=steps`` exactly ``sizes[i]`` steps (:func:`first_steps`);
+        ``episodes`` max(1, round(sizes[i] / L)) whole episodes, L the mean length of the
+        first round's episodes (fixed before any batch is taken)."""
         out: list[Episodes] = []
         pool: Episodes | None = None
-        column, round_index = 0, 0
+        column, round_index, mean_length = 0, 0, math.nan
+
+        def take(size: int) -> tuple[Episodes, int] | None:
+            if pool is None:
+                return None
+            if self.probe.batch_by == "steps":
+                return first_steps(pool, column, size)
+            n = max(1, round(size / mean_length))
+            if pool.returns.size - column < n:
+                return None
+            return pool.columns(slice(column, column + n)), column + n
+
         for size in sizes:
-            taken = None if pool is None else first_steps(pool, column, size)
-            while taken is None:  # not enough steps left: append a fresh round
+            taken = take(size)
+            while taken is None:  # not enough left: append a fresh round
                 fresh = self.gradient_sampler.run([update.actor_old], update.encode_old,
                                                   (update.iteration, round_index),
                                                   record=True)[0]
                 self.env_steps += fresh.steps
+                if round_index == 0:
+                    mean_length = float(fresh.lengths.mean())
                 round_index += 1
                 rest = [] if pool is None else [pool.columns(slice(column, None))]
                 pool, column = join_episodes([*rest, fresh]), 0
-                taken = first_steps(pool, column, size)
+                taken = take(size)
             chunk, column = taken
             out.append(chunk)
         return out

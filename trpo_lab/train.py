@@ -10,6 +10,7 @@ and checkpoint when due. The algorithms differ only inside ``algo.update(batch)`
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import math
 import os
@@ -38,9 +39,9 @@ from trpo_lab.evaluation import (
     SamplerRequest,
     deterministic_returns,
     episode_envs,
-    paired_difference,
 )
 from trpo_lab.guards import ProgressWatch, batch_overflow, critic_nonfinite, nonfinite_hint
+from trpo_lab.intervals import paired_improvement, run_prediction_summary
 from trpo_lab.logging import (
     MetricsCSV,
     MetricsPosition,
@@ -287,6 +288,7 @@ class Trainer:
 
             self.exact = exact
         self.sampler = self._sampler()
+        self.more_pairs: EpisodeSampler | None = None  # adaptive rounds of pairs (on first use)
         self.prober = Prober(cfg, self.policy, self.mdp, self.exact if self.mdp else None) \
             if cfg.probe.every else None
         self.heldout_env_steps = 0
@@ -347,6 +349,16 @@ class Trainer:
         copies = 2 if self.cfg.eval.episodes else 1
         return EpisodeSampler(episode_envs(self.cfg.env, self.cfg.gamma, rows, copies, self.mdp),
                               self.cfg.gamma, self.cfg.seed + 10_000)
+
+    def _pair_sampler(self) -> EpisodeSampler:
+        """The env of the adaptive rounds of pairs (eval.episodes pairs a round), made on first
+        use: the evaluation's seed, its keys (update, round, 1) distinct from the first
+        round's (update,)."""
+        if self.more_pairs is None:
+            self.more_pairs = EpisodeSampler(
+                episode_envs(self.cfg.env, self.cfg.gamma, self.cfg.eval.episodes, 2, self.mdp),
+                self.cfg.gamma, self.cfg.seed + 10_000)
+        return self.more_pairs
 
     # ----------------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
@@ -494,6 +506,7 @@ class Trainer:
             theta_new = theta_old
             if "trpo/accepted" in info:
                 info.update({"trpo/accepted": 0.0, "trpo/step_norm": 0.0})
+                info.pop("trpo/surrogate_tested", None)
         update.nonfinite = bool(nonfinite)
         update.theta_new = theta_new
         row.update(info)
@@ -524,7 +537,7 @@ class Trainer:
                                             record=request.record)
             evaluation, update.heldout = self._evaluate(
                 episodes, update.theta_old, update.theta_new, update.reward_scale,
-                self._exact_advantages(update))
+                self._exact_advantages(update), request)
             row.update(evaluation)
             row["time/eval_s"] = time.perf_counter() - start
         if self.mdp is not None:
@@ -577,10 +590,13 @@ class Trainer:
         return row
 
     def _evaluate(self, runs: list[Episodes], theta_old: torch.Tensor, theta_new: torch.Tensor,
-                  reward_scale: float, exact_advantages: np.ndarray | None
+                  reward_scale: float, exact_advantages: np.ndarray | None,
+                  request: SamplerRequest | None = None
                   ) -> tuple[dict[str, float], HeldoutBatch | None]:
         """Paired Monte Carlo J and dJ, and dL on the held-out episodes, for one update, from
-        the sampler's ``runs`` of the old and new policy (:meth:`evaluation_request`); and the
+        the sampler's ``runs`` of the old and new policy (:meth:`evaluation_request`), with
+        further rounds of pairs while too few differ (:func:`trpo_lab.intervals.
+        paired_improvement`, keyed by (update, round, 1), in an env of their own); and the
         held-out batch itself (None when eval.heldout_episodes is 0), for the probes.
 
         Both policies saw the observation map of the collecting policy. The held-out batch (the
@@ -593,11 +609,21 @@ class Trainer:
         if n_eval:
             old, new = (run.columns(slice(0, n_eval)) for run in runs)
             self.eval_env_steps += old.steps + new.steps
-            j = MonteCarloEstimate.of(old.returns)
-            dj = paired_difference(new.returns, old.returns)
+
+            def draw(round_index: int) -> tuple[np.ndarray, np.ndarray]:
+                more_old, more_new = self._pair_sampler().run(
+                    request.actors, request.encode, (*request.key, round_index, 1))
+                self.eval_env_steps += more_old.steps + more_new.steps
+                return more_new.returns, more_old.returns
+
+            dj = paired_improvement(new.returns, old.returns,
+                                    request is not None and not torch.equal(theta_old, theta_new),
+                                    cfg.eval.min_differing, cfg.eval.max_pairs, draw)
+            j = MonteCarloEstimate.of(dj.old_returns)
             prefix = "mc/" if self.mdp is not None else "true/"
             out.update({f"{prefix}J": j.mean, f"{prefix}J_se": j.se,
-                        f"{prefix}improvement": dj.mean, f"{prefix}improvement_se": dj.se})
+                        f"{prefix}improvement": dj.mean, f"{prefix}improvement_se": dj.se,
+                        "eval/pairs": dj.pairs, "eval/pairs_differing": dj.differing})
         if cfg.eval.heldout_episodes:
             params = self.policy.actor_parameters()
             set_flat_params(params, theta_old)
@@ -646,7 +672,22 @@ class Trainer:
             "startup": {f"{name}_to_first_update_s": self.first_update_at - origin
                         for name, origin in self.clock_origins.items()}
             if self.first_update_at is not None else {},
-        }
+        } | self._prediction_summary()
+
+    def _prediction_summary(self) -> dict[str, float]:
+        """The run's dJ-against-dL statistics (:func:`trpo_lab.intervals.
+        run_prediction_summary`) from metrics.csv as written so far (NaN: non-finite)."""
+        path = self.run_dir / METRICS
+        if not path.exists():
+            return {}
+        with open(path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        names = ("surrogate/improvement_heldout", "surrogate/improvement_heldout_se",
+                 "true/improvement", "true/improvement_se", "bound/trpo")
+        columns = {name: np.array([float(row[name]) if row.get(name) else math.nan
+                                   for row in rows]) for name in names}
+        return {key: (value if math.isfinite(value) else None)
+                for key, value in run_prediction_summary(columns, seed=self.cfg.seed).items()}
 
     def run(self, stop: StopSignal | None = None,
             on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -776,6 +817,8 @@ class Trainer:
         self.envs.close()
         if self.sampler is not None:
             self.sampler.close()
+        if self.more_pairs is not None:
+            self.more_pairs.close()
         if self.prober is not None:
             self.prober.close()
 

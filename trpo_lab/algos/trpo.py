@@ -10,9 +10,19 @@ Damping regularises the direction only; measuring the step with the damped matri
 shrink it wherever damping dominates F (a tabular policy's Fisher entries are about
 d_pi(s) pi (1 - pi), so damping 0.1 gave steps of 5% of delta). If s^T F s is not positive
 (CG's rounding), the damped value is used. The line
-search shrinks it by ``backtrack_coef`` until the measured mean KL <= delta AND the surrogate
-improves; if no step passes, the old parameters are restored exactly and ``trpo/accepted`` = 0.
-Non-finite g, s, s^T F s, KL or surrogate reject the step.
+search shrinks it by ``backtrack_coef`` until the measured mean KL <= delta AND the tested
+objective improves; if no step passes, the old parameters are restored exactly and
+``trpo/accepted`` = 0. Non-finite g, s, s^T F s, KL or surrogate reject the step.
+
+What the line search tests (``line_search_on``): ``standardized`` (the default, the classic
+check) the policy objective sum_i w_i ratio_i A_i that g is the gradient of, on the policy's
+advantages (standardised when ``normalize_advantages``), against its value sum_i w_i A_i at
+theta_old; ``dL`` the dL estimate in units of J, sum_i dl_weights_i (ratio_i - 1) A_i on raw
+advantages (what ``surrogate/improvement`` reports), against 0. The improvement of the tested
+objective at the accepted step is ``trpo/surrogate_tested`` (empty when no step was accepted,
+and for NPG, which tests nothing): in the standardized mode it is not in units of J, and its
+sign can differ from that of ``surrogate/improvement`` (standardising shifts and rescales the
+advantages, and the weights are per sample, not gamma^t per episode).
 """
 
 from __future__ import annotations
@@ -73,6 +83,16 @@ def fisher_vector_product(policy: Policy, batch: Batch, damping: float):
     return fvp
 
 
+def predicted_improvement_runs(actor: StackedActor, batch: StackedBatch,
+                               params: torch.Tensor) -> torch.Tensor:
+    """sum_i dl_weights_i (ratio_i - 1) A_i per run [R] (``algos.common.predicted_improvement``)
+    on a :class:`StackedBatch` whose ``weights`` are the dL weights and ``policy_advantages``
+    the raw advantages."""
+    log_prob = actor.policy.head.log_prob(params, batch.actions)
+    ratio = torch.exp(log_prob - batch.old_log_prob)
+    return (batch.weights * (ratio - 1.0) * batch.policy_advantages).sum(-1)
+
+
 def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
                      cfgs: Sequence) -> list[dict[str, float]]:
     """TRPO's update (the module docstring) for R runs of one shape at once; a lone run is a
@@ -93,6 +113,11 @@ def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
     damping = torch.tensor([c.cg_damping for c in cfgs], dtype=torch.float64)
     coef = torch.tensor([c.backtrack_coef for c in cfgs], dtype=torch.float64)
     line_search = torch.tensor([bool(c.line_search) for c in cfgs])
+    on_dl = torch.tensor([c.line_search_on == "dL" for c in cfgs])
+    if bool(on_dl.any()):  # the dL estimator's weights and raw advantages, for those runs
+        dl_batch = StackedBatch(batch.obs, batch.actions,
+                                torch.stack([b.dl_weights for b in batches]), batch.old_params,
+                                batch.old_log_prob, torch.stack([b.advantages for b in batches]))
 
     # each run's gradient by its own autograd call: the single-run code's numbers to the bit
     # (conjugate gradient amplifies a 1e-8 difference in g to 1e-5 in the direction)
@@ -157,13 +182,18 @@ def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
             params = actor.dist_params(trial, sub.obs)
             surr = surrogate_runs(actor, sub, params).double()
             kl = mean_kl_runs(actor, sub, params).double()
-            ok = (kl <= delta[index]) & (surr > surr_old[index])  # NaN compares False
+            tested = surr - surr_old[index]
+            if bool(on_dl.any()):
+                dl = predicted_improvement_runs(actor, dl_batch.rows(index), params).double()
+                tested = torch.where(on_dl[index], dl, tested)
+            ok = (kl <= delta[index]) & (tested > 0)  # NaN compares False
             still = []
             for j, r in enumerate(searching):
                 if bool(ok[j]):
                     theta_new[r] = trial[j]
                     infos[r] = {"trpo/backtracks": float(k), "trpo/accepted": 1.0,
-                                "trpo/step_norm": float(trial_step[j].norm())}
+                                "trpo/step_norm": float(trial_step[j].norm()),
+                                "trpo/surrogate_tested": float(tested[j])}
                 else:
                     still.append(r)
             searching = still
