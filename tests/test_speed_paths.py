@@ -134,3 +134,87 @@ def test_paired_episodes_equal_a_plain_gymnasium_loop(runs):
         recorded = episodes[0]
         assert recorded.alive.sum() == lengths[0].sum()
         assert lengths.max() > 30 and lengths.min() < lengths.max()
+
+
+def _tiny_batch(n: int = 64):
+    import gymnasium as gym
+
+    from trpo_lab.config import PolicyConfig
+    from trpo_lab.rollout import Batch
+
+    torch.manual_seed(3)
+    policy = Policy(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(3),
+                    PolicyConfig(hidden_sizes=[4]), [4]).double()
+    with torch.no_grad():  # logits far from uniform, so F is far from a multiple of I
+        for p in policy.actor.parameters():
+            p.copy_(torch.randn_like(p))
+    obs = torch.randn(n, 3, dtype=torch.float64)
+    actions = torch.randint(0, 3, (n,))
+    advantages = 1000.0 * torch.randn(n, dtype=torch.float64)
+    weights = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    with torch.no_grad():
+        old_params = policy.dist_params(obs)
+        old_log_prob = policy.head.log_prob(old_params, actions)
+    return policy, Batch(obs, actions, advantages, advantages, advantages, weights, weights,
+                         old_params, old_log_prob, advantages)
+
+
+def test_fvp_subsample_one_is_the_default_update_to_the_bit():
+    from trpo_lab.algos.trpo import TRPO
+    from trpo_lab.config import TRPOConfig
+    from trpo_lab.numerics import flat_params
+
+    steps = []
+    for cfg in (TRPOConfig(), TRPOConfig(fvp_subsample=1.0), TRPOConfig(fvp_subsample=0.5)):
+        policy, batch = _tiny_batch()
+        TRPO(policy, cfg).update(batch)
+        steps.append(flat_params(policy.actor_parameters()))
+    assert torch.equal(steps[0], steps[1])
+    assert not torch.equal(steps[0], steps[2])
+
+
+@pytest.mark.parametrize("fraction, rows", [(0.25, [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44,
+                                                    48, 52, 56, 60]),
+                                            (0.1, [0, 9, 18, 27, 36, 45, 54])])
+def test_npg_step_with_fvp_subsample_uses_the_subsample_fisher(fraction, rows):
+    """Closed form: with ``fvp_subsample`` = f the NPG step is sqrt(2 delta / s^T F_sub s) s,
+    s = (F_sub + damping I)^-1 g, g the WHOLE batch's surrogate gradient and F_sub the dense
+    Hessian (autograd) of the mean KL over the rows floor(i B / k), k = ceil(f B), weighted
+    uniformly over them."""
+    from torch.func import functional_call
+
+    from trpo_lab.algos.trpo import TRPO
+    from trpo_lab.config import TRPOConfig
+    from trpo_lab.numerics import categorical_kl, flat_params
+
+    policy, batch = _tiny_batch()
+    names = [name for name, _ in policy.actor.named_parameters()]
+    shapes = [p.shape for p in policy.actor.parameters()]
+    theta_old = flat_params(policy.actor_parameters()).clone()
+    index = torch.tensor(rows)
+
+    def logits(theta, obs):
+        chunks = torch.split(theta, [s.numel() for s in shapes])
+        params = {k: c.view(s) for k, c, s in zip(names, chunks, shapes)}
+        return functional_call(policy.actor, params, (obs,))
+
+    def sub_kl(theta):
+        return categorical_kl(batch.old_params[index], logits(theta, batch.obs[index])).mean()
+
+    def surrogate(theta):
+        log_prob = torch.log_softmax(logits(theta, batch.obs), -1).gather(
+            1, batch.actions[:, None])[:, 0]
+        return (batch.weights * torch.exp(log_prob - batch.old_log_prob)
+                * batch.advantages).sum()
+
+    fisher = torch.autograd.functional.hessian(sub_kl, theta_old)
+    g = torch.autograd.functional.jacobian(surrogate, theta_old)
+    size = theta_old.numel()
+    cfg = TRPOConfig(delta=0.01, cg_damping=0.1, cg_iters=size, line_search=False,
+                     fvp_subsample=fraction)
+    s = torch.linalg.solve(fisher + cfg.cg_damping * torch.eye(size, dtype=torch.float64), g)
+    expected = s * (2 * cfg.delta / float(s @ fisher @ s)) ** 0.5
+    info = TRPO(policy, cfg).update(batch)
+    assert info["trpo/accepted"] == 1.0
+    step = flat_params(policy.actor_parameters()) - theta_old
+    assert float((step - expected).norm() / expected.norm()) < 1e-6
