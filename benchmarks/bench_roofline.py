@@ -303,6 +303,7 @@ def measure(env: str, runs: int, updates: int, warmup: int, extra: list[str],
             clock.leave()
     out = Measurement({k: v / updates for k, v in clock.seconds.items()},
                       {k: v / updates for k, v in clock.counts.items()})
+    out.counts["fvp rows per run"] = clock.fvp_rows_per_run  # a shape, not a count
     out.rollout_steps = runs * trainers[0].cfg.batch_steps
     out.eval_steps = sum(t.eval_env_steps - b[0] for t, b in zip(trainers, before)) / updates
     out.heldout_steps = sum(t.heldout_env_steps - b[1]
@@ -323,7 +324,7 @@ def work_and_limits(env: str, runs: int, m: Measurement, cfg) -> dict[str, tuple
     per_run_heldout = m.heldout_steps / R
     minibatch = B // cfg.critic.minibatches
     critic_steps = cfg.critic.epochs * cfg.critic.minibatches
-    fvp_rows_per_run = CLOCK.fvp_rows_per_run or B
+    fvp_rows_per_run = int(m.counts.get("fvp rows per run") or B)
     fwd_a, fwd_c = shapes.actor, shapes.critic
 
     def mm_a(rows: float) -> tuple[float, float]:  # products only (a backward pass's)
@@ -415,7 +416,7 @@ def table(env: str, runs: int, ms: list[Measurement], cfg) -> str:
     if merged.counts.get("fvp products"):
         lines.append("")
         lines.append(f"CG: {merged.counts['fvp products']:.0f} batched products per update "
-                     f"on {CLOCK.fvp_rows_per_run} rows per run; "
+                     f"on {merged.counts.get('fvp rows per run', 0):.0f} rows per run; "
                      f"line search: {merged.counts.get('line search rows', 0) / runs:.0f} "
                      f"forward rows per run; evaluator: {merged.eval_steps / runs:,.0f} paired "
                      f"+ {merged.heldout_steps / runs:,.0f} held-out env steps per run.")
