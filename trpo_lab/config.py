@@ -136,6 +136,15 @@ class TRPOConfig(AlgoConfig):
         "(standardised advantages when normalize_advantages, the classic TRPO check); 'dL' "
         "the dL estimate in units of J on raw advantages (surrogate/improvement). The value "
         "it tested is logged as trpo/surrogate_tested.")
+    fvp_subsample: float = param(
+        1.0, interval(0, 1, lo_open=True),
+        "Fraction of the batch's states on which the Fisher-vector products of conjugate "
+        "gradient are computed, in (0, 1]: ceil(f B) rows spread evenly over the batch, their "
+        "weights rescaled to the batch's total (Schulman's thesis: 0.1; sb3-contrib's "
+        "sub_sampling_factor k is f = 1/k). The gradient, the step's KL check and the line "
+        "search keep the whole batch. 1 = the whole batch (the default: today's numbers). "
+        "CG's cost falls about in proportion; keep f B >= a few hundred states, below that F "
+        "gets noisy and steps erratic (README: its measured effect).")
 
 
 @dataclass

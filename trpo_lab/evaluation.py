@@ -36,9 +36,11 @@ from trpo_lab.envs import (
     state_vector_env,
     tabular_horizon,
 )
+from trpo_lab.envs.cartpole_physics import fast_steppable, vector_step
 from trpo_lab.policies import NumpyActor
 
 MAX_EVAL_STEPS = 100_000
+NOISE_STEPS = 64  # steps of policy noise drawn at once by the evaluator
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,20 @@ def deterministic_returns(make_env: Callable[[], gym.Env], actor: NumpyActor,
     return returns
 
 
+def fast_engine(requests: list[SamplerRequest], merged: MergedEpisodes | None):
+    """The CartPole vector env (unwrapped) that every run's columns step in, for
+    :func:`~trpo_lab.envs.cartpole_physics.vector_step` (gymnasium's step to the bit, without
+    its per-call checks): the merged env of a group, a lone run's own env; None otherwise."""
+    if merged is not None:
+        engine = merged.engine
+    elif len(requests) == 1 and isinstance(requests[0].sampler.envs, GymEpisodes) \
+            and requests[0].sampler.envs.vector_state:
+        engine = requests[0].sampler.envs.envs
+    else:
+        return None
+    return engine if engine is engine.unwrapped and fast_steppable(engine) else None
+
+
 @dataclass
 class SamplerRequest:
     """One run's :meth:`EpisodeSampler.run` call, for :func:`run_samplers`."""
@@ -334,6 +350,7 @@ def run_samplers(requests: list[SamplerRequest]) -> list[list[Episodes]]:
     merged = MergedEpisodes.of([request.sampler.envs for request in requests])
     if merged is not None:
         merged.start()
+    engine = fast_engine(requests, merged)
     returns = np.zeros((R, m, n))
     lengths = np.zeros((R, m, n), np.int64)
     discount = np.ones(R)
@@ -341,42 +358,63 @@ def run_samplers(requests: list[SamplerRequest]) -> list[list[Episodes]]:
     active = np.ones((R, m, n), bool)
     running = np.ones(R, bool)
     steps: list[list[tuple]] = [[] for _ in range(R)]
-    xs: list[np.ndarray | None] = [None] * R
-    obs_dim = None
-    for _ in range(MAX_EVAL_STEPS):
+    # the policy's inputs, written in place per run (a finished run's rows keep their last
+    # values: with merged CartPole envs its columns go on stepping, unread), and its noise,
+    # drawn NOISE_STEPS steps at a time: one draw of k n values is the k draws of n in a row
+    x: np.ndarray | None = None
+    noise: np.ndarray | None = None
+    for t in range(MAX_EVAL_STEPS):
         live = np.flatnonzero(running)
         for r in live:
-            xs[r] = requests[r].encode(raws[r])
-            obs_dim = xs[r].shape[-1]
-        x = np.stack([xs[r] if running[r] else np.zeros((m * n, obs_dim), np.float32)
-                      for r in range(R)])
-        noises = {r: stacked.noise(policy_rngs[r], n) for r in live}
-        idle = np.zeros_like(noises[live[0]])
-        noise = np.stack([noises.get(r, idle) for r in range(R)]).astype(np.float32)
+            x_r = requests[r].encode(raws[r])
+            if x is None:
+                x = np.zeros((R, m * n, x_r.shape[-1]), x_r.dtype)
+            x[r] = x_r
+        if t % NOISE_STEPS == 0:
+            for r in live:
+                block = stacked.noise(policy_rngs[r], NOISE_STEPS * n)
+                block = block.reshape(NOISE_STEPS, 1, n, *block.shape[1:])
+                if noise is None:
+                    noise = np.zeros((NOISE_STEPS, R, m, *block.shape[2:]), np.float32)
+                noise[:, r] = block  # the same noise for every copy (common random numbers)
+        step_noise = noise[t % NOISE_STEPS]
         actions = stacked.sample_from_noise(x.reshape(R * m, n, -1),
-                                            np.repeat(noise, m, axis=0))
+                                            step_noise.reshape(R * m, *step_noise.shape[2:]))
         actions = actions.reshape(R, m, n, *actions.shape[2:])
-        all_actions = [actions[r].reshape(m * n, *actions.shape[3:]) for r in range(R)]
-        stepped = merged.step(all_actions) if merged is not None else None
-        reward = np.zeros((R, m, n))
-        done = np.zeros((R, m, n), bool)
-        for r in live:
-            sampler = requests[r].sampler
-            if stepped is not None:
-                next_raw, run_reward, terminated, truncated = stepped[r]
-            else:
-                flat_actions = all_actions[r]
-                if not sampler.discrete:
-                    flat_actions = np.clip(flat_actions, sampler.low, sampler.high)
-                next_raw, run_reward, terminated, truncated = sampler.envs.step(
-                    flat_actions, env_rngs[r].random(n))
-            reward[r] = run_reward.reshape(m, n)
-            done[r] = np.logical_or(terminated, truncated).reshape(m, n)
-            if requests[r].record:
-                steps[r].append((raws[r][:n], xs[r][:n], actions[r, 0], reward[r, 0],
-                                 terminated[:n], done[r, 0], active[r, 0].copy(),
-                                 next_raw[:n]))
-            raws[r] = next_raw
+        if engine is not None:  # every run's columns in one CartPole vector env
+            obs, reward32, terminated_all, _ = vector_step(engine, actions.reshape(-1))
+            reward = reward32.astype(np.float64).reshape(R, m, n)
+            done = engine.prev_done.reshape(R, m, n)  # terminated or truncated, a new array
+            terminated_all = terminated_all.reshape(R, m * n)
+            obs = obs.reshape(R, m * n, -1)
+            for r in live:
+                if requests[r].record:
+                    steps[r].append((raws[r][:n], x[r, :n].copy(), actions[r, 0],
+                                     reward[r, 0], terminated_all[r, :n], done[r, 0],
+                                     active[r, 0].copy(), obs[r, :n]))
+                raws[r] = obs[r]
+        else:
+            all_actions = [actions[r].reshape(m * n, *actions.shape[3:]) for r in range(R)]
+            stepped = merged.step(all_actions) if merged is not None else None
+            reward = np.zeros((R, m, n))
+            done = np.zeros((R, m, n), bool)
+            for r in live:
+                sampler = requests[r].sampler
+                if stepped is not None:
+                    next_raw, run_reward, terminated, truncated = stepped[r]
+                else:
+                    flat_actions = all_actions[r]
+                    if not sampler.discrete:
+                        flat_actions = np.clip(flat_actions, sampler.low, sampler.high)
+                    next_raw, run_reward, terminated, truncated = sampler.envs.step(
+                        flat_actions, env_rngs[r].random(n))
+                reward[r] = run_reward.reshape(m, n)
+                done[r] = np.logical_or(terminated, truncated).reshape(m, n)
+                if requests[r].record:
+                    steps[r].append((raws[r][:n], x[r, :n].copy(), actions[r, 0],
+                                     reward[r, 0], terminated[:n], done[r, 0],
+                                     active[r, 0].copy(), next_raw[:n]))
+                raws[r] = next_raw
         # every run at once (a finished run's rows are inactive: they add nothing)
         returns += np.where(active, discount[:, None, None] * reward, 0.0)
         lengths += active

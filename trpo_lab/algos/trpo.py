@@ -27,6 +27,7 @@ advantages, and the weights are per sample, not gamma^t per episode).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -93,6 +94,20 @@ def predicted_improvement_runs(actor: StackedActor, batch: StackedBatch,
     return (batch.weights * (ratio - 1.0) * batch.policy_advantages).sum(-1)
 
 
+def fvp_rows(batch: StackedBatch, fraction: float) -> StackedBatch:
+    """The rows of every run's batch that ``algo.fvp_subsample`` = ``fraction`` keeps for the
+    Fisher-vector products: k = ceil(fraction B) rows spread evenly (row floor(i B / k) for
+    i < k), each run's weights rescaled to sum as its whole batch's do, so that the subsample's
+    F estimates the batch's."""
+    size = batch.obs.shape[1]
+    k = max(1, math.ceil(fraction * size))
+    sub = StackedBatch(*(getattr(batch, f)[:, torch.arange(k) * size // k] for f in (
+        "obs", "actions", "weights", "old_params", "old_log_prob", "policy_advantages")))
+    sub.weights = sub.weights * (batch.weights.sum(1, keepdim=True)
+                                 / sub.weights.sum(1, keepdim=True))
+    return sub
+
+
 def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
                      cfgs: Sequence) -> list[dict[str, float]]:
     """TRPO's update (the module docstring) for R runs of one shape at once; a lone run is a
@@ -124,7 +139,8 @@ def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
     g = torch.stack([flat_grad(surrogate(p, b), p.actor_parameters())
                      for p, b in zip(policies, batches)])
     g_finite = torch.isfinite(g).all(1)
-    fvp = fisher_vector_product_runs(actor, batch, damping)
+    fvp_batch = batch if cfgs[0].fvp_subsample == 1 else fvp_rows(batch, cfgs[0].fvp_subsample)
+    fvp = fisher_vector_product_runs(actor, fvp_batch, damping)
     direction, residual = conjugate_gradient_runs(
         fvp, torch.where(g_finite[:, None], g, torch.zeros_like(g)), iters)
     damped = row_dots(direction, g - residual)  # s^T (F + damping I) s
