@@ -204,7 +204,8 @@ class EnvConfig:
         "tabular: factor the MDP's joint actions into MultiDiscrete components (n_1, ..., "
         "n_k), product = the MDP's actions (garnet: env.num_actions), joint index in C order; "
         "the policy is then a product of Categoricals while the exact evaluator works on joint "
-        "actions. [] (default): Discrete actions. env=factored_garnet sets [3, 2].")
+        "actions. [] (default): Discrete actions. E.g. env=garnet env.num_actions=6 "
+        "'env.action_components=[3,2]'.")
 
 
 def env_label(name: str | None, env_id: str | None) -> str | None:
@@ -432,7 +433,8 @@ def validate(cfg: Config) -> None:
     if components and cfg.env.name == "garnet" and math.prod(components) != cfg.env.num_actions:
         raise ConfigError("env.action_components", components,
                           f"their product {math.prod(components)} must be env.num_actions="
-                          f"{cfg.env.num_actions} (the garnet's joint actions)")
+                          f"{cfg.env.num_actions} (the garnet's joint actions): set "
+                          f"env.num_actions={math.prod(components)}")
     if cfg.env.tabular and cfg.env.normalize_obs:
         raise ConfigError("env.normalize_obs", True,
                           f"must be false on tabular envs (env={cfg.env.name}): the exact "
