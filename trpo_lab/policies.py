@@ -4,8 +4,10 @@ A :class:`Policy` holds an actor (observation -> distribution parameters) and a 
 (observation -> V) with disjoint parameter sets, exposed explicitly by
 :meth:`Policy.actor_parameters` and :meth:`Policy.critic_parameters`. Distributions are
 represented by a single parameter tensor per state (logits for Categorical; mean and log-std
-side by side for the diagonal Gaussian), so the "old" policy of a batch is just a tensor and
-``log_prob``, ``kl`` and ``entropy`` are pure functions of such tensors.
+side by side for the diagonal Gaussian; the components' logits side by side for MultiDiscrete and
+MultiBinary, :mod:`trpo_lab.heads`), so the "old" policy of a batch is just a tensor and
+``log_prob``, ``kl`` and ``entropy`` are pure functions of such tensors. :func:`action_head`
+picks the head of an action space; :mod:`trpo_lab.spaces` says which spaces are served.
 
 Rollouts do not call torch per step: :meth:`Policy.numpy_actor` snapshots the actor's weights
 into a :class:`NumpyActor`, which evaluates the same function in numpy (a 64x64 MLP call costs

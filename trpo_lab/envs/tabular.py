@@ -24,6 +24,9 @@ Gymnasium ids (registered when this module is imported): ``trpo_lab/Garnet-v0``,
 builder (:func:`garnet`, :func:`chain`, :func:`gridworld`) plus ``horizon`` (None or 0 means
 ``horizon_for(gamma)``) and ``gamma`` (default 0.99, used only to choose that horizon), e.g.
 ``gymnasium.make("trpo_lab/Garnet-v0", num_states=50, num_actions=4, branching=5, mdp_seed=0)``.
+Each also takes ``action_components`` (e.g. ``[3, 2]`` for a 6-action MDP): the action space is
+then MultiDiscrete(components) and a component vector a is the joint action
+``numpy.ravel_multi_index(a, components)`` (C order), see :func:`factored_actions`.
 Without importing this module first, ``gymnasium.make("trpo_lab.envs.tabular:trpo_lab/Chain-v0")``
 imports it for you.
 """
