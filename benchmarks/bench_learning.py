@@ -67,19 +67,88 @@ class Goal:
     """A pass/fail criterion on the per-seed final returns."""
 
     rule: str  # "all": every seed >= threshold; "median": median over seeds >= threshold
-    threshold: float
+    threshold: float = math.nan  # or, with ``reference``, computed from the env
     metric: str = "train"  # "train": final training return; "eval": deterministic eval
+    # "random": every seed above the uniform-random policy's mean return (threshold unused);
+    # "optimal": every seed's final exact J >= threshold * J* (the MDP's optimal J)
+    reference: str = ""
 
-    def text(self) -> str:
+    def bar(self, env: str) -> float:
+        if self.reference == "random":
+            return uniform_random_return(env)
+        if self.reference == "optimal":
+            return self.threshold * optimal_j(env)
+        return self.threshold
+
+    def text(self, env: str) -> str:
         who = "every seed" if self.rule == "all" else "median"
         what = " (deterministic eval)" if self.metric == "eval" else ""
+        if self.reference == "random":
+            return f"{who} > uniform random {self.bar(env):.3f}"
+        if self.reference == "optimal":
+            return f"{who} exact J >= {self.threshold:g} J* = {self.bar(env):.2f}"
         return f"{who}{what} >= {self.threshold:g}"
 
-    def met(self, finals: Sequence[float]) -> bool:
+    def met(self, finals: Sequence[float], env: str) -> bool:
         if not finals or any(math.isnan(x) for x in finals):
             return False
         value = min(finals) if self.rule == "all" else statistics.median(finals)
-        return value >= self.threshold
+        return value > self.bar(env) if self.reference == "random" else value >= self.bar(env)
+
+
+# The spaces rows (issue: every gymnasium space): Tuple observations (Blackjack), MultiDiscrete
+# actions (trpo_lab/Spaces-v0, the shipped synthetic env: gymnasium has no MultiDiscrete-action
+# env), and the exact garnet with factored actions (6 joint actions as MultiDiscrete([3, 2])).
+RANDOM_EPISODES = 20_000
+SPACES_ENV = ("env=custom", "env.id=trpo_lab/Spaces-v0", "+env.kwargs.action=multi_discrete",
+              "+env.kwargs.observation=dict")
+FACTORED_GARNET = ("env=garnet", "env.num_actions=6", "env.action_components=[3,2]",
+                   "policy=tabular", "algo.estimator=exact")
+
+
+def uniform_random_return(env: str) -> float:
+    """Mean undiscounted return of the uniform-random policy, RANDOM_EPISODES episodes (fixed
+    seeds), in the env the runs train on."""
+    if env not in _RANDOM:
+        import gymnasium as gym
+
+        import trpo_lab.envs.synthetic  # noqa: F401  (registers trpo_lab/Spaces-v0)
+
+        env_id, kwargs = RANDOM_ENVS[env]
+        game = gym.make(env_id, **kwargs)
+        game.action_space.seed(0)
+        total = 0.0
+        for episode in range(RANDOM_EPISODES):
+            game.reset(seed=episode)
+            done = False
+            while not done:
+                _, reward, terminated, truncated, _ = game.step(game.action_space.sample())
+                total += float(reward)
+                done = terminated or truncated
+        _RANDOM[env] = total / RANDOM_EPISODES
+    return _RANDOM[env]
+
+
+def optimal_j(env: str) -> float:
+    """J* of the factored garnet (value iteration on its joint actions, to 1e-12)."""
+    import numpy as np
+
+    from trpo_lab.envs.tabular import garnet
+
+    mdp, gamma = garnet(50, 6, 5, 0), 0.99
+    value = np.zeros(mdp.num_states)
+    while True:
+        new = (mdp.R + gamma * mdp.P @ value).max(axis=1)
+        if np.abs(new - value).max() < 1e-12:
+            return float(mdp.mu @ new)
+        value = new
+
+
+RANDOM_ENVS: dict[str, tuple] = {
+    "blackjack": ("Blackjack-v1", {}),
+    "multi_discrete": ("trpo_lab/Spaces-v0", {"action": "multi_discrete", "observation": "dict"}),
+}
+_RANDOM: dict[str, float] = {}
 
 
 ENVS: dict[str, EnvSpec] = {
@@ -105,8 +174,18 @@ ENVS: dict[str, EnvSpec] = {
                    "gae_lambda=0.95", "critic.lr=0.001", "critic.epochs=20",
                    "critic.minibatches=8"),
         threshold=3000.0),
+    "blackjack": EnvSpec(
+        overrides=("env=custom", "env.id=Blackjack-v1", "total_steps=40000", "batch_steps=2048",
+                   "gamma=0.99"),
+        threshold=-0.1),
+    "multi_discrete": EnvSpec(
+        overrides=(*SPACES_ENV, "total_steps=20000", "batch_steps=1024", "gamma=0.9"),
+        threshold=7.0),
+    # default steps (100000 at 2048 a batch: 49 exact updates); final return = exact J
+    "factored_garnet": EnvSpec(overrides=FACTORED_GARNET, threshold=math.nan),
 }
 LONG_ENVS = ("hopper",)
+EXACT_ENVS = ("factored_garnet",)  # final return: the exact discounted J after the last update
 
 ALGOS: dict[str, tuple[str, ...]] = {
     "trpo": ("algo=trpo",),
@@ -133,6 +212,11 @@ GOALS: dict[tuple[str, str], Goal] = {
     ("pendulum", "trpo"): Goal("median", -250.0),
     # sb3-contrib's 3,372 +/- 215 is a deterministic evaluation: compare like with like
     ("hopper", "trpo"): Goal("median", 3000.0, metric="eval"),
+    ("blackjack", "trpo"): Goal("all", reference="random"),
+    ("blackjack", "ppo"): Goal("all", reference="random"),
+    ("multi_discrete", "trpo"): Goal("all", reference="random"),
+    ("multi_discrete", "ppo"): Goal("all", reference="random"),
+    ("factored_garnet", "trpo"): Goal("all", 0.99, reference="optimal"),
 }
 
 
@@ -258,6 +342,8 @@ def execute(result: RunResult, threshold: float) -> RunResult:
         return result
     result.env_steps = int(rows[-1]["env_steps"])
     result.final_return = final_return(rows)
+    if result.env in EXACT_ENVS:  # J(pi) after the last update, exactly
+        result.final_return = rows[-1]["true/J"] + rows[-1]["true/improvement"]
     result.first_return = rows[0]["rollout/return_mean"]
     result.steps_to_threshold = steps_to_threshold(rows, threshold)
     delta = float(config.algo.get("delta", math.nan))
@@ -333,7 +419,8 @@ def goal_values(goal: Goal, group: Sequence[RunResult]) -> list[float]:
 
 def verdict(env: str, algo: str, group: Sequence[RunResult]) -> str:
     goal = GOALS.get((env, algo))
-    return "-" if goal is None else ("pass" if goal.met(goal_values(goal, group)) else "FAIL")
+    return "-" if goal is None else ("pass" if goal.met(goal_values(goal, group), env)
+                                     else "FAIL")
 
 
 def table(runs: Sequence[RunResult], extra: Sequence[str], code: str) -> str:
@@ -344,7 +431,8 @@ def table(runs: Sequence[RunResult], extra: Sequence[str], code: str) -> str:
              f"to threshold = first env_steps whose trailing {WINDOW_STEPS // 1000}k-step mean "
              f"return >= threshold; wall s = training-loop seconds, median over seeds.", ""]
     for env in envs:
-        lines.append(f"- {env} (all algorithms, threshold {ENVS[env].threshold:g}): "
+        what = " (final return = exact J after the last update)" if env in EXACT_ENVS else ""
+        lines.append(f"- {env} (all algorithms, threshold {ENVS[env].threshold:g}){what}: "
                      f"`{' '.join([*ENVS[env].overrides, *extra])}`")
     lines += ["", "| env | algo | algo settings | final return per seed | median | "
               "deterministic eval per seed | median | steps to threshold per seed | wall s | "
@@ -361,7 +449,7 @@ def table(runs: Sequence[RunResult], extra: Sequence[str], code: str) -> str:
             f"{', '.join(fmt(x) for x in evals)} | {fmt(statistics.median(evals))} | "
             f"{', '.join(fmt_steps(r.steps_to_threshold) for r in group)} | "
             f"{fmt(statistics.median(walls) if walls else math.nan)} | "
-            f"{goal.text() if goal else 'reported'} | {verdict(env, algo, group)} |")
+            f"{goal.text(env) if goal else 'reported'} | {verdict(env, algo, group)} |")
     warned = [r for r in runs if r.warnings]
     if warned:
         lines += ["", "Warnings:"]

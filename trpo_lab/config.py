@@ -192,7 +192,8 @@ TABULAR_ENVS = ("garnet", "chain", "gridworld")
 class EnvConfig:
     name: str = param("custom", no_check,
                       "Short name (cartpole, pendulum, hopper, garnet, chain, gridworld, custom).")
-    id: str = param(MISSING, no_check, "Any registered gymnasium id with Discrete or Box spaces.")
+    id: str = param(MISSING, no_check,
+                    "Any registered gymnasium id whose spaces are served (README, 'Spaces').")
     tabular: bool = param(False, no_check, "Set by the tabular env configs; do not override.")
     normalize_obs: bool = param(False, no_check,
                                 "Running mean/std observation normalisation (MuJoCo: true).")
@@ -214,6 +215,13 @@ class EnvConfig:
     horizon: int = param(0, interval(0, 10**7, integer=True),
                          "tabular: truncation horizon H of sampled episodes; 0 = smallest H "
                          "with gamma^H <= 1e-6, so sampled returns measure the exact J.")
+    action_components: list[int] = param(
+        [], int_list(2, 1000),
+        "tabular: factor the MDP's joint actions into MultiDiscrete components (n_1, ..., "
+        "n_k), product = the MDP's actions (garnet: env.num_actions), joint index in C order; "
+        "the policy is then a product of Categoricals while the exact evaluator works on joint "
+        "actions. [] (default): Discrete actions. E.g. env=garnet env.num_actions=6 "
+        "'env.action_components=[3,2]'.")
 
 
 def env_label(name: str | None, env_id: str | None) -> str | None:
@@ -460,6 +468,16 @@ def validate(cfg: Config) -> None:
     if cfg.env.name == "garnet" and cfg.env.branching > cfg.env.num_states:
         raise ConfigError("env.branching", cfg.env.branching,
                           f"must be <= env.num_states={cfg.env.num_states}")
+    components = list(cfg.env.action_components)
+    if components and not cfg.env.tabular:
+        raise ConfigError("env.action_components", components,
+                          f"factored actions are for the tabular envs ({', '.join(TABULAR_ENVS)})"
+                          f"; env={cfg.env.name} takes its action space from gymnasium")
+    if components and cfg.env.name == "garnet" and math.prod(components) != cfg.env.num_actions:
+        raise ConfigError("env.action_components", components,
+                          f"their product {math.prod(components)} must be env.num_actions="
+                          f"{cfg.env.num_actions} (the garnet's joint actions): set "
+                          f"env.num_actions={math.prod(components)}")
     if cfg.env.tabular and cfg.env.normalize_obs:
         raise ConfigError("env.normalize_obs", True,
                           f"must be false on tabular envs (env={cfg.env.name}): the exact "

@@ -38,6 +38,7 @@ from trpo_lab.envs import (
 )
 from trpo_lab.envs.cartpole_physics import fast_steppable, vector_step
 from trpo_lab.policies import NumpyActor
+from trpo_lab.spaces import to_env_actions
 
 MAX_EVAL_STEPS = 100_000
 NOISE_STEPS = 64  # steps of policy noise drawn at once by the evaluator
@@ -200,8 +201,12 @@ class TabularEpisodes:
     no dense [S, A, S] array).
     """
 
-    def __init__(self, mdp, horizon: int, n: int, copies: int):
+    def __init__(self, mdp, horizon: int, n: int, copies: int,
+                 components: tuple[int, ...] = ()):
+        """``components``: the env's action factorisation (MultiDiscrete actions, joint index
+        in C order), () for Discrete actions."""
         self.mdp, self.horizon, self.n, self.copies = mdp, horizon, n, copies
+        self.components = tuple(components)
         csr = mdp.transition_csr
         rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
         within = np.empty_like(csr.data)
@@ -214,7 +219,8 @@ class TabularEpisodes:
         self.num_actions = mdp.num_actions
         self.mu_cdf = np.cumsum(mdp.mu)
         self.mu_cdf[-1] = 1.0
-        self.action_space = gym.spaces.Discrete(mdp.num_actions)
+        self.action_space = gym.spaces.MultiDiscrete(list(self.components)) \
+            if self.components else gym.spaces.Discrete(mdp.num_actions)
         self.state = np.zeros(n * copies, np.int64)
         self.t = 0
 
@@ -225,7 +231,10 @@ class TabularEpisodes:
         return self.state.copy()
 
     def step(self, actions: np.ndarray, uniform: np.ndarray):
-        row = self.state * self.num_actions + np.asarray(actions, np.int64)
+        actions = np.asarray(actions, np.int64)
+        if self.components:
+            actions = np.ravel_multi_index(tuple(actions.T), self.components)
+        row = self.state * self.num_actions + actions
         reward = self.mdp.R[self.state, actions]
         entry = np.searchsorted(self.keys, row + np.tile(uniform, self.copies), side="right")
         self.state = self.columns[entry].astype(np.int64)
@@ -242,7 +251,8 @@ def episode_envs(env_cfg: EnvConfig, gamma: float, n: int, copies: int,
     """``copies`` x N paired episodes side by side: the tabular model when there is one, else
     gymnasium's vector entry point if the id has one, else a SyncVectorEnv."""
     if mdp is not None:
-        return TabularEpisodes(mdp, tabular_horizon(env_cfg, gamma), n, copies)
+        return TabularEpisodes(mdp, tabular_horizon(env_cfg, gamma), n, copies,
+                               tuple(env_cfg.action_components))
     make = env_factory(env_cfg, gamma)  # imports the module of a module:EnvId first
     return GymEpisodes(registered_id(env_cfg.id), make, n, copies, make_kwargs(env_cfg, gamma))
 
@@ -258,10 +268,7 @@ class EpisodeSampler:
     def __init__(self, envs: GymEpisodes | TabularEpisodes, gamma: float, seed: int):
         self.envs, self.episodes, self.copies = envs, envs.n, envs.copies
         self.gamma, self.seed = gamma, seed
-        space = envs.action_space
-        self.discrete = isinstance(space, gym.spaces.Discrete)
-        self.low = None if self.discrete else space.low
-        self.high = None if self.discrete else space.high
+        self.action_space = envs.action_space
 
     def run(self, actors: list[NumpyActor], encode: Callable[[np.ndarray], np.ndarray],
             key: tuple[int, ...], record: bool = False) -> list[Episodes]:
@@ -281,7 +288,6 @@ def deterministic_returns(make_env: Callable[[], gym.Env], actor: NumpyActor,
     the run's seed, so runs with neighbouring seeds do not share start states."""
     env = make_env()
     space = env.action_space
-    discrete = isinstance(space, gym.spaces.Discrete)
     returns = []
     reset_seeds = np.random.SeedSequence([seed, 0xE7A1]).generate_state(episodes)
     try:
@@ -289,9 +295,7 @@ def deterministic_returns(make_env: Callable[[], gym.Env], actor: NumpyActor,
             obs, _ = env.reset(seed=int(reset_seed))
             total, done, steps = 0.0, False, 0
             while not done and steps < MAX_EVAL_STEPS:
-                action = actor.mode(encode(np.asarray(obs)[None]))[0]
-                if not discrete:
-                    action = np.clip(action, space.low, space.high)
+                action = to_env_actions(space, actor.mode(encode(np.asarray(obs)[None])))[0]
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 done, steps = terminated or truncated, steps + 1
@@ -403,9 +407,7 @@ def run_samplers(requests: list[SamplerRequest]) -> list[list[Episodes]]:
                 if stepped is not None:
                     next_raw, run_reward, terminated, truncated = stepped[r]
                 else:
-                    flat_actions = all_actions[r]
-                    if not sampler.discrete:
-                        flat_actions = np.clip(flat_actions, sampler.low, sampler.high)
+                    flat_actions = to_env_actions(sampler.action_space, all_actions[r])
                     next_raw, run_reward, terminated, truncated = sampler.envs.step(
                         flat_actions, env_rngs[r].random(n))
                 reward[r] = run_reward.reshape(m, n)

@@ -4,8 +4,10 @@ A :class:`Policy` holds an actor (observation -> distribution parameters) and a 
 (observation -> V) with disjoint parameter sets, exposed explicitly by
 :meth:`Policy.actor_parameters` and :meth:`Policy.critic_parameters`. Distributions are
 represented by a single parameter tensor per state (logits for Categorical; mean and log-std
-side by side for the diagonal Gaussian), so the "old" policy of a batch is just a tensor and
-``log_prob``, ``kl`` and ``entropy`` are pure functions of such tensors.
+side by side for the diagonal Gaussian; the components' logits side by side for MultiDiscrete and
+MultiBinary, :mod:`trpo_lab.heads`), so the "old" policy of a batch is just a tensor and
+``log_prob``, ``kl`` and ``entropy`` are pure functions of such tensors. :func:`action_head`
+picks the head of an action space; :mod:`trpo_lab.spaces` says which spaces are served.
 
 Rollouts do not call torch per step: :meth:`Policy.numpy_actor` snapshots the actor's weights
 into a :class:`NumpyActor`, which evaluates the same function in numpy (a 64x64 MLP call costs
@@ -21,7 +23,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from trpo_lab import spaces
 from trpo_lab.config import PolicyConfig
+from trpo_lab.heads import (
+    BernoulliHead,
+    MultiCategoricalHead,
+    bernoulli_from_uniform,
+    categorical_from_uniform,
+    multi_categorical_from_uniform,
+    multi_categorical_joint,
+    multi_categorical_mode,
+)
 from trpo_lab.numerics import (
     categorical_entropy,
     categorical_kl,
@@ -39,6 +51,7 @@ class CategoricalHead:
     """Categorical over ``n`` actions; parameters are logits [N, n]."""
 
     kind = "categorical"
+    action_dtype = torch.long
 
     def __init__(self, n: int):
         self.n = n
@@ -66,11 +79,31 @@ class CategoricalHead:
     def entropy(self, params: torch.Tensor) -> torch.Tensor:
         return categorical_entropy(params)
 
+    def noise(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.random(n)
+
+    def sample(self, params: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Inverse-CDF samples from uniforms [...] (NumpyActor's rule, in torch)."""
+        probs = torch.softmax(params - params.max(-1, keepdim=True).values, dim=-1)
+        cdf = probs.cumsum(-1)
+        return (cdf <= noise[..., None] * cdf[..., -1:]).sum(-1).clamp(max=self.n - 1)
+
+    def mode(self, params: torch.Tensor) -> torch.Tensor:
+        return params.argmax(-1)
+
+    def joint_actions(self) -> np.ndarray:
+        """Every action, in index order (the exact evaluator's columns)."""
+        return np.arange(self.n)
+
+    def joint_index(self, actions: np.ndarray) -> np.ndarray:
+        return np.asarray(actions)
+
 
 class GaussianHead:
     """Diagonal Gaussian with a state-independent log-std; parameters are [mean, log_std]."""
 
     kind = "gaussian"
+    action_dtype = torch.float32
 
     def __init__(self, dim: int):
         self.dim = dim
@@ -100,6 +133,35 @@ class GaussianHead:
 
     def entropy(self, params: torch.Tensor) -> torch.Tensor:
         return gaussian_entropy(self.split(params)[1])
+
+    def noise(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.standard_normal((n, self.dim))
+
+    def sample(self, params: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        mean, log_std = self.split(params)
+        return mean + torch.exp(log_std) * noise
+
+    def mode(self, params: torch.Tensor) -> torch.Tensor:
+        return self.split(params)[0]
+
+
+Head = CategoricalHead | GaussianHead | MultiCategoricalHead | BernoulliHead
+
+
+def action_head(space: gym.Space) -> Head:
+    """The head that serves an action space: Categorical (Discrete), diagonal Gaussian over the
+    flattened entries (Box of any shape), independent Categoricals (MultiDiscrete), independent
+    Bernoullis (MultiBinary); anything else is refused."""
+    reason = spaces.unsupported(space, "action")
+    if reason is not None:
+        raise PolicySpaceError(reason)
+    if isinstance(space, gym.spaces.Discrete):
+        return CategoricalHead(int(space.n))
+    if isinstance(space, gym.spaces.Box):
+        return GaussianHead(int(np.prod(space.shape)))
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return MultiCategoricalHead([int(n) for n in np.ravel(space.nvec)])
+    return BernoulliHead(int(np.prod(space.shape)))
 
 
 class Tanh(nn.Module):
@@ -138,22 +200,18 @@ def _mlp(in_dim: int, hidden: list[int], out_dim: int, activation: str, out_gain
 
 
 def observation_dim(space: gym.Space) -> int:
-    """Size of the policy input: one-hot for Discrete observations, flattened for Box."""
-    if isinstance(space, gym.spaces.Discrete):
-        return int(space.n)
-    if isinstance(space, gym.spaces.Box):
-        return int(np.prod(space.shape))
-    raise PolicySpaceError(
-        f"observation space {space} is not supported: use an env with Discrete or Box observations")
+    """Size of the policy input (:func:`trpo_lab.spaces.observation_dim`): one-hot for
+    Discrete observations, flattened for Box, parts concatenated for Tuple and Dict."""
+    reason = spaces.unsupported(space, "observation")
+    if reason is not None and not isinstance(space, spaces.PackedSpace):
+        raise PolicySpaceError(reason)
+    return spaces.observation_dim(space)
 
 
 def encode_observations(space: gym.Space, obs: np.ndarray) -> np.ndarray:
-    """Discrete observations become one-hot vectors; Box observations are flattened to float."""
-    if isinstance(space, gym.spaces.Discrete):
-        one_hot = np.zeros((obs.shape[0], int(space.n)), np.float32)
-        one_hot[np.arange(obs.shape[0]), obs.astype(np.int64) - int(space.start)] = 1.0
-        return one_hot
-    return obs.reshape(obs.shape[0], -1).astype(np.float32, copy=False)
+    """Discrete observations become one-hot vectors; Box observations are flattened to float;
+    the other spaces as :func:`trpo_lab.spaces.encode_observations` says."""
+    return spaces.encode_observations(space, obs)
 
 
 class Policy(nn.Module):
@@ -163,16 +221,8 @@ class Policy(nn.Module):
                  critic_hidden: list[int]):
         super().__init__()
         obs_dim = observation_dim(obs_space)
-        if isinstance(action_space, gym.spaces.Discrete):
-            self.head: CategoricalHead | GaussianHead = CategoricalHead(int(action_space.n))
-            out_dim = int(action_space.n)
-        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
-            self.head = GaussianHead(int(action_space.shape[0]))
-            out_dim = int(action_space.shape[0])
-        else:
-            raise PolicySpaceError(
-                f"policy={policy.name} cannot serve action space {action_space}: "
-                "Discrete or one-dimensional Box actions are supported")
+        self.head: Head = action_head(action_space)
+        out_dim = self.head.dim if isinstance(self.head, GaussianHead) else self.head.param_dim
         if policy.name == "tabular" and not isinstance(obs_space, gym.spaces.Discrete):
             raise PolicySpaceError(
                 f"policy=tabular needs a Discrete observation space, got {obs_space}")
@@ -235,7 +285,8 @@ class Policy(nn.Module):
         ]
         log_std = None if self.log_std is None else self.log_std.detach().cpu().numpy()
         return NumpyActor(weights, ACTIVATIONS[self.activation][1], self.head.kind,
-                          None if log_std is None else log_std.astype(np.float64))
+                          None if log_std is None else log_std.astype(np.float64),
+                          getattr(self.head, "components", ()))
 
 
 @dataclass
@@ -251,6 +302,7 @@ class NumpyActor:
     activation: object
     kind: str
     log_std: np.ndarray | None
+    components: tuple[int, ...] = ()  # multi_categorical: the nvec its logits split into
 
     def forward(self, obs: np.ndarray) -> np.ndarray:
         # in place after each product (the same operations, so the same numbers as x + b and
@@ -276,7 +328,7 @@ class NumpyActor:
             return None if a is None else a.astype(np.float32)
 
         return NumpyActor([(cast(w), cast(b)) for w, b in self.weights], self.activation,
-                          self.kind, cast(self.log_std))
+                          self.kind, cast(self.log_std), self.components)
 
     @staticmethod
     def stack(actors: list[NumpyActor]) -> NumpyActor:
@@ -289,26 +341,32 @@ class NumpyActor:
             weights.append((w, b))
         log_std = None if first.log_std is None else np.stack(
             [a.log_std for a in actors])[:, None]
-        return NumpyActor(weights, first.activation, first.kind, log_std)
+        return NumpyActor(weights, first.activation, first.kind, log_std, first.components)
 
     def noise(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """The random numbers one sampling step consumes, for ``n`` states."""
+        """The random numbers one sampling step consumes, for ``n`` states: one uniform per
+        state (Categorical) or per state and component (MultiDiscrete, MultiBinary), one
+        standard normal per state and dimension (Gaussian)."""
         if self.kind == "categorical":
             return rng.random(n)
+        if self.kind == "multi_categorical":
+            return rng.random((n, len(self.components)))
+        if self.kind == "bernoulli":
+            return rng.random((n, self.weights[-1][0].shape[-1]))
         return rng.standard_normal((n, self.log_std.shape[-1]))
 
     def sample_from_noise(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """Inverse-CDF sampling (Categorical) or mean + std * z (Gaussian) from given noise."""
+        """Inverse-CDF sampling (Categorical, per component for MultiDiscrete), u < sigmoid
+        (Bernoulli) or mean + std * z (Gaussian) from given noise."""
         out = self.forward(obs)
         if self.kind == "categorical":
             if out.shape[-1] == 2:
                 return self._sample_two(out, noise)
-            logits = out - out.max(axis=-1, keepdims=True)
-            probs = np.exp(logits)
-            cdf = np.cumsum(probs, axis=-1)
-            threshold = noise[..., None] * cdf[..., -1:]
-            actions = (cdf <= threshold).sum(axis=-1)
-            return np.minimum(actions, out.shape[-1] - 1)
+            return categorical_from_uniform(out, noise)
+        if self.kind == "multi_categorical":
+            return multi_categorical_from_uniform(out, noise, self.components)
+        if self.kind == "bernoulli":
+            return bernoulli_from_uniform(out, noise)
         return out + np.exp(self.log_std) * noise
 
     @staticmethod
@@ -326,17 +384,24 @@ class NumpyActor:
         return np.minimum(actions, 1, out=actions)
 
     def mode(self, obs: np.ndarray) -> np.ndarray:
-        """The deterministic policy: the most probable action (ties: the lowest index), or the
-        Gaussian mean."""
+        """The deterministic policy: the most probable action (ties: the lowest index; per
+        component for MultiDiscrete and MultiBinary), or the Gaussian mean."""
         out = self.forward(obs)
+        if self.kind == "multi_categorical":
+            return multi_categorical_mode(out, self.components)
+        if self.kind == "bernoulli":
+            return (out > 0).astype(np.int64)
         return out.argmax(axis=1) if self.kind == "categorical" else out
 
     def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return self.sample_from_noise(obs, self.noise(rng, obs.shape[0]))
 
     def probabilities(self, obs: np.ndarray) -> np.ndarray:
-        """pi(.|s) for every row of ``obs`` (Categorical only), used by exact tabular evaluation."""
+        """pi(.|s) for every row of ``obs`` (Categorical; MultiDiscrete: the joint distribution
+        over prod(nvec) joint actions in C order), used by exact tabular evaluation."""
         out = self.forward(obs)
+        if self.kind == "multi_categorical":
+            return multi_categorical_joint(out, self.components)
         out = out - out.max(axis=1, keepdims=True)
         probs = np.exp(out)
         return probs / probs.sum(axis=1, keepdims=True)

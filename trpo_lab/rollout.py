@@ -33,6 +33,7 @@ from trpo_lab.envs.cartpole_physics import fast_steppable, vector_step
 from trpo_lab.evaluation import Episodes
 from trpo_lab.numerics import RunningMeanStd, discounted_running_returns, gae
 from trpo_lab.policies import NumpyActor, Policy, encode_observations
+from trpo_lab.spaces import action_storage, box_mask, to_env_actions
 
 
 @dataclass
@@ -98,6 +99,8 @@ class Collector:
         self.obs_rms = RunningMeanStd(encode_observations(
             self.obs_space, np.asarray([self.obs_space.sample()])).shape[1:]) \
             if normalize_obs else None
+        # normalisation leaves the one-hot and binary parts of the input alone
+        self.obs_mask = box_mask(self.obs_space) if normalize_obs else None
         # reward normalisation (as sb3's VecNormalize): the running variance of the discounted
         # return sum_k gamma^k r_{t-k}, restarted at each episode's end, scales the rewards
         self.gamma = gamma
@@ -115,7 +118,7 @@ class Collector:
     def encode(self, raw_obs: np.ndarray) -> np.ndarray:
         x = encode_observations(self.obs_space, raw_obs)
         if self.obs_rms is not None:
-            x = self.obs_rms.normalize(x).astype(np.float32)
+            x = normalize_parts(self.obs_rms, x, self.obs_mask)
         return x
 
     def frozen_encoder(self) -> Callable[[np.ndarray], np.ndarray]:
@@ -125,10 +128,10 @@ class Collector:
             return self.encode
         frozen = RunningMeanStd(self.obs_rms.mean.shape)
         frozen.load_state_dict(self.obs_rms.state_dict())
-        space = self.obs_space
+        space, mask = self.obs_space, self.obs_mask
 
         def encode(raw_obs: np.ndarray) -> np.ndarray:
-            return frozen.normalize(encode_observations(space, raw_obs)).astype(np.float32)
+            return normalize_parts(frozen, encode_observations(space, raw_obs), mask)
 
         return encode
 
@@ -201,6 +204,13 @@ class Collector:
             restore_physics(env, physics)
 
 
+def normalize_parts(rms: RunningMeanStd, x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Observation normalisation of the entries in ``mask`` (the Box parts; None: all)."""
+    if mask is None:
+        return rms.normalize(x).astype(np.float32)
+    return np.where(mask, rms.normalize(x), x).astype(np.float32)
+
+
 def collect_runs(collectors: list[Collector], actors: list[NumpyActor]) -> list[RolloutData]:
     """One batch per run: collector r steps its envs ``steps`` times with ``actors[r]``.
 
@@ -221,21 +231,17 @@ def collect_runs(collectors: list[Collector], actors: list[NumpyActor]) -> list[
     stacked = actors[0] if R == 1 else NumpyActor.stack(actors)
     raw_obs = [np.array(c.raw_obs) for c in collectors]
     obs_dim = first_collector.encode(raw_obs[0]).shape[1]
-    discrete = first_collector.discrete
     space = first_collector.action_space
-    act_shape = () if discrete else space.shape
+    act_shape, act_dtype = action_storage(space)  # the head's flat form
     obs_buf = np.empty((R, T, N, obs_dim), np.float32)
     raw_buf = [np.empty((T, *raw.shape), raw.dtype) if c.obs_rms is not None else None
                for c, raw in zip(collectors, raw_obs)]
-    act_buf = np.empty((R, T, N, *act_shape), np.int64 if discrete else np.float64)
+    act_buf = np.empty((R, T, N, *act_shape), act_dtype)
     rew_buf = np.empty((R, T, N))
     term_buf = np.zeros((R, T, N), bool)
     done_buf = np.zeros((R, T, N), bool)
     final_index: list[list[tuple[int, int]]] = [[] for _ in range(R)]
     final_obs: list[list[np.ndarray]] = [[] for _ in range(R)]
-    low = high = None
-    if not discrete:
-        low, high = space.low, space.high
     stepper = CartPoleSteps.of(collectors) or SubEnvSteps(collectors)
     for t in range(T):
         for r, c in enumerate(collectors):
@@ -248,7 +254,7 @@ def collect_runs(collectors: list[Collector], actors: list[NumpyActor]) -> list[
             noise = np.stack([a.noise(c.rng, N) for a, c in zip(actors, collectors)])
             actions = stacked.sample_from_noise(obs_buf[:, t], noise)
         act_buf[:, t] = actions
-        env_actions = actions if discrete else np.clip(actions, low, high)
+        env_actions = to_env_actions(space, actions)
         rew_buf[:, t], term_buf[:, t], done_buf[:, t] = stepper.step(env_actions, raw_obs)
         for r, i, obs_i in stepper.finals:
             final_index[r].append((t, i))
@@ -489,7 +495,7 @@ def build_batches(policies: list[Policy], datas: list[RolloutData], gammas: list
             policy,
             _as_tensor(data.obs.reshape(size, obs_dim)),
             _as_tensor(data.actions.reshape(size, *data.actions.shape[2:]),
-                       torch.long if policy.head.kind == "categorical" else torch.float32),
+                       policy.head.action_dtype),
             _as_tensor(data.reward_scale * advantages.reshape(size)),
             _as_tensor((advantages + v).reshape(size)),
             _as_tensor(v.reshape(size)),
@@ -511,7 +517,8 @@ def exact_batch(policy: Policy, pi: np.ndarray, advantages: np.ndarray, rho: np.
     """
     S, A = pi.shape  # noqa: N806
     obs = np.repeat(np.eye(S, dtype=np.float32), A, axis=0)
-    actions = np.tile(np.arange(A), S)
+    joint = policy.head.joint_actions()  # [A] or, factored, [A, k] component indices
+    actions = np.tile(joint, (S,) + (1,) * (joint.ndim - 1))
     dl_weights = (rho[:, None] * pi).reshape(-1)
     weights = (1.0 - gamma) * dl_weights
     weights = weights / weights.sum()
@@ -547,7 +554,8 @@ def heldout_batch(policy: Policy, episodes: Episodes, gamma: float, lam: float,
     alive = episodes.alive
     size = int(alive.sum())
     if exact_advantages is not None:
-        advantages = exact_advantages[episodes.raw_obs, episodes.actions]
+        advantages = exact_advantages[episodes.raw_obs,
+                                      policy.head.joint_index(episodes.actions)]
     else:
         # the critic on the episodes' steps only (the arrays are padded to the longest), and on
         # the observations reached at their last steps: before it, step t reaches step t + 1
@@ -569,7 +577,7 @@ def heldout_batch(policy: Policy, episodes: Episodes, gamma: float, lam: float,
     actions = episodes.actions[alive]
     batch = finish_batch(
         policy, _as_tensor(episodes.obs[alive]),
-        _as_tensor(actions, torch.long if policy.head.kind == "categorical" else torch.float32),
+        _as_tensor(actions, policy.head.action_dtype),
         _as_tensor(advantages[alive]), torch.full((size,), float("nan")),
         torch.full((size,), float("nan")), torch.full((size,), 1.0 / size),
         _as_tensor(gamma ** t_index[alive].astype(np.float64) / N), normalize=False,

@@ -62,7 +62,10 @@ class KLPenalty:
     def update(self, batch: Batch) -> dict[str, float]:
         if self.theory:
             self.beta = theory_coefficient(batch.advantages, self.gamma)
-            if batch.exact and self.policy.policy_name == "tabular" and self.beta > 0:
+            # Algorithm 1's maximiser is a joint table: a product policy (factored actions)
+            # cannot hold it, so it takes the gradient ascent below
+            if batch.exact and self.policy.policy_name == "tabular" and self.beta > 0 \
+                    and self.policy.head.kind == "categorical":
                 return self._update_algorithm_1(batch) | {"penalty/beta": self.beta}
             return self._update_theory(batch) | {"penalty/beta": self.beta}
         for _ in range(self.cfg.epochs):

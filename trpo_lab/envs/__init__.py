@@ -10,6 +10,7 @@ import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from trpo_lab.config import EnvConfig
+from trpo_lab.spaces import PackObservations, needs_packing, unsupported
 
 
 class EnvError(ValueError):
@@ -20,7 +21,12 @@ class EnvError(ValueError):
         self.key, self.value, self.allowed = key, value, allowed
 
 
+class ActionComponentsError(ValueError):
+    """A tabular env's action factorisation does not match its number of actions."""
+
+
 def _register_tabular() -> None:
+    import trpo_lab.envs.synthetic  # noqa: F401  (registers trpo_lab/Spaces-v0)
     import trpo_lab.envs.tabular  # noqa: F401  (registers trpo_lab/* ids)
 
 
@@ -37,6 +43,8 @@ def make_kwargs(env_cfg: EnvConfig, gamma: float) -> dict[str, Any]:
         if env_cfg.name == "garnet":
             kwargs.update(num_states=env_cfg.num_states, num_actions=env_cfg.num_actions,
                           branching=env_cfg.branching, mdp_seed=env_cfg.mdp_seed)
+        if env_cfg.action_components:
+            kwargs["action_components"] = list(env_cfg.action_components)
     return kwargs
 
 
@@ -71,16 +79,25 @@ def env_factory(env_cfg: EnvConfig, gamma: float) -> Callable[[], gym.Env]:
     kwargs = make_kwargs(env_cfg, gamma)
 
     def make() -> gym.Env:
-        return gym.make(env_id, disable_env_checker=True, **kwargs)
+        env = gym.make(env_id, disable_env_checker=True, **kwargs)
+        if not needs_packing(env.observation_space):
+            return env
+        # Tuple and Dict observations travel as one flat vector (trpo_lab.spaces)
+        reason = unsupported(env.observation_space, "observation")
+        if reason is not None:
+            env.close()
+            raise EnvError("env.id", env_cfg.id, reason)
+        return PackObservations(env)
 
     return make
 
 
 def check_spaces(env: gym.Env, env_cfg: EnvConfig) -> None:
+    """Refuse spaces no head or encoder serves (:func:`trpo_lab.spaces.unsupported`)."""
     for name, space in (("observation", env.observation_space), ("action", env.action_space)):
-        if not isinstance(space, gym.spaces.Discrete | gym.spaces.Box):
-            raise EnvError("env.id", env_cfg.id,
-                           f"{name} space {space} is not supported (Discrete or Box only)")
+        reason = unsupported(space, name)
+        if reason is not None:
+            raise EnvError("env.id", env_cfg.id, reason)
 
 
 def make_vector_env(env_cfg: EnvConfig, num_envs: int, gamma: float) -> SyncVectorEnv:
@@ -96,6 +113,9 @@ def make_vector_env(env_cfg: EnvConfig, num_envs: int, gamma: float) -> SyncVect
     except TypeError as error:
         raise EnvError("env.kwargs", dict(env_cfg.kwargs),
                        f"rejected by {env_cfg.id}: {error}") from None
+    except ActionComponentsError as error:
+        raise EnvError("env.action_components", list(env_cfg.action_components),
+                       str(error)) from None
     check_spaces(probe, env_cfg)
     probe.close()
     return SyncVectorEnv([make for _ in range(num_envs)], copy=False,

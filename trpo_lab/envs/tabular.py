@@ -24,6 +24,9 @@ Gymnasium ids (registered when this module is imported): ``trpo_lab/Garnet-v0``,
 builder (:func:`garnet`, :func:`chain`, :func:`gridworld`) plus ``horizon`` (None or 0 means
 ``horizon_for(gamma)``) and ``gamma`` (default 0.99, used only to choose that horizon), e.g.
 ``gymnasium.make("trpo_lab/Garnet-v0", num_states=50, num_actions=4, branching=5, mdp_seed=0)``.
+Each also takes ``action_components`` (e.g. ``[3, 2]`` for a 6-action MDP): the action space is
+then MultiDiscrete(components) and a component vector a is the joint action
+``numpy.ravel_multi_index(a, components)`` (C order), see :func:`factored_actions`.
 Without importing this module first, ``gymnasium.make("trpo_lab.envs.tabular:trpo_lab/Chain-v0")``
 imports it for you.
 """
@@ -39,6 +42,8 @@ import gymnasium
 import numpy as np
 import scipy.sparse as sp
 from gymnasium import spaces
+
+from trpo_lab.envs import ActionComponentsError
 
 __all__ = [
     "DEFAULT_GRID",
@@ -346,7 +351,8 @@ class TabularEnv(gymnasium.Env):
 
     metadata: dict[str, Any] = {"render_modes": []}
 
-    def __init__(self, mdp: TabularMDP, horizon: int, render_mode: str | None = None) -> None:
+    def __init__(self, mdp: TabularMDP, horizon: int, render_mode: str | None = None,
+                 action_components: list[int] | tuple[int, ...] | None = None) -> None:
         _check_int("horizon", horizon, 1)
         if render_mode is not None:
             raise ValueError(f"TabularEnv does not render (render_mode={render_mode!r})")
@@ -355,6 +361,11 @@ class TabularEnv(gymnasium.Env):
         self.render_mode = None
         self.observation_space = spaces.Discrete(mdp.num_states)
         self.action_space = spaces.Discrete(mdp.num_actions)
+        self.components = factored_actions(mdp.num_actions, action_components)
+        if self.components:
+            # factored actions: a component vector a = (a_1, ..., a_k) is the joint action
+            # ravel_multi_index(a, components) of the MDP (C order)
+            self.action_space = spaces.MultiDiscrete(list(self.components))
         self._num_actions = mdp.num_actions
         csr = mdp.transition_csr
         self._indptr = csr.indptr.astype(np.int64)
@@ -387,6 +398,8 @@ class TabularEnv(gymnasium.Env):
         return np.int64(self._state), {}
 
     def step(self, action: Any) -> tuple[np.int64, float, bool, bool, dict[str, Any]]:
+        if self.components:
+            action = np.ravel_multi_index(tuple(np.asarray(action, np.int64)), self.components)
         a = int(action)
         if not 0 <= a < self._num_actions:
             raise ValueError(f"action must be in [0, {self._num_actions}), got {action!r}")
@@ -406,32 +419,51 @@ class TabularEnv(gymnasium.Env):
 # ------------------------------------------------------------------------------------------------
 
 
+def factored_actions(num_actions: int, components) -> tuple[int, ...]:
+    """The action factorisation (n_1, ..., n_k) of an MDP with ``num_actions`` joint actions,
+    checked (each n_j >= 2, their product the number of actions); () for none."""
+    if not components:
+        return ()
+    components = tuple(int(n) for n in components)
+    if any(n < 2 for n in components) or math.prod(components) != num_actions:
+        raise ActionComponentsError(
+            f"must be integers >= 2 whose product is the MDP's {num_actions} actions "
+            f"(got product {math.prod(components)})")
+    return components
+
+
 def _resolve_horizon(horizon: int | None, gamma: float) -> int:
     return horizon_for(gamma) if horizon is None or horizon == 0 else horizon
 
 
 def make_garnet_env(num_states: int = 50, num_actions: int = 4, branching: int = 5,
                     mdp_seed: int = 0, horizon: int | None = None, gamma: float = 0.99,
-                    render_mode: str | None = None) -> TabularEnv:
+                    render_mode: str | None = None,
+                    action_components: list[int] | None = None) -> TabularEnv:
     """Entry point of ``trpo_lab/Garnet-v0``: :func:`garnet` wrapped in a :class:`TabularEnv`."""
     mdp = garnet(num_states, num_actions, branching, mdp_seed)
-    return TabularEnv(mdp, _resolve_horizon(horizon, gamma), render_mode=render_mode)
+    return TabularEnv(mdp, _resolve_horizon(horizon, gamma), render_mode=render_mode,
+                      action_components=action_components)
 
 
 def make_chain_env(num_states: int = 8, slip: float = 0.1, small_reward: float = 0.01,
                    large_reward: float = 1.0, horizon: int | None = None, gamma: float = 0.99,
-                   render_mode: str | None = None) -> TabularEnv:
+                   render_mode: str | None = None,
+                   action_components: list[int] | None = None) -> TabularEnv:
     """Entry point of ``trpo_lab/Chain-v0``: :func:`chain` wrapped in a :class:`TabularEnv`."""
     mdp = chain(num_states, slip, small_reward, large_reward)
-    return TabularEnv(mdp, _resolve_horizon(horizon, gamma), render_mode=render_mode)
+    return TabularEnv(mdp, _resolve_horizon(horizon, gamma), render_mode=render_mode,
+                      action_components=action_components)
 
 
 def make_gridworld_env(layout: str = DEFAULT_GRID, slip: float = 0.1, goal_reward: float = 1.0,
                        pit_reward: float = -1.0, horizon: int | None = None, gamma: float = 0.99,
-                       render_mode: str | None = None) -> TabularEnv:
+                       render_mode: str | None = None,
+                    action_components: list[int] | None = None) -> TabularEnv:
     """Entry point of ``trpo_lab/GridWorld-v0``: :func:`gridworld` in a :class:`TabularEnv`."""
     mdp = gridworld(layout, slip, goal_reward, pit_reward)
-    return TabularEnv(mdp, _resolve_horizon(horizon, gamma), render_mode=render_mode)
+    return TabularEnv(mdp, _resolve_horizon(horizon, gamma), render_mode=render_mode,
+                      action_components=action_components)
 
 
 GYM_IDS: dict[str, str] = {
