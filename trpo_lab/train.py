@@ -62,6 +62,7 @@ from trpo_lab.rollout import (
     exact_batch,
     heldout_batch,
 )
+from trpo_lab.vine import VineSampler, uses_vine
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
@@ -248,6 +249,8 @@ class Update:
     grad_dl: torch.Tensor | None = None
     nonfinite: bool = False
     heldout: HeldoutBatch | None = None  # the evaluation's held-out batch, for the probes
+    critic_batch: Batch | None = None  # what the critic trains on when not ``batch`` (vine)
+    steps: int = 0  # env steps this update took (vine: trunk and branches)
 
 
 def seed_everything(seed: int) -> None:
@@ -280,6 +283,14 @@ class Trainer:
         self.critic = CriticTrainer(self.policy, cfg.critic, self.generator)
         self.collector = Collector(self.envs, cfg.batch_steps // cfg.num_envs, cfg.seed,
                                    cfg.env.normalize_obs, cfg.env.normalize_reward, cfg.gamma)
+        self.vine = None
+        if uses_vine(cfg):
+            if in_group:
+                raise ConfigError("algo.sampler", "vine",
+                                  "a group of runs (hydra/launcher=batched, Slurm "
+                                  "group_runs=true) cannot take vine yet: run it alone "
+                                  "(hydra/launcher=basic, joblib or slurm without group_runs)")
+            self.vine = VineSampler(cfg, self.collector, env_factory(cfg.env, cfg.gamma))
         self.mdp = tabular_model(self.envs) if cfg.env.tabular else None
         if self.mdp is not None:
             from trpo_lab import exact  # scipy.linalg: only tabular runs pay for the import
@@ -434,7 +445,8 @@ class Trainer:
         self.take_batch(update, data)
         self.apply_update(update, self.algo.update(update.batch))
         if self.trains_critic(update):
-            update.row.update(self.critic.update(update.batch))
+            update.row.update(self.critic.update(
+                update.batch if update.critic_batch is None else update.critic_batch))
         return self.end_update(update)
 
     def begin_update(self) -> Update:
@@ -466,7 +478,13 @@ class Trainer:
                 row["rollout/return_mean"] = float(np.mean(returns))
                 row["rollout/length_mean"] = float(np.mean(data.stats.lengths))
             row["rollout/episodes"] = len(returns)
-        self.env_steps += cfg.batch_steps
+        update.steps = cfg.batch_steps
+        if self.vine is not None:  # the trunk trains the critic; the policy the vine batch
+            update.critic_batch = update.batch
+            update.batch, branch_steps = self.vine.batch(
+                self.policy, data, update.batch, update.encode_old, update.actor_old)
+            update.steps += branch_steps
+        self.env_steps += update.steps
         row["env_steps"] = self.env_steps
         params = self.policy.actor_parameters()
         update.theta_old = flat_params(params)
@@ -558,14 +576,14 @@ class Trainer:
         return not update.batch.exact and self.cfg.critic.epochs > 0
 
     def end_update(self, update: Update) -> dict[str, Any]:
-        cfg, row = self.cfg, update.row
+        row = update.row
         nonfinite = update.nonfinite or critic_nonfinite(row)
         self.bad_updates = self.bad_updates + 1 if nonfinite else 0
         row["guard/nonfinite"] = float(nonfinite)
         row["guard/bad_updates"] = self.bad_updates
         elapsed = time.perf_counter() - update.t0
         row["time/wall_s"] = self.wall_before + self._elapsed()
-        row["time/sps"] = cfg.batch_steps / elapsed if elapsed > 0 else math.nan
+        row["time/sps"] = update.steps / elapsed if elapsed > 0 else math.nan
         row["heldout/env_steps"] = self.heldout_env_steps
         row["eval/env_steps"] = self.eval_env_steps
         if self.prober is not None:

@@ -34,6 +34,7 @@ own, common-random-number branches the same one.
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,20 +74,19 @@ STATE_FIELDS = _state_fields()
 """Base env class (exactly, not subclasses: a subclass may add state) -> its dynamic state."""
 
 
+def _is_instance(base: gym.Env, module: str, name: str) -> bool:
+    """``base`` is an instance of ``module.name``; a module never imported cannot have made
+    it (and importing minatar imports seaborn: seconds)."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(base, getattr(loaded, name))
+
+
 def _is_mujoco(base: gym.Env) -> bool:
-    try:
-        from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
-    except ImportError:  # gymnasium without the MuJoCo extra
-        return False
-    return isinstance(base, MujocoEnv)
+    return _is_instance(base, "gymnasium.envs.mujoco.mujoco_env", "MujocoEnv")
 
 
 def _is_minatar(base: gym.Env) -> bool:
-    try:
-        from minatar.gym import BaseEnv
-    except ImportError:  # the optional minatar package
-        return False
-    return isinstance(base, BaseEnv)
+    return _is_instance(base, "minatar.gym", "BaseEnv")
 
 
 def _wrappers(env: gym.Env) -> list[gym.Wrapper]:
