@@ -252,6 +252,10 @@ class Update:
     critic_batch: Batch | None = None  # what the critic trains on when not ``batch`` (vine)
     steps: int = 0  # env steps this update took (vine: trunk and branches)
 
+    def critic_data(self) -> Batch:
+        """The batch the critic trains on: the trunk's for vine, else the update's."""
+        return self.batch if self.critic_batch is None else self.critic_batch
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -283,14 +287,8 @@ class Trainer:
         self.critic = CriticTrainer(self.policy, cfg.critic, self.generator)
         self.collector = Collector(self.envs, cfg.batch_steps // cfg.num_envs, cfg.seed,
                                    cfg.env.normalize_obs, cfg.env.normalize_reward, cfg.gamma)
-        self.vine = None
-        if uses_vine(cfg):
-            if in_group:
-                raise ConfigError("algo.sampler", "vine",
-                                  "a group of runs (hydra/launcher=batched, Slurm "
-                                  "group_runs=true) cannot take vine yet: run it alone "
-                                  "(hydra/launcher=basic, joblib or slurm without group_runs)")
-            self.vine = VineSampler(cfg, self.collector, env_factory(cfg.env, cfg.gamma))
+        self.vine = VineSampler(cfg, self.collector, env_factory(cfg.env, cfg.gamma)) \
+            if uses_vine(cfg) else None
         self.mdp = tabular_model(self.envs) if cfg.env.tabular else None
         if self.mdp is not None:
             from trpo_lab import exact  # scipy.linalg: only tabular runs pay for the import
@@ -445,8 +443,7 @@ class Trainer:
         self.take_batch(update, data)
         self.apply_update(update, self.algo.update(update.batch))
         if self.trains_critic(update):
-            update.row.update(self.critic.update(
-                update.batch if update.critic_batch is None else update.critic_batch))
+            update.row.update(self.critic.update(update.critic_data()))
         return self.end_update(update)
 
     def begin_update(self) -> Update:
