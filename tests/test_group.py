@@ -34,6 +34,8 @@ SETTINGS = {
     "pendulum": ["env=pendulum"],
     "garnet-exact": ["env=garnet", "policy=tabular", "algo.estimator=exact"],
     "npg": ["algo.line_search=false"],
+    "vine": ["algo.sampler=vine", "algo.vine.states=16", "algo.vine.horizon=10",
+             "algo.vine.proposal=policy", "algo.vine.actions=2"],
 }
 
 

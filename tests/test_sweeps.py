@@ -113,7 +113,7 @@ def test_rerunning_resumes_an_interrupted_job_from_its_checkpoint(tmp_path):
 
 
 QUICK_JOBS = {"delta": 2 * 6 * 2, "baselines": 5 * 3 * 2, "gae": 4 * 6 * 2, "penalty": 5 * 2 * 2,
-              "probes": 2 * 2}
+              "probes": 2 * 2, "samplers": 2 * 2 * 2}
 
 
 @pytest.mark.parametrize("name", sorted(QUICK_JOBS))

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from trpo_lab.mlp import tanh_
-from trpo_lab.numerics import flat_params
+from trpo_lab.numerics import flat_params, self_normalised
 from trpo_lab.policies import Policy
 from trpo_lab.rollout import Batch
 
@@ -214,6 +214,7 @@ class StackedBatch:
     old_params: torch.Tensor
     old_log_prob: torch.Tensor
     policy_advantages: torch.Tensor
+    groups: torch.Tensor | None = None  # Batch.groups, stacked (vine batches)
 
     @staticmethod
     def of(batches: Sequence[Batch]) -> StackedBatch:
@@ -222,11 +223,13 @@ class StackedBatch:
 
         return StackedBatch(stack("obs"), stack("actions"), stack("weights"),
                             stack("old_params"), stack("old_log_prob"),
-                            stack("policy_advantages"))
+                            stack("policy_advantages"),
+                            None if batches[0].groups is None else stack("groups"))
 
     def rows(self, index: torch.Tensor) -> StackedBatch:
         return StackedBatch(*(getattr(self, f)[index] for f in (
-            "obs", "actions", "weights", "old_params", "old_log_prob", "policy_advantages")))
+            "obs", "actions", "weights", "old_params", "old_log_prob", "policy_advantages")),
+            None if self.groups is None else self.groups[index])
 
 
 def surrogate_runs(actor: StackedActor, batch: StackedBatch,
@@ -234,6 +237,8 @@ def surrogate_runs(actor: StackedActor, batch: StackedBatch,
     """sum_i w_i ratio_i A_i per run [R] (``algos.common.surrogate``)."""
     log_prob = actor.policy.head.log_prob(params, batch.actions)
     ratio = torch.exp(log_prob - batch.old_log_prob)
+    if batch.groups is not None:
+        ratio = self_normalised(ratio, batch.weights, batch.groups)
     return (batch.weights * ratio * batch.policy_advantages).sum(-1)
 
 

@@ -112,6 +112,48 @@ class AlgoConfig:
         "the tabular model (tabular envs only); isolates the surrogate's error from sampling.")
 
 
+SAMPLERS = ("single_path", "vine")
+PROPOSALS = ("all", "policy", "uniform")
+
+
+@dataclass
+class VineConfig:
+    """The vine sampler of the TRPO paper (section 5.2; :mod:`trpo_lab.vine`), used when
+    ``algo.sampler=vine``. The trunk trajectories are the run's ``num_envs`` envs stepped
+    ``batch_steps / num_envs`` steps per update by the old policy (the single-path batch,
+    which also trains the critic); the rollout set is ``states`` of their states, drawn
+    uniformly without replacement; from each, ``actions`` branches restore the env's snapshot
+    (:mod:`trpo_lab.envs.snapshot`), take their action and follow the old policy. Branch steps
+    count in ``env_steps`` on top of the trunk's ``batch_steps``."""
+
+    states: int = param(64, interval(1, 10**7, integer=True),
+                        "Rollout-set size N: trunk states branched per update; at most "
+                        "batch_steps. Costs about N x actions x (branch length) env steps; "
+                        "the paper used a few hundred to a few thousand states.")
+    actions: int = param(4, interval(1, 1000, integer=True),
+                         "Actions K branched per state with proposal=policy|uniform (at least "
+                         "2: a self-normalised estimate of one action has no gradient). "
+                         "proposal=all branches every action and ignores it.")
+    proposal: str = param(
+        "all", one_of(*PROPOSALS),
+        "all: every action of a Discrete action space, the exact sum_a pi(a|s) Qhat(s,a) "
+        "(best for small action sets). policy: K actions from the old policy; uniform: K "
+        "uniform actions (Discrete, or a Box with finite bounds); both use the self-normalised "
+        "importance-weighted surrogate sum_k w_k Qhat_k / sum_k w_k, w_k = pi(a_k|s)/q(a_k|s), "
+        "whose gradient at theta_old is (K-1)/K of the true one for proposal=policy.")
+    horizon: int = param(
+        0, interval(0, 10**7, integer=True),
+        "Branch length H in env steps, the branched action included: 0 = to the episode's "
+        "end (termination or the env's time limit: Qhat is then an unbiased return). H > 0 "
+        "cuts a branch after H steps and bootstraps from the critic, gamma^H V(s_H): cheaper, "
+        "biased by the critic's error. Use 0 on tabular envs and CartPole; 100-200 on MuJoCo.")
+    common_random_numbers: bool = param(
+        True, no_check,
+        "The branches of one state share their random numbers (env noise and the old "
+        "policy's sampling noise), so the Qhat differences between actions lose the noise "
+        "they share (the paper's variance reduction). false: independent noise per branch.")
+
+
 @dataclass
 class TRPOConfig(AlgoConfig):
     name: str = "trpo"
@@ -145,6 +187,12 @@ class TRPOConfig(AlgoConfig):
         "search keep the whole batch. 1 = the whole batch (the default: today's numbers). "
         "CG's cost falls about in proportion; keep f B >= a few hundred states, below that F "
         "gets noisy and steps erratic (README: its measured effect).")
+    sampler: str = param(
+        "single_path", one_of(*SAMPLERS),
+        "single_path: GAE advantages on the batch's trajectories (every public TRPO). vine: "
+        "Qhat from branches of restored env snapshots (TRPO paper, section 5.2; algo.vine.*); "
+        "envs without snapshots are refused.")
+    vine: VineConfig = field(default_factory=VineConfig)
 
 
 @dataclass
@@ -465,6 +513,8 @@ def validate(cfg: Config) -> None:
         if count > cfg.batch_steps:
             key = "algo.minibatches" if minibatched is algo else "critic.minibatches"
             raise ConfigError(key, count, f"must be <= batch_steps={cfg.batch_steps}")
+    if isinstance(algo, TRPOConfig) and algo.sampler == "vine":
+        _validate_vine(cfg, algo)
     if cfg.env.name == "garnet" and cfg.env.branching > cfg.env.num_states:
         raise ConfigError("env.branching", cfg.env.branching,
                           f"must be <= env.num_states={cfg.env.num_states}")
@@ -487,6 +537,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError("policy", "tabular",
                           f"a tabular policy needs a tabular env ({', '.join(TABULAR_ENVS)}) "
                           f"with a Discrete observation space; env={cfg.env.name}")
+
+
+def _validate_vine(cfg: Config, algo: TRPOConfig) -> None:
+    vine = algo.vine
+    if algo.estimator == "exact":
+        raise ConfigError("algo.sampler", "vine",
+                          "needs algo.estimator=sampled (the exact estimator has no samples)")
+    if vine.states > cfg.batch_steps:
+        raise ConfigError("algo.vine.states", vine.states,
+                          f"must be <= batch_steps={cfg.batch_steps} (the trunk's states)")
+    if vine.proposal != "all" and vine.actions < 2:
+        raise ConfigError("algo.vine.actions", vine.actions,
+                          f"must be >= 2 with algo.vine.proposal={vine.proposal} (a "
+                          "self-normalised estimate of one action has no gradient)")
 
 
 def planned_updates(cfg: Config) -> int:

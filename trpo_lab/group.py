@@ -139,7 +139,7 @@ class GroupTrainer:
             critics = [r for r in active if trainers[r].trains_critic(updates[r])]
             if critics:
                 rows = critic_update_runs([trainers[r].critic for r in critics],
-                                          [updates[r].batch for r in critics])
+                                          [updates[r].critic_data() for r in critics])
                 for r, row in zip(critics, rows):
                     updates[r].row.update(row)
         except KeyboardInterrupt:

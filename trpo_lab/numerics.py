@@ -92,6 +92,25 @@ def discounted_running_returns(rewards: np.ndarray, done: np.ndarray, gamma: flo
     return returns
 
 
+def self_normalised(ratio: torch.Tensor, weights: torch.Tensor,
+                    groups: torch.Tensor) -> torch.Tensor:
+    """ratio_i / D_g(i), D_g = sum_{j in g} w_j ratio_j / sum_{j in g} w_j: each group's
+    importance weights divided by their weighted mean, along the last axis (``groups`` [B] or
+    of ratio's shape: the group index of each entry, 0..G-1).
+
+    With w_j = c_j / N inside a group of c summing to 1, sum_i w_i (ratio_i / D_g(i)) A_i is
+    (1/N) sum_g sum_{i in g} c_i ratio_i A_i / sum_{i in g} c_i ratio_i: the mean over groups
+    of the self-normalised importance-sampling estimate (the vine surrogate with sampled
+    actions, :mod:`trpo_lab.vine`). D = 1 where every ratio is 1."""
+    index = groups.expand_as(ratio)
+    count = int(groups.max()) + 1
+    shape = (*ratio.shape[:-1], count)
+    weighted = torch.zeros(shape, dtype=ratio.dtype).scatter_add(-1, index, weights * ratio)
+    total = torch.zeros(shape, dtype=ratio.dtype).scatter_add(
+        -1, index, weights.to(ratio.dtype).expand_as(ratio))
+    return ratio / (weighted / total).gather(-1, index)
+
+
 def flat_params(params: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in params])
 

@@ -49,6 +49,9 @@ class Batch:
     old_log_prob: torch.Tensor
     policy_advantages: torch.Tensor  # what the policy losses use (standardised if switched on)
     exact: bool = False
+    # vine batches with sampled actions: the rollout state of each row, whose rows' ratios are
+    # self-normalised in the surrogate (numerics.self_normalised); None: plain ratios
+    groups: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -114,6 +117,9 @@ class Collector:
         self.episode_return = np.zeros(self.num_envs)
         self.episode_length = np.zeros(self.num_envs, np.int64)
         self.total_steps = 0
+        # called as watch(t, envs) before step t of each batch (the vine sampler snapshots
+        # its rollout states there); its envs are then stepped one by one
+        self.watch: Callable[[int, list[gym.Env]], None] | None = None
 
     def encode(self, raw_obs: np.ndarray) -> np.ndarray:
         x = encode_observations(self.obs_space, raw_obs)
@@ -242,8 +248,11 @@ def collect_runs(collectors: list[Collector], actors: list[NumpyActor]) -> list[
     done_buf = np.zeros((R, T, N), bool)
     final_index: list[list[tuple[int, int]]] = [[] for _ in range(R)]
     final_obs: list[list[np.ndarray]] = [[] for _ in range(R)]
-    stepper = CartPoleSteps.of(collectors) or SubEnvSteps(collectors)
+    watched = [c for c in collectors if c.watch is not None]
+    stepper = (None if watched else CartPoleSteps.of(collectors)) or SubEnvSteps(collectors)
     for t in range(T):
+        for c in watched:
+            c.watch(t, c.envs.envs)
         for r, c in enumerate(collectors):
             obs_buf[r, t] = c.encode(raw_obs[r])
             if raw_buf[r] is not None:

@@ -64,6 +64,7 @@ from trpo_lab.rollout import (
     heldout_batch,
 )
 from trpo_lab.run_summary import comparison_figures, read_metrics
+from trpo_lab.vine import VineSampler, uses_vine
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
@@ -250,6 +251,12 @@ class Update:
     grad_dl: torch.Tensor | None = None
     nonfinite: bool = False
     heldout: HeldoutBatch | None = None  # the evaluation's held-out batch, for the probes
+    critic_batch: Batch | None = None  # what the critic trains on when not ``batch`` (vine)
+    steps: int = 0  # env steps this update took (vine: trunk and branches)
+
+    def critic_data(self) -> Batch:
+        """The batch the critic trains on: the trunk's for vine, else the update's."""
+        return self.batch if self.critic_batch is None else self.critic_batch
 
 
 def seed_everything(seed: int) -> None:
@@ -282,6 +289,8 @@ class Trainer:
         self.critic = CriticTrainer(self.policy, cfg.critic, self.generator)
         self.collector = Collector(self.envs, cfg.batch_steps // cfg.num_envs, cfg.seed,
                                    cfg.env.normalize_obs, cfg.env.normalize_reward, cfg.gamma)
+        self.vine = VineSampler(cfg, self.collector, env_factory(cfg.env, cfg.gamma)) \
+            if uses_vine(cfg) else None
         self.mdp = tabular_model(self.envs) if cfg.env.tabular else None
         if self.mdp is not None:
             from trpo_lab import exact  # scipy.linalg: only tabular runs pay for the import
@@ -449,7 +458,7 @@ class Trainer:
         self.take_batch(update, data)
         self.apply_update(update, self.algo.update(update.batch))
         if self.trains_critic(update):
-            update.row.update(self.critic.update(update.batch))
+            update.row.update(self.critic.update(update.critic_data()))
         return self.end_update(update)
 
     def begin_update(self) -> Update:
@@ -481,7 +490,13 @@ class Trainer:
                 row["rollout/return_mean"] = float(np.mean(returns))
                 row["rollout/length_mean"] = float(np.mean(data.stats.lengths))
             row["rollout/episodes"] = len(returns)
-        self.env_steps += cfg.batch_steps
+        update.steps = cfg.batch_steps
+        if self.vine is not None:  # the trunk trains the critic; the policy the vine batch
+            update.critic_batch = update.batch
+            update.batch, branch_steps = self.vine.batch(
+                self.policy, data, update.batch, update.encode_old, update.actor_old)
+            update.steps += branch_steps
+        self.env_steps += update.steps
         row["env_steps"] = self.env_steps
         params = self.policy.actor_parameters()
         update.theta_old = flat_params(params)
@@ -574,14 +589,14 @@ class Trainer:
         return not update.batch.exact and self.cfg.critic.epochs > 0
 
     def end_update(self, update: Update) -> dict[str, Any]:
-        cfg, row = self.cfg, update.row
+        row = update.row
         nonfinite = update.nonfinite or critic_nonfinite(row)
         self.bad_updates = self.bad_updates + 1 if nonfinite else 0
         row["guard/nonfinite"] = float(nonfinite)
         row["guard/bad_updates"] = self.bad_updates
         elapsed = time.perf_counter() - update.t0
         row["time/wall_s"] = self.wall_before + self._elapsed()
-        row["time/sps"] = cfg.batch_steps / elapsed if elapsed > 0 else math.nan
+        row["time/sps"] = update.steps / elapsed if elapsed > 0 else math.nan
         row["heldout/env_steps"] = self.heldout_env_steps
         row["eval/env_steps"] = self.eval_env_steps
         if self.prober is not None:

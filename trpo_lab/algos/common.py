@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from trpo_lab.numerics import self_normalised
 from trpo_lab.optim import SGD, Adam
 from trpo_lab.policies import Policy
 from trpo_lab.rollout import Batch, HeldoutBatch
@@ -16,9 +17,18 @@ def ratio(policy: Policy, batch: Batch, params: torch.Tensor | None = None) -> t
     return torch.exp(policy.head.log_prob(params, batch.actions) - batch.old_log_prob)
 
 
+def surrogate_ratio(policy: Policy, batch: Batch,
+                    params: torch.Tensor | None = None) -> torch.Tensor:
+    """The ratios the surrogate weighs: :func:`ratio`, self-normalised per rollout state in a
+    vine batch with sampled actions (``batch.groups``; numerics.self_normalised)."""
+    r = ratio(policy, batch, params)
+    return r if batch.groups is None else self_normalised(r, batch.weights, batch.groups)
+
+
 def surrogate(policy: Policy, batch: Batch, params: torch.Tensor | None = None) -> torch.Tensor:
     """The policy objective sum_i w_i ratio_i A_i (A standardised if switched on)."""
-    return (batch.weights * ratio(policy, batch, params) * batch.policy_advantages).sum()
+    return (batch.weights * surrogate_ratio(policy, batch, params)
+            * batch.policy_advantages).sum()
 
 
 def mean_kl(policy: Policy, batch: Batch, params: torch.Tensor | None = None) -> torch.Tensor:
@@ -31,7 +41,8 @@ def mean_kl(policy: Policy, batch: Batch, params: torch.Tensor | None = None) ->
 def predicted_improvement(policy: Policy, batch: Batch,
                           params: torch.Tensor | None = None) -> torch.Tensor:
     """dL_hat = sum_i dl_weights_i (ratio_i - 1) A_i with raw advantages: units of J."""
-    return (batch.dl_weights * (ratio(policy, batch, params) - 1.0) * batch.advantages).sum()
+    return (batch.dl_weights * (surrogate_ratio(policy, batch, params) - 1.0)
+            * batch.advantages).sum()
 
 
 def heldout_improvement(policy: Policy, heldout: HeldoutBatch,

@@ -1,0 +1,184 @@
+"""Single path against vine: gradient quality at equal env steps, and what common random
+numbers do to the branches' Qhat differences. Prints two markdown tables.
+
+    python benchmarks/bench_vine.py [--repeats 8] [--budget 2048]
+
+Gradient quality: at a fixed old policy (the run's initial policy, seed 0), the gradient of
+the dL estimate at theta_old (``predicted_improvement``, units of J) from independent batches
+of about ``--budget`` env steps, against a reference: on the garnet the exact gradient of J
+(the exact tabular batch), on CartPole one single-path gradient of 262,144 fresh steps. Single
+path: a batch of ``budget`` steps with GAE(lambda=1) advantages on the untrained critic (the
+baseline changes no expectation). Vine: a trunk of budget/4 steps, N rollout states chosen so
+that trunk + branches are about ``budget`` steps (the steps actually taken are printed),
+every action branched (``proposal=all``) to the episode's end, common random numbers on.
+Cosine mean +- SE over ``--repeats`` batches.
+
+CRN: Var[Qhat(s, a) - Qhat(s, a')] over 300 visits of one state with independent noise per
+branch against common noise, per state, under the initial policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from tests.conftest import compose_typed  # noqa: E402
+from trpo_lab import exact  # noqa: E402
+from trpo_lab.algos.common import predicted_improvement  # noqa: E402
+from trpo_lab.envs import env_factory, make_vector_env, tabular_model  # noqa: E402
+from trpo_lab.envs.snapshot import snapshot  # noqa: E402
+from trpo_lab.numerics import flat_grad  # noqa: E402
+from trpo_lab.policies import Policy  # noqa: E402
+from trpo_lab.rollout import Collector, build_batch, exact_batch  # noqa: E402
+from trpo_lab.vine import VineSampler  # noqa: E402
+
+SETTINGS = {
+    "garnet": ["env=garnet", "policy=tabular", "gamma=0.9", "critic.hidden_sizes=[]"],
+    "cartpole": ["env=cartpole"],
+}
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def build(setting: str, *overrides: str, seed: int = 0):
+    cfg = compose_typed(*SETTINGS[setting], "algo.sampler=vine", "algo.vine.proposal=all",
+                        "algo.vine.horizon=0", "algo.vine.states=1", f"seed={seed}", *overrides)
+    envs = make_vector_env(cfg.env, cfg.num_envs, cfg.gamma)
+    torch.manual_seed(cfg.seed)
+    policy = Policy(envs.single_observation_space, envs.single_action_space, cfg.policy,
+                    list(cfg.critic.hidden_sizes))
+    if setting == "garnet":  # a non-uniform old policy: random logits
+        with torch.no_grad():
+            policy.actor[0].weight.copy_(torch.randn_like(policy.actor[0].weight))
+    return cfg, envs, policy
+
+
+def gradient(policy: Policy, batch) -> np.ndarray:
+    return flat_grad(predicted_improvement(policy, batch),
+                     policy.actor_parameters()).double().numpy()
+
+
+def reference(setting: str, cfg, envs, policy) -> np.ndarray:
+    if setting == "garnet":
+        mdp = tabular_model(envs)
+        pi = policy.numpy_actor().probabilities(np.eye(mdp.num_states))
+        old = exact.evaluate(mdp, pi, cfg.gamma)
+        return gradient(policy, exact_batch(policy, pi, old.A, old.rho, cfg.gamma, False))
+    collector = Collector(envs, 262_144, 12345, False, False, cfg.gamma)
+    data = collector.collect(policy.numpy_actor())
+    return gradient(policy, build_batch(policy, data, cfg.gamma, 1.0, False))
+
+
+def single_path(cfg, envs, policy, budget: int, repeats: int) -> tuple[list[np.ndarray], int]:
+    collector = Collector(envs, budget, 1, False, False, cfg.gamma)
+    actor = policy.numpy_actor()
+    grads = [gradient(policy, build_batch(policy, collector.collect(actor), cfg.gamma, 1.0,
+                                          False)) for _ in range(repeats)]
+    return grads, budget
+
+
+def vine(cfg, envs, policy, budget: int, repeats: int, states: int
+         ) -> tuple[list[np.ndarray], float]:
+    trunk = budget // 4
+    cfg.algo.vine.states = states
+    collector = Collector(envs, trunk, 2, False, False, cfg.gamma)
+    sampler = VineSampler(cfg, collector, env_factory(cfg.env, cfg.gamma))
+    actor = policy.numpy_actor()
+    grads, steps = [], []
+    for _ in range(repeats):
+        data = collector.collect(actor)
+        batch, branch = sampler.batch(policy, data, build_batch(policy, data, cfg.gamma, 1.0,
+                                                                False),
+                                      collector.encode, actor)
+        grads.append(gradient(policy, batch))
+        steps.append(trunk + branch)
+    return grads, float(np.mean(steps))
+
+
+def states_for(cfg, envs, policy, budget: int) -> int:
+    """N such that trunk (budget / 4) + branches is about the budget: from one pilot batch."""
+    _, pilot = vine(cfg, envs, policy, budget, 1, 8)
+    per_state = (pilot - budget // 4) / 8
+    return max(1, min(budget // 4, int(round(0.75 * budget / per_state))))
+
+
+def gradient_table(budget: int, repeats: int) -> list[str]:
+    rows = ["| env | sampler | env steps per batch | cosine with the reference (mean +- SE) |",
+            "| --- | --- | ---: | --- |"]
+    for setting in SETTINGS:
+        cfg, envs, policy = build(setting)
+        ref = reference(setting, cfg, envs, policy)
+        n = states_for(cfg, envs, policy, budget)
+        for name, (grads, steps) in (
+                ("single path", single_path(cfg, envs, policy, budget, repeats)),
+                (f"vine (N={n}, all actions, CRN)", vine(cfg, envs, policy, budget, repeats,
+                                                         n))):
+            cos = np.array([cosine(g, ref) for g in grads])
+            rows.append(f"| {setting} | {name} | {steps:.0f} | {cos.mean():.3f} +- "
+                        f"{cos.std(ddof=1) / np.sqrt(len(cos)):.3f} |")
+    return rows
+
+
+def crn_variances(setting: str, state_options: list, common: bool, repeats: int = 300,
+                  zero_policy: bool = False) -> list[np.ndarray]:
+    cfg, envs, policy = build(setting, f"algo.vine.common_random_numbers={str(common).lower()}")
+    if zero_policy:
+        with torch.no_grad():
+            policy.actor[0].weight.zero_()
+    collector = Collector(envs, 8, 0, False, False, cfg.gamma)
+    sampler = VineSampler(cfg, collector, env_factory(cfg.env, cfg.gamma))
+    env = collector.envs.envs[0]
+    k = int(env.action_space.n)
+    out = []
+    for i, options in enumerate(state_options):
+        env.reset(seed=100 + i, options=options)
+        seeds = np.random.default_rng(8 + i).integers(2**63, size=(repeats, k), dtype=np.int64)
+        if common:
+            seeds[:, 1:] = seeds[:, :1]
+        q, _ = sampler.branch_returns(policy, policy.numpy_actor(), collector.encode, 1.0,
+                                      [snapshot(env)] * repeats, k,
+                                      torch.arange(k).repeat(repeats), seeds.reshape(-1))
+        q = q.reshape(repeats, k)
+        out.append((q[:, 1:] - q[:, :1]).var(0))
+    return out
+
+
+def crn_table() -> list[str]:
+    rows = ["| env | policy | variance ratio independent / common, per state and action pair |",
+            "| --- | --- | --- |"]
+    SETTINGS["chain"] = ["env=chain", "policy=tabular", "gamma=0.95", "critic.hidden_sizes=[]"]
+    cases = [("garnet", [{"state": s} for s in range(4)], False, "random logits"),
+             ("chain", [{"state": s} for s in range(4)], True, "uniform"),
+             ("cartpole", [None] * 4, False, "initial MLP")]
+    for setting, states, zero, label in cases:
+        independent = crn_variances(setting, states, False, zero_policy=zero)
+        common = crn_variances(setting, states, True, zero_policy=zero)
+        ratios = ", ".join("/".join(f"{r:.1f}" for r in np.atleast_1d(i / c))
+                           for i, c in zip(independent, common))
+        rows.append(f"| {setting} | {label} | {ratios} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--budget", type=int, default=2048)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print("\n".join(gradient_table(args.budget, args.repeats)))
+    print()
+    print("\n".join(crn_table()))
+
+
+if __name__ == "__main__":
+    main()
