@@ -79,7 +79,7 @@ def test_an_exact_garnet_run_reports_its_exact_J(tmp_path):
     assert final == pytest.approx(summary["final_true_J"] + last["true/improvement"], abs=1e-9)
     assert final > summary["final_true_J"] > 0  # a garnet's rewards are positive; TRPO improves
     assert summary["final_return_mean"] is None  # estimator=exact: no training episodes
-    assert result_line(summary) == f"trpo-lab: final J {last['true/J']:.2f} (exact; true/J of " \
+    assert result_line(summary, exact=True) == f"trpo-lab: final J {last['true/J']:.2f} (exact; true/J of " \
                                    f"the last evaluated update)"
 
 
@@ -167,7 +167,7 @@ def test_a_run_ends_saying_how_it_did_and_where_its_figures_come_from(tmp_path):
 
 def test_end_lines_count_updates_and_skip_what_was_not_measured(tmp_path):
     class Run:
-        run_dir, wandb = tmp_path, None
+        run_dir, wandb, mdp = tmp_path, None, None
 
     summary = {"status": "interrupted", "iterations": 0, "env_steps": 0,
                "final_return_mean": None, "final_true_J": None, "final_eval_return": None}
@@ -312,3 +312,156 @@ def test_image_observations_into_a_flattening_policy_warn():
     assert preflight.observation_warnings(vector, "mlp", False) == []
     assert preflight.observation_warnings(gym.spaces.Box(-1, 1, (4, 4), np.float32), "mlp",
                                           False) == []
+
+
+# ----------------------------------------------------------------------------- 6. figures
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) of sRGB colours in [0, 1], the closed-form conversion."""
+    rgb = np.asarray(rgb, dtype=float)
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz_matrix = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
+                           [0.0193339, 0.1191920, 0.9503041]])
+    xyz = linear @ xyz_matrix.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
+                     200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def test_srgb_to_lab_closed_form():
+    np.testing.assert_allclose(srgb_to_lab(np.array([1.0, 1.0, 1.0])), [100, 0, 0], atol=0.01)
+    np.testing.assert_allclose(srgb_to_lab(np.array([0.0, 0.0, 0.0])), [0, 0, 0], atol=1e-9)
+    # sRGB red: L* 53.24, a* 80.09, b* 67.20 (the standard's published values)
+    np.testing.assert_allclose(srgb_to_lab(np.array([1.0, 0.0, 0.0])), [53.24, 80.09, 67.20],
+                               atol=0.05)
+
+
+def _sweep(tmp_path: Path, cfgs: list) -> pd.DataFrame:
+    from analysis import load
+    from tests.test_analysis import write_sweep
+
+    return load.load_runs(write_sweep(tmp_path, cfgs, n=6))
+
+
+@pytest.fixture
+def algo_sweep(tmp_path: Path) -> pd.DataFrame:
+    """An algorithm sweep: the five algorithms at their default settings, two seeds each."""
+    from tests.test_analysis import make_cfg
+
+    cfgs = [make_cfg("trpo", seed=s) for s in (0, 1)]
+    cfgs += [make_cfg("trpo", seed=s, line_search=False) for s in (0, 1)]
+    cfgs += [make_cfg(a, seed=s) for a in ("vpg", "kl_penalty", "ppo") for s in (0, 1)]
+    return _sweep(tmp_path / "algos", cfgs)
+
+
+DELTAS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+
+
+@pytest.fixture
+def delta_sweep(tmp_path: Path) -> pd.DataFrame:
+    """The delta sweep's shape: TRPO over six deltas, two seeds, on an exact garnet."""
+    from tests.test_analysis import make_cfg
+
+    return _sweep(tmp_path / "delta",
+                  [make_cfg("trpo", seed=s, delta=d) for d in DELTAS for s in (0, 1)])
+
+
+def test_predicted_vs_true_of_an_algorithm_sweep_colours_by_algorithm(algo_sweep):
+    import matplotlib.pyplot as plt
+
+    from analysis import plots
+
+    fig = plots.plot_predicted_vs_true(algo_sweep, reps=50)
+    titles = [ax.get_title().split(",")[0] for ax in fig.axes]
+    assert titles == ["trpo", "npg", "vpg", "kl_penalty", "ppo"]
+    for ax, algo in zip(fig.axes, titles, strict=True):
+        (points,) = [c for c in ax.collections if c.get_label() == algo]
+        np.testing.assert_allclose(points.get_facecolor()[0, :3], plots.ALGO_COLORS[algo])
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [*titles, "y = x"]
+    plt.close(fig)
+
+
+def test_predicted_vs_true_of_a_delta_sweep_tells_neighbouring_deltas_apart(delta_sweep):
+    import matplotlib.pyplot as plt
+
+    from analysis import plots
+
+    fig = plots.plot_predicted_vs_true(delta_sweep, reps=50)
+    (ax,) = fig.axes
+    scatters = [c for c in ax.collections if c.get_label().startswith("delta=")]
+    assert [c.get_label() for c in scatters] == [f"delta={d:g}" for d in DELTAS]
+    rgba = np.array([c.get_facecolor()[0] for c in scatters])
+    assert np.allclose(rgba[:, 3], plots.SETTING_ALPHA)
+    seen = rgba[:, 3:] * rgba[:, :3] + (1 - rgba[:, 3:])  # as drawn on white
+    lab = srgb_to_lab(seen)
+    assert np.all(np.diff(lab[:, 0]) > 0)  # sequential: lighter with every delta
+    assert np.linalg.norm(np.diff(lab, axis=0), axis=1).min() >= 28  # viridis 0-0.85, 0.7: 20
+    shapes = [c.get_paths()[0].vertices.round(3).tobytes() for c in scatters]
+    assert all(a != b for a, b in zip(shapes, shapes[1:], strict=False))  # neighbours' markers
+    plt.close(fig)
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_no_axis_label_runs_into_a_caption_legend_or_title(tmp_path, delta_sweep):
+    from analysis.figures import FIGURES, Options, Skipped, plots
+
+    made = []
+    with plots.paper_style():
+        for name, build in FIGURES.items():
+            try:
+                fig = build(delta_sweep, Options(reps=50))
+            except Skipped:
+                continue
+            made.append(name)
+            fig.canvas.draw()
+            renderer = fig.canvas.get_renderer()
+            others = [fig._suptitle, *fig.legends, *(ax.title for ax in fig.axes)]
+            boxes = [o.get_window_extent(renderer) for o in others if o is not None]
+            for ax in fig.axes:
+                for text in (ax.yaxis.label, ax.xaxis.label):
+                    box = text.get_window_extent(renderer)
+                    assert not any(_overlaps(box, other) for other in boxes), \
+                        (name, text.get_text())
+            plots.plt.close(fig)
+    assert {"improvement_vs_delta", "trust_region", "monotonic_improvement",
+            "line_search"} <= set(made)
+    # the former label of improvement_vs_delta, as long as the panel and more, did
+    with plots.paper_style():
+        fig = FIGURES["improvement_vs_delta"](delta_sweep, Options(reps=50))
+        fig.axes[0].set_ylabel("predicted dL (in-sample), median per run, as it was")
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        label = fig.axes[0].yaxis.label.get_window_extent(renderer)
+        assert _overlaps(label, fig._suptitle.get_window_extent(renderer)) or \
+            _overlaps(label, fig.axes[0].title.get_window_extent(renderer))
+        plots.plt.close(fig)
+
+
+def test_step_size_figures_of_an_algorithm_sweep_are_skipped_saying_why(tmp_path, algo_sweep,
+                                                                         delta_sweep):
+    from analysis.figures import make_figures
+
+    results = {r.name: r for r in make_figures(algo_sweep, tmp_path / "algos")}
+    for name in ("trust_region", "monotonic_improvement", "line_search",
+                 "improvement_vs_delta"):
+        assert not results[name].made, name
+        assert "2 delta" in results[name].reason or ">= 2 values of delta" in \
+            results[name].reason
+    assert "one value each" in results["trust_region"].reason
+    assert results["predicted_vs_true"].made and results["learning_curves"].made
+
+    import matplotlib.pyplot as plt
+
+    from analysis import plots
+
+    fig = plots.plot_trust_region(delta_sweep)
+    for ax in fig.axes:
+        lines = {ln.get_label(): ln for ln in ax.get_lines()}
+        np.testing.assert_allclose(lines["trpo"].get_xdata(), DELTAS)  # a curve, not a point
+        if "y = δ" in lines:  # the constraint line lies within the panel's y range
+            low, high = ax.get_ylim()
+            assert low <= min(DELTAS) and max(DELTAS) <= high
+    plt.close(fig)

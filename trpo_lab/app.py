@@ -205,9 +205,9 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def result_line(summary: dict[str, Any]) -> str | None:
+def result_line(summary: dict[str, Any], exact: bool = False) -> str | None:
     """How the run did, from summary.json: the last batch's mean return, J (true/J of the last
-    evaluated update, with its SE; exact on tabular envs) and the deterministic evaluation;
+    evaluated update, with its SE; ``exact`` on tabular envs) and the deterministic evaluation;
     None when the run measured none of them."""
     parts = []
     if summary.get("final_return_mean") is not None:
@@ -215,7 +215,7 @@ def result_line(summary: dict[str, Any]) -> str | None:
                      f"episodes)")
     if summary.get("final_true_J") is not None:
         se = summary.get("final_true_J_se")
-        spread = "exact" if se == 0 else "SE unknown" if se is None else f"+/- {se:.2g} SE"
+        spread = "exact" if exact else "SE unknown" if se is None else f"+/- {se:.2g} SE"
         parts.append(f"J {summary['final_true_J']:.2f} ({spread}; true/J of the last "
                      f"evaluated update)")
     if summary.get("final_eval_return") is not None:
@@ -230,7 +230,7 @@ def end_lines(trainer: Any, summary: dict[str, Any]) -> list[str]:
     and the command that uploads it, or the online run's URL)."""
     lines = [f"trpo-lab: {summary['status']} after {plural(summary['iterations'], 'update')} "
              f"({summary['env_steps']} env steps); results in {trainer.run_dir}"]
-    result = result_line(summary)
+    result = result_line(summary, exact=trainer.mdp is not None)
     if result is not None:
         lines.append(result)
     if summary["iterations"]:
