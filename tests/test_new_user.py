@@ -79,8 +79,8 @@ def test_an_exact_garnet_run_reports_its_exact_J(tmp_path):
     assert final == pytest.approx(summary["final_true_J"] + last["true/improvement"], abs=1e-9)
     assert final > summary["final_true_J"] > 0  # a garnet's rewards are positive; TRPO improves
     assert summary["final_return_mean"] is None  # estimator=exact: no training episodes
-    assert result_line(summary, exact=True) == f"trpo-lab: final J {last['true/J']:.2f} (exact; true/J of " \
-                                   f"the last evaluated update)"
+    assert result_line(summary, exact=True) == \
+        f"trpo-lab: final J {last['true/J']:.2f} (exact; true/J of the last evaluated update)"
 
 
 def test_final_true_J_is_the_last_evaluated_rows_with_its_se(tmp_path):
