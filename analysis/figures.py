@@ -148,7 +148,7 @@ def fig_improvement_vs_delta(df: pd.DataFrame, opts: Options) -> Figure:
     """dL vs delta, one panel per env and estimate kind with >= 2 deltas."""
     panels = [
         (title, partial(plots.plot_improvement_vs_delta, rows))
-        for title, _, rows in plots.step_panels(df, ("delta",))
+        for title, _, rows in _step_panels(df, "delta")
         if rows.loc[rows[DL].to_numpy(dtype=float) > 0, "delta"].nunique() >= 2
     ]
     if not panels:
@@ -156,22 +156,36 @@ def fig_improvement_vs_delta(df: pd.DataFrame, opts: Options) -> Figure:
     return _per_run_caption(plots.facet(panels), "median dL over its updates", "IQM", df)
 
 
+#: Why a step-size figure has no panel although runs have a delta or beta: one value each.
+ONE_VALUE = ("(an algorithm sweep's runs, one value each, compare in learning_curves and "
+             "summary.md)")
+
+
+def _step_panels(df: pd.DataFrame, *params: str) -> list[tuple[str, str, pd.DataFrame]]:
+    """The panels of a step-size figure: env, kind and parameter with >= 2 of its values."""
+    return plots.step_panels(df, params or tuple(plots.STEP_PARAMS), plots.MIN_STEP_VALUES)
+
+
 def fig_trust_region(df: pd.DataFrame, opts: Options) -> Figure:
-    """Achieved KL and max ratio vs delta (or beta), a row per env and estimate kind."""
-    if not any(_count_finite(rows, "kl/mean") for _, _, rows in plots.step_panels(df)):
-        raise Skipped("needs runs with a delta (trpo/npg) or beta (kl_penalty) that logged kl/mean")
+    """Achieved KL and max ratio vs delta (or beta), a row per env and estimate kind with
+    >= 2 values of it."""
+    if not any(_count_finite(rows, "kl/mean") for _, _, rows in _step_panels(df)):
+        raise Skipped(f"needs runs over >= 2 values of delta (trpo/npg) or beta (kl_penalty) "
+                      f"in one env that logged kl/mean {ONE_VALUE}")
     return _per_run_caption(plots.plot_trust_region(df), "mean over its updates", "median", df)
 
 
 def fig_monotonic(df: pd.DataFrame, opts: Options) -> Figure:
-    """Fraction of worsening updates vs delta (or beta), one panel per env and estimate kind."""
+    """Fraction of worsening updates vs delta (or beta), one panel per env and estimate kind
+    with >= 2 values of it."""
     panels = [
         (title, partial(plots.plot_monotonic, rows, x=x))
-        for title, x, rows in plots.step_panels(df)
+        for title, x, rows in _step_panels(df)
         if _count_finite(rows, DJ)
     ]
     if not panels:
-        raise Skipped(f"needs runs with a delta (trpo/npg) or beta (kl_penalty) that logged {DJ}")
+        raise Skipped(f"needs runs over >= 2 values of delta (trpo/npg) or beta (kl_penalty) "
+                      f"in one env that logged {DJ} {ONE_VALUE}")
     return _per_run_caption(plots.facet(panels), "fraction of its updates", "mean", df)
 
 
@@ -210,10 +224,14 @@ def fig_gae_heatmap(df: pd.DataFrame, opts: Options) -> Figure:
 
 
 def fig_line_search(df: pd.DataFrame, opts: Options) -> Figure:
-    """Backtracks and acceptance rate vs delta, a row per env and estimate kind."""
+    """Backtracks and acceptance rate vs delta, a row per env and estimate kind with >= 2
+    deltas."""
     if _count_finite(_with_delta(df), "trpo/backtracks") == 0:
         raise Skipped("needs trpo runs with line search that logged trpo/backtracks")
     rows = df[np.isfinite(df["trpo/backtracks"].to_numpy(dtype=float))]
+    if not _step_panels(rows, "delta"):
+        raise Skipped(f"needs trpo runs with line search over >= 2 delta values in one env "
+                      f"{ONE_VALUE}")
     return _per_run_caption(plots.plot_line_search(rows), "mean over its updates", "mean", rows)
 
 

@@ -123,15 +123,44 @@ def ordered_levels(df: pd.DataFrame, hue: str) -> list[Any]:
     return sorted(values)
 
 
+#: The part of viridis that ordered levels (a sweep's deltas) take: without its darkest
+#: purple, which small points cannot tell from the next one, and its palest yellow. Drawn at
+#: :data:`SETTING_ALPHA`, neighbouring colours of up to 6 levels differ by >= 28 in CIELAB
+#: (ΔE*ab; viridis 0-0.85 at alpha 0.7, as before: 20).
+SEQUENTIAL_RANGE: tuple[float, float] = (0.1, 0.9)
+#: Opacity of scatter points coloured by an ordered setting.
+SETTING_ALPHA = 0.9
+#: Marker shapes of ordered levels, in turn: neighbouring settings differ in shape as well.
+MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def level_markers(levels: Sequence[Any], hue: str) -> dict[Any, str]:
+    """One marker per level: circles for algorithms, else :data:`MARKERS` in turn."""
+    if hue == "algo":
+        return dict.fromkeys(levels, "o")
+    return {lv: MARKERS[i % len(MARKERS)] for i, lv in enumerate(levels)}
+
+
 def palette(levels: Sequence[Any], hue: str) -> dict[Any, Any]:
-    """Colours for ``levels``: fixed algorithm colours, else an ordered palette (viridis without
-    its palest yellow, which is unreadable on white)."""
+    """Colours for ``levels``: fixed algorithm colours, else an ordered palette (viridis over
+    :data:`SEQUENTIAL_RANGE`)."""
     if hue == "algo":
         return {lv: algo_color(lv) for lv in levels}
     cmap = mpl.colormaps["viridis"]
     n = max(len(levels), 1)
-    colors = [tuple(cmap(v)[:3]) for v in np.linspace(0.0, 0.85, n)] if n > 1 else [cmap(0.3)[:3]]
+    colors = [tuple(cmap(v)[:3]) for v in np.linspace(*SEQUENTIAL_RANGE, n)] if n > 1 \
+        else [cmap(0.3)[:3]]
     return dict(zip(levels, colors, strict=False))
+
+
+def scatter_hue(df: pd.DataFrame) -> str:
+    """What the colour of a predicted-vs-true point says: the algorithm when no algorithm has
+    more than one step-size setting (an algorithm sweep: one colour per algorithm, as in every
+    figure), else the ``setting`` (a delta or beta sweep: an ordered palette)."""
+    if "setting" not in df.columns or "algo" not in df.columns:
+        return "algo" if "algo" in df.columns else "setting"
+    settings = df.dropna(subset=["setting"]).groupby("algo")["setting"].nunique()
+    return "algo" if (settings <= 1).all() else "setting"
 
 
 #: Order of the estimate kinds in panel layouts.
@@ -216,19 +245,27 @@ def theory_ticks(df: pd.DataFrame, x: str) -> dict[float, str]:
 
 
 def step_panels(
-    df: pd.DataFrame, params: Sequence[str] = tuple(STEP_PARAMS)
+    df: pd.DataFrame, params: Sequence[str] = tuple(STEP_PARAMS), min_values: int = 1
 ) -> list[tuple[str, str, pd.DataFrame]]:
     """``(title, x, rows)``: per :func:`env_panels` group and step-size parameter ``x`` (delta,
-    beta) the rows with a value of ``x`` (see :func:`step_values`)."""
+    beta) the rows with a value of ``x`` (see :func:`step_values`), where they hold at least
+    ``min_values`` distinct values of it (2: a curve against x, not one point per algorithm as
+    an algorithm sweep's default delta and beta would give)."""
     out = []
     for title, rows in env_panels(df):
         for x in params:
             if x not in rows.columns:
                 continue
-            has = np.isfinite(step_values(rows, x).to_numpy(dtype=float))
-            if has.any():
+            values = step_values(rows, x).to_numpy(dtype=float)
+            has = np.isfinite(values)
+            if has.any() and len(np.unique(values[has])) >= min_values:
                 out.append((title, x, rows[has]))
     return out
+
+
+#: Distinct step-size values a panel of the step-size figures needs (trust region, monotonic
+#: improvement, line search, improvement vs delta).
+MIN_STEP_VALUES = 2
 
 
 def panel_grid(
@@ -657,12 +694,14 @@ def scatter_panel(
     yerr: str | None = None,
     hue: str = "setting",
     colors: Mapping[Any, Any] | None = None,
+    markers: Mapping[Any, str] | None = None,
     reps: int = 1000,
     level: float = 0.95,
     seed: int = 0,
 ) -> Axes:
     """One predicted-vs-true panel: one scatter per ``hue`` level (one point per update; colours
-    from ``colors`` or :func:`palette`), with +-1 standard error bars from the columns ``xerr``
+    from ``colors`` or :func:`palette`, markers from ``markers`` or :func:`level_markers`),
+    with +-1 standard error bars from the columns ``xerr``
     and ``yerr`` where given and finite, the line y = x, and Spearman's rho and the OLS slope
     with bootstrap CIs as text in the upper-left or lower-right corner (off the diagonal),
     whichever covers fewer points."""
@@ -670,17 +709,20 @@ def scatter_panel(
     d = _finite(df, [x, y])
     levels = ordered_levels(d, hue) if hue in d.columns else []
     colors = {**palette(levels, hue), **(colors or {})}
+    markers = {**level_markers(levels, hue), **(markers or {})}
+    alpha = 0.7 if hue == "algo" else SETTING_ALPHA
 
-    def draw(sub: pd.DataFrame, color: Any, label: str | None) -> None:
+    def draw(sub: pd.DataFrame, color: Any, label: str | None, marker: str = "o") -> None:
         bars = {name: sub[col].to_numpy(dtype=float) for name, col in
                 (("xerr", xerr), ("yerr", yerr)) if col is not None and col in sub.columns}
         bars = {k: np.where(np.isfinite(v), v, 0.0) for k, v in bars.items()}
         if any(v.any() for v in bars.values()):
             ax.errorbar(sub[x], sub[y], fmt="none", ecolor=color, alpha=0.25, lw=0.5, **bars)
-        ax.scatter(sub[x], sub[y], s=5, color=color, alpha=0.7, label=label, lw=0)
+        ax.scatter(sub[x], sub[y], s=5 if marker == "o" else 7, color=color, alpha=alpha,
+                   label=label, lw=0, marker=marker)
 
     for lv in levels:
-        draw(d[d[hue] == lv], colors[lv], str(lv))
+        draw(d[d[hue] == lv], colors[lv], str(lv), markers[lv])
     rest = d[d[hue].isna()] if hue in d.columns else d
     if len(rest):
         draw(rest, "0.5", None)
@@ -724,7 +766,7 @@ def plot_predicted_vs_true(
     *,
     prediction: str = "heldout",
     y: str = DJ,
-    hue: str = "setting",
+    hue: str | None = None,
     reps: int = 1000,
     level: float = 0.95,
     seed: int = 0,
@@ -741,11 +783,14 @@ def plot_predicted_vs_true(
     One panel per (algorithm, gamma, estimate kind) that has data, and no empty ones: per
     algorithm and gamma the exact and the Monte Carlo panel (:func:`estimate_kind`) side by
     side, at most ``max_cols`` panels a row. Each panel is drawn by :func:`scatter_panel` and
-    titled ``"<algo>, <kind>, γ=<gamma>"``. Colour = the step-size ``setting`` (delta or beta,
-    ...), the same colour for a setting in every panel; one legend below the panels.
+    titled ``"<algo>, <kind>, γ=<gamma>"``. Colour (``hue``; default :func:`scatter_hue`): the
+    algorithm in an algorithm sweep (its colour in every figure), else the step-size
+    ``setting`` (delta or beta, ...; ordered), the same colour for a setting in every panel;
+    one legend below the panels.
     """
     x = "_dl"
     d = _finite(prediction_frame(df, prediction), [x, y]).copy()
+    hue = scatter_hue(d) if hue is None else hue
     d["kind"] = estimate_kind(d)
     gamma = d["gamma"].astype(float) if "gamma" in d.columns else pd.Series(np.nan, d.index)
     d["_gamma"] = gamma.fillna(-1.0)
@@ -758,12 +803,12 @@ def plot_predicted_vs_true(
     ]
     fig, axes = panel_grid(len(panels), panel_size, max_cols=max_cols)
     levels = ordered_levels(d, hue) if hue in d.columns else []
-    colors = palette(levels, hue)
+    colors, markers = palette(levels, hue), level_markers(levels, hue)
     for ax, (algo, g, kind) in zip(axes, panels, strict=False):
         panel = d[(d["algo"] == algo) & (d["_gamma"] == g) & (d["kind"] == kind)]
         scatter_panel(
             panel, ax, x=x, y=y, xerr="_dl_se", yerr=DJ_SE if y == DJ else None, hue=hue,
-            colors=colors, reps=reps, level=level, seed=seed
+            colors=colors, markers=markers, reps=reps, level=level, seed=seed
         )
         ax.set_xlabel(column_label(DL_HELDOUT if prediction == "heldout" else DL))
         ax.set_title(f"{algo}, {kind}, γ={g:g}" if g >= 0 else f"{algo}, {kind}")
@@ -968,7 +1013,7 @@ def plot_improvement_vs_delta(df: pd.DataFrame, ax: Axes | None = None) -> Axes:
         ax.plot(ds, gm_y * np.sqrt(ds / gm_d), ls=":", color="0.4", lw=1, label="slope 1/2")
     _step_axis(ax, df, pts, "delta")
     _log_axis(ax, "y", data=pts["y"])
-    ax.set_ylabel(f"{column_label(DL)}, median per run")
+    ax.set_ylabel(column_label(DL))  # per-run median: the caption says so
     _legend(ax)
     return ax
 
@@ -1019,7 +1064,7 @@ def _metric_rows(
         return axes[0].figure
     groups = [
         (title, px, rows)
-        for title, px, rows in step_panels(df, params if x is None else (x,))
+        for title, px, rows in step_panels(df, params if x is None else (x,), MIN_STEP_VALUES)
         if _finite(rows, [metrics[0]]).shape[0]
     ]
     fig, flat = panel_grid(

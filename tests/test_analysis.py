@@ -1097,9 +1097,10 @@ def test_cli_wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
             logged |= r["history"]["item"]
     assert logged["summary_table._type"] == "table-file"
     assert logged["summary_table.nrows"] == 1
-    for name in ("learning_curves", "predicted_vs_true", "trust_region", "line_search"):
+    for name in ("learning_curves", "predicted_vs_true", "surrogate_error", "bound_vacuity"):
         assert logged[f"figures/{name}._type"] == "image-file"
     assert "figures/gae_heatmap._type" not in logged  # skipped: one gamma, one lambda
+    assert "figures/trust_region._type" not in logged  # skipped: one delta
 
 
 def test_module_entry_point_help() -> None:

@@ -32,12 +32,17 @@ def test_a_run_says_where_it_writes_at_start_and_end_off_a_terminal(tmp_path):
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
     run_id = read_summary(run_dir)["wandb_run_id"]
     planned = f"{run_dir}/wandb/offline-run-*-{run_id}"
+    summary = read_summary(run_dir)
     assert lines == [
         f"trpo-lab: run directory {run_dir}",
         "trpo-lab: training 3 updates x 128 steps = 384 env steps (total_steps=300 rounded up "
         "to whole batches)",
         f"trpo-lab: W&B: logging offline to {planned}; upload later with: wandb sync {planned}",
         f"trpo-lab: completed after 3 updates (384 env steps); results in {run_dir}",
+        f"trpo-lab: final return {summary['final_return_mean']:.2f} (mean of the last batch's "
+        f"episodes); J {summary['final_true_J']:.2f} (+/- {summary['final_true_J_se']:.2g} SE; "
+        f"true/J of the last evaluated update)",
+        f"trpo-lab: figures: python -m analysis.figures {run_dir} --out {run_dir / 'figures'}",
         f"trpo-lab: W&B offline run {offline}; upload with: wandb sync {offline}",
     ]
     assert offline.name.endswith(run_id)

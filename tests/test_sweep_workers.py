@@ -122,7 +122,8 @@ def test_a_sweep_with_one_worker_runs_its_jobs_in_order(n_jobs, tmp_path):
     assert len(pids) == 1  # one worker, reused for every job
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+@pytest.mark.parametrize("launcher", [["hydra/launcher=basic"],
+                                      ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
                          ids=["basic", "joblib"])
 def test_a_rerun_with_another_config_fails_its_jobs_and_leaves_them_as_they_are(launcher,
                                                                                 tmp_path):

@@ -175,18 +175,19 @@ class RunDirGuard(Callback):
 
 
 def start_lines(trainer: Any) -> list[str]:
-    """What a run says when it starts, also off a terminal: its directory, a resume, the
-    rounding of total_steps to whole batches, and where its W&B run goes."""
+    """What a run says when it starts, also off a terminal: its directory, a resume, what it
+    trains (updates x batch_steps, and how total_steps was rounded to whole batches), and
+    where its W&B run goes."""
     cfg = trainer.cfg
     lines = [f"trpo-lab: run directory {trainer.run_dir}"]
     if trainer.resumed:
         lines.append(f"trpo-lab: resuming from iteration {trainer.iteration} "
                      f"({trainer.iteration} of {trainer.updates} updates done)")
     planned_steps = trainer.updates * cfg.batch_steps
-    if planned_steps != cfg.total_steps:
-        lines.append(f"trpo-lab: training {trainer.updates} updates x {cfg.batch_steps} steps = "
-                     f"{planned_steps} env steps (total_steps={cfg.total_steps} rounded up to "
-                     f"whole batches)")
+    rounded = f" (total_steps={cfg.total_steps} rounded up to whole batches)" \
+        if planned_steps != cfg.total_steps else ""
+    lines.append(f"trpo-lab: training {plural(trainer.updates, 'update')} x {cfg.batch_steps} "
+                 f"steps = {planned_steps} env steps{rounded}")
     wandb = trainer.wandb
     if wandb is not None:
         where = wandb.planned_location()
@@ -199,11 +200,42 @@ def start_lines(trainer: Any) -> list[str]:
     return lines
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 update``, ``2 updates``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def result_line(summary: dict[str, Any], exact: bool = False) -> str | None:
+    """How the run did, from summary.json: the last batch's mean return, J (true/J of the last
+    evaluated update, with its SE; ``exact`` on tabular envs) and the deterministic evaluation;
+    None when the run measured none of them."""
+    parts = []
+    if summary.get("final_return_mean") is not None:
+        parts.append(f"return {summary['final_return_mean']:.2f} (mean of the last batch's "
+                     f"episodes)")
+    if summary.get("final_true_J") is not None:
+        se = summary.get("final_true_J_se")
+        spread = "exact" if exact else "SE unknown" if se is None else f"+/- {se:.2g} SE"
+        parts.append(f"J {summary['final_true_J']:.2f} ({spread}; true/J of the last "
+                     f"evaluated update)")
+    if summary.get("final_eval_return") is not None:
+        parts.append(f"deterministic return {summary['final_eval_return']:.2f} "
+                     f"({plural(len(summary['final_eval_returns']), 'episode')})")
+    return f"trpo-lab: final {'; '.join(parts)}" if parts else None
+
+
 def end_lines(trainer: Any, summary: dict[str, Any]) -> list[str]:
-    """What a run says when it ends: status, size and directory, and its W&B run (the offline
-    run's directory and the command that uploads it, or the online run's URL)."""
-    lines = [f"trpo-lab: {summary['status']} after {summary['iterations']} updates "
+    """What a run says when it ends: status, size and directory, how it did (the final return
+    and J), the command that draws its figures, and its W&B run (the offline run's directory
+    and the command that uploads it, or the online run's URL)."""
+    lines = [f"trpo-lab: {summary['status']} after {plural(summary['iterations'], 'update')} "
              f"({summary['env_steps']} env steps); results in {trainer.run_dir}"]
+    result = result_line(summary, exact=trainer.mdp is not None)
+    if result is not None:
+        lines.append(result)
+    if summary["iterations"]:
+        lines.append(f"trpo-lab: figures: python -m analysis.figures {trainer.run_dir} "
+                     f"--out {trainer.run_dir / 'figures'}")
     if trainer.wandb is not None:
         local, url = trainer.wandb.location()
         if url:
@@ -271,13 +303,14 @@ def prepare_run(cfg: DictConfig, in_group: bool = False) -> PreparedRun | str:
                 load_resume_state(typed, run_dir)  # the same run, or a refusal
             print(f"trpo-lab: {run_dir} already completed; skipping (resume=true reruns it)")
             return "completed"
-        for warning in preflight.warnings(typed):
-            print(f"trpo-lab: warning: {warning}", file=sys.stderr)
+        notes = preflight.warnings(typed)
         group, tags = _sweep_identity(hc)
         trainer = Trainer(typed, run_dir, wandb_config=OmegaConf.to_container(cfg, resolve=True),
                           group=group, tags=tags,
                           clock_origins={"process": PROCESS_STARTED, "job": job_started},
                           in_group=in_group)
+        for warning in notes:  # once the env is built: a refused env says only why
+            print(f"trpo-lab: warning: {warning}", file=sys.stderr)
     except ResumeMismatch as error:  # the run directory holds another run: leave it as it is
         return _stop_leaving_files(str(error), hc, code=2)
     except (rundir.RunFileError, RunWriteError) as error:
@@ -585,12 +618,22 @@ def _exit_if_launcher_failed() -> None:
         sys.exit(1)
 
 
+def importable_from_cwd() -> None:
+    """Put the current directory last on sys.path (``python -m`` puts it first; a console
+    script does not), so that ``env.id=myenvs:MyEnv-v0`` finds a ``myenvs.py`` there; last,
+    so that it shadows no installed package."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
 def main() -> None:
     from hydra.errors import HydraException
 
     from trpo_lab.refusals import explain
 
     _State.reset()
+    importable_from_cwd()
     register_configs()
     problem = _output_dir_problem(sys.argv[1:])
     if problem:

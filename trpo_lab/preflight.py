@@ -2,7 +2,8 @@
 
 - :func:`check` refuses (``ConfigError``, exit 2) a tabular model that cannot fit in memory,
   estimated from its keys before anything is built.
-- :func:`warnings` names settings that make every update absurdly slow, without refusing them.
+- :func:`warnings` names settings that make every update absurdly slow, or a run's evaluation
+  far more costly than its training, without refusing them.
 """
 
 from __future__ import annotations
@@ -11,11 +12,17 @@ import contextlib
 import os
 from pathlib import Path
 
-from trpo_lab.config import Config, ConfigError
+from trpo_lab.config import Config, ConfigError, planned_updates
 
 # the evaluation may cost this many times a batch's env steps per update before we warn
 EVAL_COST_RATIO = 100
 EVAL_COST_MIN_STEPS = 1_000_000
+# over the run, the evaluation of an env stepped one env at a time (a SyncVectorEnv: no numpy
+# vector entry point) may play this many times the training env steps before we warn. Measured
+# here on the default settings (64 + 64 + 16 episodes per update): Pendulum-v1 14x its 100k
+# training steps (at most; 200-step episodes), evaluation 56 of 70 s; Acrobot-v1 15x (35x at
+# most), 337 of 358 s. CartPole-v1 plays 22x in numpy's vector env, 10 of 20 s: not warned.
+EVAL_RUN_RATIO = 10
 # a probe's landscape may step this many env steps before we warn (CartPole: 672,000)
 PROBE_COST_STEPS = 1_000_000
 
@@ -98,13 +105,48 @@ def eval_steps_per_update(cfg: Config, bound: int) -> float:
     return episodes * bound / cfg.eval.every
 
 
+def evaluated_updates(updates: int, every: int) -> int:
+    """Updates k in [0, updates) with k % every == 0: those the evaluation plays."""
+    return -(-updates // every)
+
+
+def eval_run_steps(cfg: Config, bound: int, every: int | None = None) -> int:
+    """At most how many env steps the evaluation plays over the whole run (episodes of pi and
+    pi' and the held-out episodes, ``bound`` steps each, every ``every`` updates: by default
+    ``eval.every``); the probed updates' evaluations aside."""
+    episodes = 2 * cfg.eval.episodes + cfg.eval.heldout_episodes
+    every = cfg.eval.every if every is None else every
+    return evaluated_updates(planned_updates(cfg), every) * episodes * bound
+
+
+def eval_every_within(cfg: Config, bound: int, ratio: float) -> int:
+    """The smallest eval.every whose evaluation plays at most ``ratio`` x the training steps."""
+    training = planned_updates(cfg) * cfg.batch_steps
+    every = cfg.eval.every
+    while eval_run_steps(cfg, bound, every) > ratio * training and every < planned_updates(cfg):
+        every += 1
+    return every
+
+
+def steps_one_by_one(cfg: Config) -> bool:
+    """The evaluation steps a SyncVectorEnv, one env after the other (the env has no numpy
+    vector entry point): an env step costs there what it costs in training."""
+    import gymnasium as gym
+
+    from trpo_lab.envs import registered_id
+
+    return not cfg.env.tabular and gym.spec(registered_id(cfg.env.id)).vector_entry_point is None
+
+
 def warnings(cfg: Config) -> list[str]:
-    """Settings that run but make every update far slower than it needs to be."""
+    """Settings that run but make every update far slower than it needs to be, or the
+    evaluation cost far more than the training."""
     found = []
     evaluated = cfg.eval.episodes > 0 or cfg.eval.heldout_episodes > 0
     bound = episode_step_bound(cfg) if evaluated else None
     if bound:
         steps = eval_steps_per_update(cfg, bound)
+        run_steps, training = eval_run_steps(cfg, bound), planned_updates(cfg) * cfg.batch_steps
         if steps > max(EVAL_COST_RATIO * cfg.batch_steps, EVAL_COST_MIN_STEPS):
             found.append(
                 f"eval.episodes={cfg.eval.episodes} (with eval.heldout_episodes="
@@ -112,6 +154,19 @@ def warnings(cfg: Config) -> list[str]:
                 f"{steps:.3g} evaluation env steps per update ({bound} steps an episode) "
                 f"against batch_steps={cfg.batch_steps} for training: every update may take "
                 f"minutes; lower eval.episodes (0 turns the evaluation off) or raise eval.every")
+        elif run_steps > EVAL_RUN_RATIO * training and steps_one_by_one(cfg):
+            every = eval_every_within(cfg, bound, EVAL_RUN_RATIO)
+            evaluated = evaluated_updates(planned_updates(cfg), cfg.eval.every)
+            found.append(
+                f"the evaluation (true J and dJ, held-out dL) may cost far more than training: "
+                f"up to {run_steps} env steps ({evaluated} evaluated updates x (2 x "
+                f"eval.episodes={cfg.eval.episodes} + eval.heldout_episodes="
+                f"{cfg.eval.heldout_episodes}) episodes x up to {bound} steps), "
+                f"{run_steps / training:.0f}x the {training} training env steps, stepped one "
+                f"env at a time on {cfg.env.id}: expect most of the run's time to go there; "
+                f"lower eval.episodes (0 turns the truth off) or eval.heldout_episodes, or "
+                f"raise eval.every (eval.every={every}: "
+                f"{eval_run_steps(cfg, bound, every) / training:.1f}x)")
     probe_bound = episode_step_bound(cfg) if cfg.probe.every and not cfg.env.tabular else None
     if probe_bound:
         envs = probe_landscape_envs(cfg)
@@ -130,3 +185,19 @@ def probe_landscape_envs(cfg: Config) -> int:
     """Envs the landscape probe steps together off the tabular envs: pi_old and every point."""
     points = len(cfg.probe.alphas) * (1 + cfg.probe.random_directions)
     return cfg.probe.episodes * (1 + points) if points else 0
+
+
+def observation_warnings(space, policy: str, normalize_obs: bool) -> list[str]:
+    """Image observations (a uint8 Box of two or more dimensions, values up to 255) that would
+    go unscaled into a policy that flattens them (``mlp``, ``linear``)."""
+    import gymnasium as gym
+    import numpy as np
+
+    image = isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 \
+        and len(space.shape) >= 2 and float(np.max(space.high)) > 1
+    if not image or policy not in ("mlp", "linear") or normalize_obs:
+        return []
+    return [f"the observations are uint8 images of shape {space.shape} (values 0..255), fed "
+            f"to policy={policy} unscaled and flattened to {int(np.prod(space.shape))} inputs: "
+            f"training is likely to stall; use policy=cnn (a convolutional policy for image "
+            f"observations) or env.normalize_obs=true (running mean/std of each input)"]

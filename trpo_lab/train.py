@@ -51,6 +51,7 @@ from trpo_lab.logging import (
 )
 from trpo_lab.numerics import flat_grad, flat_params, set_flat_params
 from trpo_lab.policies import Policy
+from trpo_lab.preflight import observation_warnings
 from trpo_lab.probes import COLUMNS as PROBE_COLUMNS
 from trpo_lab.probes import PROBES, Prober, UpdateContext, probe_tables
 from trpo_lab.resume import ResumeMismatch, config_differences, flat_config
@@ -311,11 +312,15 @@ class Trainer:
         # a W&B sweep agent chooses the run id; otherwise a fresh one, kept across resumes
         self.run_id = os.environ.get("WANDB_RUN_ID") or os.urandom(4).hex()
         self.last_returns: list[float] = []
-        self.last_true_J = math.nan
+        self.last_true_J = math.nan  # true/J (and its SE) of the last row that has one
+        self.last_true_J_se = math.nan
         self.final_eval_returns: list[float] = []
         self.final_eval_s = 0.0  # kept out of wall_s, which times training
         self.final_eval_error: str | None = None
-        self.warnings: list[str] = []
+        self.warnings = observation_warnings(self.envs.single_observation_space,
+                                             cfg.policy.name, cfg.env.normalize_obs)
+        for warning in self.warnings:
+            print(f"trpo-lab: warning: {warning}", file=sys.stderr, flush=True)
         self.progress_watch = ProgressWatch(cfg)
         if resume_state is not None:
             check_total_steps(cfg, run_dir, resume_state)
@@ -375,7 +380,7 @@ class Trainer:
             "iteration": self.iteration, "env_steps": self.env_steps,
             "bad_updates": self.bad_updates, "wall_s": self.wall_before + self._elapsed(),
             "run_id": self.run_id, "last_returns": self.last_returns,
-            "last_true_J": self.last_true_J,
+            "last_true_J": self.last_true_J, "last_true_J_se": self.last_true_J_se,
             "heldout_env_steps": self.heldout_env_steps, "eval_env_steps": self.eval_env_steps,
             "policy": self.policy.state_dict(), "algo": self.algo.state_dict(),
             "critic": self.critic.state_dict(), "collector": self.collector.state_dict(),
@@ -392,6 +397,7 @@ class Trainer:
         self.bad_updates, self.wall_before = state["bad_updates"], state["wall_s"]
         self.run_id, self.last_returns = state["run_id"], state["last_returns"]
         self.last_true_J = state["last_true_J"]
+        self.last_true_J_se = state.get("last_true_J_se", math.nan)  # older checkpoints
         # checkpoints written before the held-out batch existed have neither counter
         self.heldout_env_steps = state.get("heldout_env_steps", 0)
         self.eval_env_steps = state.get("eval_env_steps", 0)
@@ -427,6 +433,7 @@ class Trainer:
         return {"iteration": self.iteration, "env_steps": self.env_steps,
                 "heldout_env_steps": self.heldout_env_steps,
                 "eval_env_steps": self.eval_env_steps, "probe_env_steps": self.probe_env_steps,
+                "last_true_J": self.last_true_J, "last_true_J_se": self.last_true_J_se,
                 "metrics": self.metrics.position(),
                 "probes": None if self.probes is None else self.probes.position()}
 
@@ -559,6 +566,8 @@ class Trainer:
             row.update(exact_diagnostics(
                 self.exact.compare(self.mdp, update.pi_old, self._pi_table(), cfg.gamma,
                                    old=update.old_eval)))
+        if "true/J" in row:
+            self.last_true_J, self.last_true_J_se = row["true/J"], row["true/J_se"]
         if self.probing():
             self._probe(update)
 
@@ -582,8 +591,6 @@ class Trainer:
                 self.probes.write(row)
         self.probe_env_steps += self.prober.env_steps
         update.row["time/probe_s"] = time.perf_counter() - start
-        if "true/J" in row:
-            self.last_true_J = row["true/J"]
 
     def trains_critic(self, update: Update) -> bool:
         return not update.batch.exact and self.cfg.critic.epochs > 0
@@ -670,6 +677,7 @@ class Trainer:
             "final_return_mean": float(np.mean(self.last_returns)) if self.last_returns
             else None,
             "final_true_J": None if math.isnan(self.last_true_J) else self.last_true_J,
+            "final_true_J_se": None if math.isnan(self.last_true_J_se) else self.last_true_J_se,
             "final_eval_return": float(np.mean(self.final_eval_returns))
             if self.final_eval_returns else None,
             "final_eval_returns": self.final_eval_returns,

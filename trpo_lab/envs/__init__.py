@@ -57,8 +57,14 @@ def registered_id(env_id: str) -> str:
     try:
         importlib.import_module(module)
     except ImportError as error:
+        hint = ""
+        if isinstance(error, ModuleNotFoundError) and error.name == module.split(".")[0]:
+            hint = (f"; it is looked for on sys.path, which holds the current directory "
+                    f"(trpo-lab adds it last): run from the directory that holds "
+                    f"{error.name}.py, or set PYTHONPATH=DIR")
         raise EnvError("env.id", env_id,
-                       f"cannot import module {module!r} of module:EnvId ({error})") from None
+                       f"cannot import module {module!r} of module:EnvId ({error}){hint}") \
+            from None
     return name
 
 
@@ -116,6 +122,10 @@ def make_vector_env(env_cfg: EnvConfig, num_envs: int, gamma: float) -> SyncVect
     except ActionComponentsError as error:
         raise EnvError("env.action_components", list(env_cfg.action_components),
                        str(error)) from None
+    except gym.error.DependencyNotInstalled as error:  # e.g. Box2D for CarRacing-v3
+        message = " ".join(str(error).split())
+        raise EnvError("env.id", env_cfg.id, f"needs a package that is not installed: "
+                                             f"{message}") from None
     check_spaces(probe, env_cfg)
     probe.close()
     return SyncVectorEnv([make for _ in range(num_envs)], copy=False,
