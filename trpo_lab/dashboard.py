@@ -33,6 +33,15 @@ from trpo_lab.logging import (
 from trpo_lab.probes import GRADIENT_COLUMNS, LANDSCAPE_COLUMNS
 from trpo_lab.run_summary import COMPARISON_KEYS
 
+#: The prediction-against-truth statistics of a run's summary (trpo_lab.intervals) the
+#: Calibration section shows.
+PREDICTION_KEYS = {
+    "prediction/agreement": "fraction of updates with |held-out dL - dJ| <= 1.96 combined SE",
+    "prediction/calibration_slope": "slope of dJ on the held-out dL (1 = calibrated)",
+    "prediction/spearman": "Spearman of dJ with the held-out dL over updates",
+    "prediction/bound_vacuity_rate": "fraction of updates whose TRPO bound is <= 0 (tabular)",
+}
+
 #: The x-axis of every line plot: the run's env steps (the metric W&B steps by, logging.py).
 X_AXIS = "env_steps"
 #: Default grouping options of the runs: the algorithm and the env.
@@ -113,18 +122,20 @@ def lab_layout(project: str, entity: str | None = None, group: str | None = None
                     Panel("table", "probes_gradient", ("probes_gradient",)),
                 )),
         Section("Calibration", "Per-run statistics of prediction against truth "
-                "(trpo_lab/run_summary.py): coverage, slope, Spearman, resolved fraction, "
+                "(trpo_lab/run_summary.py, trpo_lab/intervals.py): agreement, slope, Spearman, "
+                "resolved fraction, "
                 "the bound's vacuity rate; and a parallel-coordinates view of the sweep.", (
                     Panel("bar", "Calibration by group",
                           tuple(f"summary:{k}" for k in (
-                              "calibration_coverage", "calibration_slope", "spearman_dL_dJ",
-                              "resolved_fraction", "bound_vacuity_rate"))),
+                              "prediction/agreement", "prediction/calibration_slope",
+                              "prediction/spearman", "resolved_fraction",
+                              "prediction/bound_vacuity_rate"))),
                     Panel("parallel", "Sweep: settings against outcomes",
                           ("config:algo.delta", "config:gamma", "config:gae_lambda",
-                           "summary:final_return_mean", "summary:spearman_dL_dJ",
+                           "summary:final_return_mean", "summary:prediction/spearman",
                            "summary:kl_mean_over_delta", "summary:steps_per_s")),
                     Panel("markdown", "What the summary keys mean", text="\n".join(
-                        f"- `{k}`: {v}" for k, v in COMPARISON_KEYS.items())),
+                        f"- `{k}`: {v}" for k, v in (COMPARISON_KEYS | PREDICTION_KEYS).items())),
                 )),
     ]
     return Layout(project, entity, group, tuple(group_by), sections)

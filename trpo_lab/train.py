@@ -10,7 +10,6 @@ and checkpoint when due. The algorithms differ only inside ``algo.update(batch)`
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import os
@@ -64,7 +63,7 @@ from trpo_lab.rollout import (
     exact_batch,
     heldout_batch,
 )
-from trpo_lab.run_summary import comparison_figures, read_metrics
+from trpo_lab.run_summary import column, comparison_figures, read_metrics
 from trpo_lab.vine import VineSampler, uses_vine
 
 CHECKPOINT = "checkpoint.pt"
@@ -661,14 +660,6 @@ class Trainer:
         return out, heldout
 
     # ----------------------------------------------------------------- the loop
-    def comparison(self, wall_s: float) -> dict[str, float | None]:
-        """The figures a runs table sorts by (:mod:`trpo_lab.run_summary`), from metrics.csv as
-        written so far: every update of the run, across resumes."""
-        path = self.run_dir / METRICS
-        rows = read_metrics(path.read_text()) if path.exists() else []
-        delta = float(self.cfg.algo.delta) if isinstance(self.cfg.algo, TRPOConfig) else None
-        return comparison_figures(rows, delta, self.env_steps, wall_s)
-
     def summary(self, status: str, error: str | None = None) -> dict[str, Any]:
         wall_s = self.wall_before + self._elapsed() - self.final_eval_s
         return {
@@ -683,7 +674,7 @@ class Trainer:
             "final_eval_returns": self.final_eval_returns,
             "final_eval_s": self.final_eval_s, "final_eval_error": self.final_eval_error,
             "wall_s": wall_s,
-            **self.comparison(wall_s),
+            **self._comparison(wall_s),
             "wandb_run_id": self.run_id,
             # the W&B mode actually used (offline when online was impossible), and why not online
             "wandb_mode": self.wandb.final_mode() if self.wandb is not None else None,
@@ -695,22 +686,22 @@ class Trainer:
             "startup": {f"{name}_to_first_update_s": self.first_update_at - origin
                         for name, origin in self.clock_origins.items()}
             if self.first_update_at is not None else {},
-        } | self._prediction_summary()
+        }
 
-    def _prediction_summary(self) -> dict[str, float]:
-        """The run's dJ-against-dL statistics (:func:`trpo_lab.intervals.
-        run_prediction_summary`) from metrics.csv as written so far (NaN: non-finite)."""
+    def _comparison(self, wall_s: float) -> dict[str, Any]:
+        """The figures a runs table sorts by, from metrics.csv as written so far (every update
+        of the run, across resumes): :func:`trpo_lab.run_summary.comparison_figures` and the
+        dJ-against-dL statistics of :func:`trpo_lab.intervals.run_prediction_summary` (None:
+        not finite)."""
         path = self.run_dir / METRICS
-        if not path.exists():
-            return {}
-        with open(path, newline="") as file:
-            rows = list(csv.DictReader(file))
+        rows = read_metrics(path.read_text()) if path.exists() else []
+        delta = float(self.cfg.algo.delta) if isinstance(self.cfg.algo, TRPOConfig) else None
         names = ("surrogate/improvement_heldout", "surrogate/improvement_heldout_se",
                  "true/improvement", "true/improvement_se", "bound/trpo")
-        columns = {name: np.array([float(row[name]) if row.get(name) else math.nan
-                                   for row in rows]) for name in names}
-        return {key: (value if math.isfinite(value) else None)
-                for key, value in run_prediction_summary(columns, seed=self.cfg.seed).items()}
+        prediction = run_prediction_summary({name: column(rows, name) for name in names},
+                                            seed=self.cfg.seed) if rows else {}
+        return comparison_figures(rows, delta, self.env_steps, wall_s) | {
+            key: (value if math.isfinite(value) else None) for key, value in prediction.items()}
 
     def run(self, stop: StopSignal | None = None,
             on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
