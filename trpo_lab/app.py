@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 
-PROCESS_STARTED = time.time()  # this module is the first the console script imports
+PROCESS_STARTED = time.time()  # the console script (trpo_lab.cli) imports this module first
 
 import contextlib  # noqa: E402
 import copy  # noqa: E402
@@ -47,6 +47,7 @@ class _State:
     sweep_failed = False
     exit_code = 0  # of a single run that was interrupted: 128 + the signal's number
     kept_ancestor: Path | None = None  # deepest existing ancestor of the run dir before Hydra
+    main_pid: int | None = None  # the process that runs main(): a sweep's own, not a worker
     job_status: dict[Path, str] = {}  # job directory -> status its job returned (this process)
 
     @classmethod
@@ -280,7 +281,9 @@ def prepare_run(cfg: DictConfig, in_group: bool = False) -> PreparedRun | str:
                           in_group=in_group)
     except ResumeMismatch as error:  # the run directory holds another run: leave it as it is
         return _stop_leaving_files(str(error), hc, code=2)
-    except (rundir.RunFileError, RunWriteError) as error:
+    except rundir.RunFileError as error:
+        return _stop_leaving_files(str(error), hc, code=error.exit_code)
+    except RunWriteError as error:
         return _stop_leaving_files(str(error), hc, code=1)
     except (ConfigError, EnvError, PolicySpaceError, OmegaConfBaseException) as error:
         message = str(error).splitlines()[0]
@@ -332,6 +335,16 @@ def train_prepared(prepared: PreparedRun) -> str:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
     summary["status"] = slurm.settle([(summary, run_dir)])[0]
     _say(end_lines(trainer, summary))
+    if summary["status"] == "interrupted" and multirun and stop.signum is not None \
+            and os.getpid() == _State.main_pid:
+        # a sweep's job in the sweep's own process (hydra/launcher=basic): the signal stops
+        # the sweep as it stops a single run, with its exit code; no later job starts
+        print(f"trpo-lab: sweep {hc.sweep.dir} interrupted in job {hc.job.num} after "
+              f"{summary['iterations']} updates (checkpointed); the jobs after it did not "
+              f"start; rerun the same command with hydra.sweep.dir={hc.sweep.dir} to resume",
+              file=sys.stderr, flush=True)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved and ending, as a single run
+        raise SystemExit(exit_code("interrupted", stop.signum))
     if summary["status"] == "interrupted":
         print(f"trpo-lab: interrupted after {summary['iterations']} updates; rerun the same "
               f"command with hydra.run.dir={run_dir} to resume", file=sys.stderr)
@@ -462,6 +475,8 @@ def _check_existing_run(config: DictConfig, run_dir: Path) -> None:
     except (ResumeMismatch, ConfigError) as error:
         _refuse(str(error))
     except RunFileError as error:
+        if error.exit_code == 2:
+            _refuse(str(error))
         _fail(str(error))
 
 
@@ -591,6 +606,7 @@ def main() -> None:
     from trpo_lab.refusals import explain
 
     _State.reset()
+    _State.main_pid = os.getpid()
     register_configs()
     problem = _output_dir_problem(sys.argv[1:])
     if problem:
