@@ -309,6 +309,7 @@ def prepare_run(cfg: DictConfig, in_group: bool = False) -> PreparedRun | str:
 def train_prepared(prepared: PreparedRun) -> str:
     """Train a prepared run alone; returns its status."""
     from trpo_lab.cluster import SlurmSignals
+    from trpo_lab.rollout import NonFiniteObservation
     from trpo_lab.train import NumericalFailure, RunWriteError, StopSignal, exit_code
 
     trainer, hc, run_dir = prepared.trainer, prepared.hc, prepared.run_dir
@@ -320,8 +321,8 @@ def train_prepared(prepared: PreparedRun) -> str:
     slurm.install()
     try:
         summary = trainer.run(stop)
-    except (RunWriteError, NumericalFailure) as error:  # summary.json says failed if it can
-        return _stop_leaving_files(str(error), hc, code=1)
+    except (RunWriteError, NumericalFailure, NonFiniteObservation) as error:
+        return _stop_leaving_files(str(error), hc, code=1)  # summary.json says failed if it can
     except Exception:
         print(f"trpo-lab: failed; summary.json and metrics.csv in {run_dir}", flush=True)
         if not multirun:
@@ -362,6 +363,7 @@ def train_group(prepared: list[PreparedRun]) -> list[str]:
     job is (:class:`trpo_lab.cluster.SlurmSignals`)."""
     from trpo_lab.cluster import SlurmSignals
     from trpo_lab.group import GroupTrainer
+    from trpo_lab.rollout import NonFiniteObservation
     from trpo_lab.train import NumericalFailure, RunWriteError, StopSignal
 
     for run in prepared:
@@ -379,7 +381,7 @@ def train_group(prepared: list[PreparedRun]) -> list[str]:
     for k, (run, (_, error)) in enumerate(zip(prepared, results)):
         if error is None:
             continue
-        if isinstance(error, (RunWriteError, NumericalFailure)):
+        if isinstance(error, (RunWriteError, NumericalFailure, NonFiniteObservation)):
             statuses[k] = _stop_leaving_files(str(error), run.hc, code=1)
         else:
             print(f"trpo-lab: job {run.hc.job.num}: failed: {type(error).__name__}: "

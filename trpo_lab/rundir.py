@@ -132,6 +132,13 @@ def free_space_problem(run_dir: Path) -> str | None:
             f"device); free some space and rerun the same command")
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # ENAMETOOLONG: a name that cannot exist
+        return False
+
+
 def name_too_long(existing: Path, names: list[str]) -> str | None:
     """Why directories ``names`` cannot be created below ``existing``: a name longer than its
     filesystem allows (NAME_MAX, 255 bytes on most), or None."""
@@ -154,7 +161,7 @@ def unwritable_dir_problem(target: Path) -> str | None:
     root on read-only places such as /proc). Leaves nothing behind."""
     path = Path(target).absolute()
     missing = []
-    while not path.exists():
+    while not _exists(path):
         missing.append(path.name)
         path = path.parent
     if not path.is_dir():

@@ -203,6 +203,7 @@ def check_run_dir(cfg: Config, run_dir: Path) -> None:
     if not will_resume(cfg, run_dir):
         return
     check_total_steps(cfg, run_dir, state)
+    check_policy_fits(cfg, run_dir, state)
     metrics, position = run_dir / METRICS, metrics_position(state)
     check_present(metrics, state["iteration"] if position is None else position.rows)
     if metrics.exists():
@@ -213,6 +214,22 @@ def check_run_dir(cfg: Config, run_dir: Path) -> None:
         check_present(probes, position.rows)
         if probes.exists():
             checkpointed_rows(probes, probes.read_bytes(), position.rows, position)
+
+
+def check_policy_fits(cfg: Config, run_dir: Path, state: dict[str, Any]) -> None:
+    """The checkpoint's policy (actor and critic) loads into the model this configuration
+    builds, or :class:`~trpo_lab.rundir.RunFileError` (exit 2): a checkpoint that reads but
+    holds tensors of other shapes is refused before anything is written."""
+    envs = make_vector_env(cfg.env, 1, cfg.gamma)
+    try:
+        policy = Policy(envs.single_observation_space, envs.single_action_space, cfg.policy,
+                        list(cfg.critic.hidden_sizes))
+    finally:
+        envs.close()
+    try:
+        policy.load_state_dict(state["policy"])
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
+        raise misfit(run_dir / CHECKPOINT, "policy", error) from None
 
 
 def update_diagnostics(policy: Policy, batch: Batch) -> dict[str, float]:
