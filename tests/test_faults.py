@@ -135,6 +135,34 @@ def test_deleting_the_lock_file_does_not_let_a_second_process_in(tmp_path, capsy
     assert read_summary(run_dir)["status"] == "completed"
 
 
+def test_where_a_directory_cannot_be_locked_the_lock_file_is(tmp_path, monkeypatch):
+    """NFS refuses an exclusive flock on a read-only descriptor (EBADF), which a directory's
+    always is: the lock falls back to .trpo-lab.lock, which then really excludes others."""
+    import errno
+    import fcntl
+    import stat
+
+    from trpo_lab import rundir
+
+    real_flock = fcntl.flock
+
+    def nfs_flock(fd, operation):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(rundir.fcntl, "flock", nfs_flock)
+    rundir.claim(tmp_path)
+    try:
+        assert int((tmp_path / ".trpo-lab.lock").read_text()) == os.getpid()
+        other = os.open(tmp_path / ".trpo-lab.lock", os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            real_flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(other)
+    finally:
+        rundir.release(tmp_path)
+
+
 # ---------------------------------------------------- 3. an env that raises in a group
 BAD_SEED = 1
 RAISE_AFTER = 700  # env steps of the bad run's env: in its update 2 (batches of 256 steps)

@@ -1,13 +1,14 @@
 """The ``trpo-lab`` command, a Hydra app, and ``trpo-lab-sweep NAME``, its named sweeps.
 
 Exit codes (README, "Interrupting and resuming"): 0 completed, 1 a run failed (also a run
-refused because a file of its run directory is unreadable or inconsistent), or a sweep did not
+refused because a file of its run directory is unreadable or damaged), or a sweep did not
 complete every job (a job failed, is still queued on a cluster or was interrupted, or the
 launcher failed), 2 the configuration was refused before any training (one line on stderr naming
 the key and the fix; a refused single run leaves no run directory behind; also a run directory in
-use by another process, or a resume with a configuration that differs from the run's), 128 + the
-signal's number for a single run interrupted cleanly and resumable (130 after Ctrl-C, 143 after
-SIGTERM).
+use by another process, a resume with a configuration that differs from the run's, a checkpoint
+that does not fit the model, a file the checkpoint stands on deleted), 128 + the signal's number
+for a single run or a sweep interrupted cleanly and resumable (130 after Ctrl-C, 143 after
+SIGTERM; :mod:`trpo_lab.cli`: also a Ctrl-C during start-up).
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@ once, with a leading run axis:
 
 The diagnostics of an update, the estimates from its episodes, and the exact tabular
 comparison are computed run by run with the single-run code. A run whose numbers stop being
-finite fails alone (its summary says why) and leaves the group; the others go on. Since each
+finite, or whose env raises in the batched rollout or evaluation (the exception is that run's:
+:func:`~trpo_lab.rollout.collect_runs`, :func:`~trpo_lab.evaluation.run_samplers`), fails
+alone (its summary says why) and leaves the group; the others go on. Since each
 run's state lives in its own Trainer, a run checkpointed in a group resumes alone or in another
 group, and the other way round.
 """

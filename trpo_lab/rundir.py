@@ -70,38 +70,65 @@ def _holder_pid(run_dir: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _flock(fd: int, run_dir: Path) -> bool:
+    """Lock ``fd`` exclusively: True when held, False when its filesystem cannot lock it;
+    :class:`RunDirBusy` (``fd`` closed) when another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in UNSUPPORTED or error.errno == errno.EBADF:
+            return False  # EBADF: NFS locks a read-only descriptor (a directory's) no more
+        os.close(fd)
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise RunDirBusy(run_dir, _holder_pid(run_dir)) from None
+        raise
+    return True
+
+
 def claim(run_dir: Path) -> None:
     """Take the run directory for this process (creating it); idempotent within a process.
 
-    Raises :class:`RunDirBusy` if another process holds it.
+    Raises :class:`RunDirBusy` if another process holds it. The lock is on the directory
+    itself; where its filesystem cannot lock a directory (NFS), on the lock file, checked to be
+    the file that the directory holds after locking it (a file deleted meanwhile is not a lock).
     """
     run_dir = Path(run_dir).absolute()
     if run_dir in _held:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)  # close-on-exec (PEP 446)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        if error.errno in UNSUPPORTED:  # some cluster filesystems: run, but say so
-            print(f"trpo-lab: warning: {run_dir} cannot be locked on this filesystem "
-                  f"({error.strerror}); make sure no other process uses it", file=sys.stderr)
-        elif error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            os.close(fd)
-            raise RunDirBusy(run_dir, _holder_pid(run_dir)) from None
-        else:
-            os.close(fd)
-            raise
-    try:  # who holds it, for the refusal of a second process (the lock is the directory's)
-        pid_fd = os.open(run_dir / LOCK_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    if not _flock(fd, run_dir):
+        os.close(fd)
+        fd = _lock_file(run_dir)
+    try:  # who holds it, for the refusal of a second process
+        pid_fd = os.open(run_dir / LOCK_FILE, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            os.write(pid_fd, f"{os.getpid()}\n".encode())
+            os.ftruncate(pid_fd, 0)
+            os.pwrite(pid_fd, f"{os.getpid()}\n".encode(), 0)
         finally:
             os.close(pid_fd)
     except OSError:
         os.close(fd)
         raise
     _held[run_dir] = fd
+
+
+def _lock_file(run_dir: Path) -> int:
+    """The flock on ``.trpo-lab.lock`` (where the directory cannot be locked); a warning where
+    the file cannot be locked either."""
+    path = run_dir / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _flock(fd, run_dir):
+            print(f"trpo-lab: warning: {run_dir} cannot be locked on this filesystem; make "
+                  f"sure no other process uses it", file=sys.stderr)
+            return fd
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the file was deleted or replaced after we opened it: lock the new one
 
 
 def release(run_dir: Path) -> None:
