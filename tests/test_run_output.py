@@ -124,7 +124,7 @@ def test_sweep_command_lists_the_sweeps_and_refuses_unknown_ones(tmp_path):
 
 def test_sweep_command_is_installed_and_the_repository_form_still_composes(tmp_path):
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["trpo-lab-sweep"] == "trpo_lab.app:sweep_main"
+    assert scripts["trpo-lab-sweep"] == "trpo_lab.cli:sweep_main"
     result = run_cli(["--config-dir", "sweeps", "--config-name", "delta", "--cfg", "hydra"],
                      cwd=ROOT)
     assert result.returncode == 0, result.stderr

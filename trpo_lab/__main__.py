@@ -1,3 +1,3 @@
-from trpo_lab.app import main
+from trpo_lab.cli import main
 
 main()

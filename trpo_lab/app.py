@@ -1,20 +1,21 @@
 """The ``trpo-lab`` command, a Hydra app, and ``trpo-lab-sweep NAME``, its named sweeps.
 
 Exit codes (README, "Interrupting and resuming"): 0 completed, 1 a run failed (also a run
-refused because a file of its run directory is unreadable or inconsistent), or a sweep did not
+refused because a file of its run directory is unreadable or damaged), or a sweep did not
 complete every job (a job failed, is still queued on a cluster or was interrupted, or the
 launcher failed), 2 the configuration was refused before any training (one line on stderr naming
 the key and the fix; a refused single run leaves no run directory behind; also a run directory in
-use by another process, or a resume with a configuration that differs from the run's), 128 + the
-signal's number for a single run interrupted cleanly and resumable (130 after Ctrl-C, 143 after
-SIGTERM).
+use by another process, a resume with a configuration that differs from the run's, a checkpoint
+that does not fit the model, a file the checkpoint stands on deleted), 128 + the signal's number
+for a single run or a sweep interrupted cleanly and resumable (130 after Ctrl-C, 143 after
+SIGTERM; :mod:`trpo_lab.cli`: also a Ctrl-C during start-up).
 """
 
 from __future__ import annotations
 
 import time
 
-PROCESS_STARTED = time.time()  # this module is the first the console script imports
+PROCESS_STARTED = time.time()  # the console script (trpo_lab.cli) imports this module first
 
 import contextlib  # noqa: E402
 import copy  # noqa: E402
@@ -47,6 +48,7 @@ class _State:
     sweep_failed = False
     exit_code = 0  # of a single run that was interrupted: 128 + the signal's number
     kept_ancestor: Path | None = None  # deepest existing ancestor of the run dir before Hydra
+    main_pid: int | None = None  # the process that runs main(): a sweep's own, not a worker
     job_status: dict[Path, str] = {}  # job directory -> status its job returned (this process)
 
     @classmethod
@@ -313,7 +315,9 @@ def prepare_run(cfg: DictConfig, in_group: bool = False) -> PreparedRun | str:
             print(f"trpo-lab: warning: {warning}", file=sys.stderr)
     except ResumeMismatch as error:  # the run directory holds another run: leave it as it is
         return _stop_leaving_files(str(error), hc, code=2)
-    except (rundir.RunFileError, RunWriteError) as error:
+    except rundir.RunFileError as error:
+        return _stop_leaving_files(str(error), hc, code=error.exit_code)
+    except RunWriteError as error:
         return _stop_leaving_files(str(error), hc, code=1)
     except (ConfigError, EnvError, PolicySpaceError, OmegaConfBaseException) as error:
         message = str(error).splitlines()[0]
@@ -339,6 +343,7 @@ def prepare_run(cfg: DictConfig, in_group: bool = False) -> PreparedRun | str:
 def train_prepared(prepared: PreparedRun) -> str:
     """Train a prepared run alone; returns its status."""
     from trpo_lab.cluster import SlurmSignals
+    from trpo_lab.rollout import NonFiniteObservation
     from trpo_lab.train import NumericalFailure, RunWriteError, StopSignal, exit_code
 
     trainer, hc, run_dir = prepared.trainer, prepared.hc, prepared.run_dir
@@ -350,8 +355,8 @@ def train_prepared(prepared: PreparedRun) -> str:
     slurm.install()
     try:
         summary = trainer.run(stop)
-    except (RunWriteError, NumericalFailure) as error:  # summary.json says failed if it can
-        return _stop_leaving_files(str(error), hc, code=1)
+    except (RunWriteError, NumericalFailure, NonFiniteObservation) as error:
+        return _stop_leaving_files(str(error), hc, code=1)  # summary.json says failed if it can
     except Exception:
         print(f"trpo-lab: failed; summary.json and metrics.csv in {run_dir}", flush=True)
         if not multirun:
@@ -365,6 +370,16 @@ def train_prepared(prepared: PreparedRun) -> str:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
     summary["status"] = slurm.settle([(summary, run_dir)])[0]
     _say(end_lines(trainer, summary))
+    if summary["status"] == "interrupted" and multirun and stop.signum is not None \
+            and os.getpid() == _State.main_pid:
+        # a sweep's job in the sweep's own process (hydra/launcher=basic): the signal stops
+        # the sweep as it stops a single run, with its exit code; no later job starts
+        print(f"trpo-lab: sweep {hc.sweep.dir} interrupted in job {hc.job.num} after "
+              f"{summary['iterations']} updates (checkpointed); the jobs after it did not "
+              f"start; rerun the same command with hydra.sweep.dir={hc.sweep.dir} to resume",
+              file=sys.stderr, flush=True)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved and ending, as a single run
+        raise SystemExit(exit_code("interrupted", stop.signum))
     if summary["status"] == "interrupted":
         print(f"trpo-lab: interrupted after {summary['iterations']} updates; rerun the same "
               f"command with hydra.run.dir={run_dir} to resume", file=sys.stderr)
@@ -382,6 +397,7 @@ def train_group(prepared: list[PreparedRun]) -> list[str]:
     job is (:class:`trpo_lab.cluster.SlurmSignals`)."""
     from trpo_lab.cluster import SlurmSignals
     from trpo_lab.group import GroupTrainer
+    from trpo_lab.rollout import NonFiniteObservation
     from trpo_lab.train import NumericalFailure, RunWriteError, StopSignal
 
     for run in prepared:
@@ -399,7 +415,7 @@ def train_group(prepared: list[PreparedRun]) -> list[str]:
     for k, (run, (_, error)) in enumerate(zip(prepared, results)):
         if error is None:
             continue
-        if isinstance(error, (RunWriteError, NumericalFailure)):
+        if isinstance(error, (RunWriteError, NumericalFailure, NonFiniteObservation)):
             statuses[k] = _stop_leaving_files(str(error), run.hc, code=1)
         else:
             print(f"trpo-lab: job {run.hc.job.num}: failed: {type(error).__name__}: "
@@ -495,6 +511,8 @@ def _check_existing_run(config: DictConfig, run_dir: Path) -> None:
     except (ResumeMismatch, ConfigError) as error:
         _refuse(str(error))
     except RunFileError as error:
+        if error.exit_code == 2:
+            _refuse(str(error))
         _fail(str(error))
 
 
@@ -634,6 +652,7 @@ def main() -> None:
 
     _State.reset()
     importable_from_cwd()
+    _State.main_pid = os.getpid()
     register_configs()
     problem = _output_dir_problem(sys.argv[1:])
     if problem:

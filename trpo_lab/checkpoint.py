@@ -50,6 +50,15 @@ def _restart_advice(path: Path) -> str:
             f"(another hydra.run.dir)")
 
 
+def misfit(path: Path, part: str, error: Exception) -> RunFileError:
+    """A checkpoint that reads but whose ``part`` does not fit the model built for this run
+    (tensors of another shape, missing entries): refused like a configuration (exit 2)."""
+    lines = str(error).strip().splitlines()
+    reason = " ".join(line.strip() for line in lines[:3])[:300] or type(error).__name__
+    return RunFileError(path, f"it does not fit this run's {part} ({reason})",
+                        _restart_advice(path), exit_code=2)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's state, or :class:`RunFileError` if it is cut, empty or not ours."""
     try:

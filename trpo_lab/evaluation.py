@@ -330,13 +330,15 @@ class SamplerRequest:
     record: bool = False
 
 
-def run_samplers(requests: list[SamplerRequest]) -> list[list[Episodes]]:
+def run_samplers(requests: list[SamplerRequest],
+                 failures: dict[int, Exception] | None = None) -> list[list[Episodes]]:
     """:meth:`EpisodeSampler.run` for several runs in lockstep (a group of runs,
     trpo_lab.group): one call of all runs' stacked actors per step; each run's envs, encoder
     and random numbers its own, so each run's episodes are those of its own call. The samplers
     have the same number of episodes and copies. A run whose episodes have all ended stops
     counting (with merged CartPole envs its columns go on stepping, unread); the loop ends with
-    the last one."""
+    the last one. With ``failures`` given, a run whose env raises stops there instead of
+    raising: the exception goes into ``failures[r]`` and that run's episodes are garbage."""
     R = len(requests)  # noqa: N806
     first = requests[0].sampler
     n, m = first.episodes, first.copies
@@ -408,8 +410,15 @@ def run_samplers(requests: list[SamplerRequest]) -> list[list[Episodes]]:
                     next_raw, run_reward, terminated, truncated = stepped[r]
                 else:
                     flat_actions = to_env_actions(sampler.action_space, all_actions[r])
-                    next_raw, run_reward, terminated, truncated = sampler.envs.step(
-                        flat_actions, env_rngs[r].random(n))
+                    try:
+                        next_raw, run_reward, terminated, truncated = sampler.envs.step(
+                            flat_actions, env_rngs[r].random(n))
+                    except Exception as error:  # noqa: BLE001  (the env's own code: its run fails)
+                        if failures is None:
+                            raise
+                        failures[r] = error
+                        active[r] = False
+                        continue
                 reward[r] = run_reward.reshape(m, n)
                 done[r] = np.logical_or(terminated, truncated).reshape(m, n)
                 if requests[r].record:
@@ -430,7 +439,7 @@ def run_samplers(requests: list[SamplerRequest]) -> list[list[Episodes]]:
     out = []
     for r, request in enumerate(requests):
         episodes = [Episodes(returns[r, i], lengths[r, i]) for i in range(m)]
-        if request.record:
+        if request.record and (failures is None or r not in failures):
             raw_obs, obs, acts, rewards, terminated, done, alive, next_raw = (
                 np.stack(column) for column in zip(*steps[r]))
             T = obs.shape[0]  # noqa: N806

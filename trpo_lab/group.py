@@ -22,7 +22,9 @@ once, with a leading run axis:
 
 The diagnostics of an update, the estimates from its episodes, and the exact tabular
 comparison are computed run by run with the single-run code. A run whose numbers stop being
-finite fails alone (its summary says why) and leaves the group; the others go on. Since each
+finite, or whose env raises in the batched rollout or evaluation (the exception is that run's:
+:func:`~trpo_lab.rollout.collect_runs`, :func:`~trpo_lab.evaluation.run_samplers`), fails
+alone (its summary says why) and leaves the group; the others go on. Since each
 run's state lives in its own Trainer, a run checkpointed in a group resumes alone or in another
 group, and the other way round.
 """
@@ -95,6 +97,14 @@ class GroupTrainer:
     def _fail(self, r: int, error: Exception, results: dict) -> None:
         results[r] = (None, self.trainers[r].fail(error))
 
+    def _fail_envs(self, runs: list[int], failures: dict[int, Exception], results: dict,
+                   active: list[int]) -> None:
+        """The runs whose envs raised in a batched phase (``failures``: by position in
+        ``runs``) fail alone and leave ``active``."""
+        for k in sorted(failures):
+            self._fail(runs[k], failures[k], results)
+        active[:] = [r for r in active if r not in results]
+
     def _update(self, active: list[int], results: dict) -> list[int]:
         """One update of every active run; returns the runs still active (a run that raised
         has failed alone)."""
@@ -114,8 +124,13 @@ class GroupTrainer:
                 for r in active:
                     trainers[r].take_batch(updates[r], None)
             else:
+                failures: dict[int, Exception] = {}  # a run's env raised: that run fails
                 datas = collect_runs([trainers[r].collector for r in active],
-                                     [updates[r].actor_old for r in active])
+                                     [updates[r].actor_old for r in active], failures)
+                datas = [d for k, d in enumerate(datas) if k not in failures]
+                self._fail_envs(list(active), failures, results, active)
+                if not active:
+                    return active
                 cfgs = [trainers[r].cfg for r in active]
                 batches = build_batches([trainers[r].policy for r in active], datas,
                                         [c.gamma for c in cfgs], [c.gae_lambda for c in cfgs],
@@ -132,8 +147,12 @@ class GroupTrainer:
                 trainers[r].guard_update(updates[r], info)
             requests = {r: trainers[r].evaluation_request(updates[r]) for r in active}
             sampled = [r for r in active if requests[r] is not None]
-            episodes = dict(zip(sampled, run_samplers([requests[r] for r in sampled])
-                                if sampled else []))
+            failures = {}
+            runs = run_samplers([requests[r] for r in sampled], failures) if sampled else []
+            episodes = {r: e for k, (r, e) in enumerate(zip(sampled, runs)) if k not in failures}
+            self._fail_envs(sampled, failures, results, active)
+            if not active:
+                return active
             for r in active:
                 trainers[r].measure_update(updates[r], episodes.get(r))
             critics = [r for r in active if trainers[r].trains_critic(updates[r])]

@@ -232,6 +232,7 @@ class _Stop:
 
     def __init__(self, pool: Pool):
         self.pool, self.count, self.previous = pool, 0, {}
+        self.first: int | None = None  # the first signal: the sweep's exit code is 128 + it
 
     def __enter__(self) -> _Stop:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -241,6 +242,7 @@ class _Stop:
 
     def _handle(self, signum, frame) -> None:
         self.count += 1
+        self.first = signum if self.first is None else self.first
         self.pool.signal_busy(signum)
 
     def __exit__(self, *exc) -> None:
@@ -291,7 +293,7 @@ def launch_tasks(launcher, tasks: Sequence[Sequence[tuple[int, Sequence[str]]]]
         print(f"trpo-lab: sweep {launcher.config.hydra.sweep.dir} interrupted ({done} of "
               f"{total} jobs ended, the running ones checkpointed); rerun the same "
               f"command to resume", file=sys.stderr, flush=True)
-        sys.exit(130)
+        sys.exit(128 + (stop.first or signal.SIGINT))  # 130 after Ctrl-C, 143 after SIGTERM
     return [r for r in results if r is not None]
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from trpo_lab.rundir import RunFileError
+from trpo_lab.rundir import RunFileError, start_over_advice
 
 COLUMNS = [
     "iteration", "env_steps", "time/wall_s", "time/sps", "time/eval_s", "heldout/env_steps",
@@ -94,6 +94,8 @@ class MetricsCSV:
         self.hash = hashlib.sha256()
         self.size = 0
         self.rows = 0
+        if resume_rows is not None:
+            check_present(path, expected.rows if expected is not None else resume_rows)
         if resume_rows is not None and path.exists():
             self._reopen(resume_rows, expected)
         else:
@@ -160,6 +162,14 @@ WANDB_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
 def _metrics_advice() -> str:
     return ("Put back a good copy of metrics.csv if you keep one, or start a new run directory "
             "(another hydra.run.dir)")
+
+
+def check_present(path: Path, rows: int) -> None:
+    """A checkpoint of ``rows`` rows (> 0) of ``path`` needs the file: a resume must not start
+    it again without them (:class:`~trpo_lab.rundir.RunFileError`, exit 2)."""
+    if rows > 0 and not path.exists():
+        raise RunFileError(path, f"missing, but the checkpoint stands on its first {rows} rows",
+                           start_over_advice(path), exit_code=2)
 
 
 def checkpointed_rows(path: Path, data: bytes, rows: int,
@@ -282,6 +292,9 @@ class WandbRun:
         open by an earlier job is finished) or ``create_new`` (several runs open at once in one
         process: a group of runs, trpo_lab.group)."""
         os.environ["WANDB_MODE"] = mode
+        # W&B logs into files of the run directory (wandb/*/logs): on a full disk every record
+        # would print a "--- Logging error ---" traceback, burying the run's own one-line error
+        pylogging.raiseExceptions = False
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_CONSOLE", "off")
         self.mode = mode
@@ -428,12 +441,22 @@ class WandbRun:
                           stacklevel=2)
 
     def finish(self, status: str, summary: dict[str, Any], exit_code: int | None = None,
-               tables: Mapping[str, tuple[list[str], list[list[Any]]]] | None = None) -> None:
+               tables: Mapping[str, tuple[list[str], list[list[Any]]]] | None = None,
+               quiet: bool = False) -> None:
         """Finish the W&B run: ``exit_code`` 0 for a completed run (W&B: finished), 1 for a
         failed one (failed); an interrupted run is marked preempting (W&B: preempted, the state
         of a run that stopped early and resumes later, not failed) and finishes with its
         process's exit code (130 after Ctrl-C). ``tables`` (name -> (columns, rows)) become
-        summary tables beside ``improvement_pairs``."""
+        summary tables beside ``improvement_pairs``. ``quiet``: W&B's own failures are not
+        reported (the run failed writing its directory: a full disk fails W&B's files too, and
+        the run's one-line error already says so)."""
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")
+            self._finish(status, summary, exit_code, tables)
+
+    def _finish(self, status: str, summary: dict[str, Any], exit_code: int | None,
+                tables: Mapping[str, tuple[list[str], list[list[Any]]]] | None) -> None:
         if not self._ready():
             return
         if exit_code is None:

@@ -217,8 +217,49 @@ def normalize_parts(rms: RunningMeanStd, x: np.ndarray, mask: np.ndarray | None)
     return np.where(mask, rms.normalize(x), x).astype(np.float32)
 
 
-def collect_runs(collectors: list[Collector], actors: list[NumpyActor]) -> list[RolloutData]:
+class NonFiniteObservation(RuntimeError):
+    """An env returned an observation that is not finite: the policy cannot act on it."""
+
+
+def env_name(env: gym.Env) -> str:
+    return env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+
+
+def nonfinite_observation(collector: Collector, data: RolloutData, steps_before: int
+                          ) -> NonFiniteObservation | None:
+    """The first observation of a batch (as the policy saw it, encoded in float32) that is not
+    finite, named by env, sub-env and the run's env step that returned it; None if all are
+    finite. ``steps_before``: the run's env steps before this batch."""
+    T, N = data.obs.shape[:2]  # noqa: N806
+    candidates = [(data.obs.reshape(T * N, -1), [steps_before + t * N for t in range(T)
+                                                for _ in range(N)], [i for _ in range(T)
+                                                                    for i in range(N)]),
+                  (data.last_obs, [steps_before + T * N] * N, list(range(N))),
+                  (data.final_obs, [steps_before + (t + 1) * N for t, _ in data.final_index],
+                   [i for _, i in data.final_index])]
+    for obs, steps, envs in candidates:
+        bad = np.flatnonzero(~np.isfinite(obs).all(axis=1)) if len(obs) else []
+        if len(bad):
+            k = int(bad[0])
+            row = obs[k]
+            where = ", ".join(f"[{j}]={row[j]}" for j in np.flatnonzero(~np.isfinite(row))[:4])
+            shown = np.array2string(row[:8], precision=4, separator=", ")
+            return NonFiniteObservation(
+                f"the env {env_name(collector.envs.envs[envs[k]])} returned a non-finite "
+                f"observation (sub-env {envs[k]}, after {steps[k]} env steps of the run: "
+                f"{where} in {shown}{' ...' if row.size > 8 else ''}); the policy cannot act "
+                f"on it: fix the env, or end its episode before its state breaks")
+    return None
+
+
+def collect_runs(collectors: list[Collector], actors: list[NumpyActor],
+                 failures: dict[int, Exception] | None = None) -> list[RolloutData]:
     """One batch per run: collector r steps its envs ``steps`` times with ``actors[r]``.
+
+    An env that raises, or returns a non-finite observation (:class:`NonFiniteObservation`),
+    raises here; with ``failures`` given (a group), it fails its run alone instead: the
+    exception goes into ``failures[r]``, that run's envs stop stepping (its batch is garbage:
+    drop it) and the other runs' batches are what they would have been.
 
     The runs step in lockstep with one policy call per step for all of them (the actors
     stacked: a leading run axis on every weight); each run draws its noise from its own
@@ -249,7 +290,9 @@ def collect_runs(collectors: list[Collector], actors: list[NumpyActor]) -> list[
     final_index: list[list[tuple[int, int]]] = [[] for _ in range(R)]
     final_obs: list[list[np.ndarray]] = [[] for _ in range(R)]
     watched = [c for c in collectors if c.watch is not None]
-    stepper = (None if watched else CartPoleSteps.of(collectors)) or SubEnvSteps(collectors)
+    stepper = ((None if watched else CartPoleSteps.of(collectors))
+               or SubEnvSteps(collectors, failures))
+    steps_before = [c.total_steps for c in collectors]
     for t in range(T):
         for c in watched:
             c.watch(t, c.envs.envs)
@@ -283,6 +326,12 @@ def collect_runs(collectors: list[Collector], actors: list[NumpyActor]) -> list[
         out.append(RolloutData(obs_buf[r], act_buf[r], rew_buf[r], term_buf[r], done_buf[r],
                                time_buf, last, final_index[r], finals, stats,
                                c._reward_scale(rew_buf[r], done_buf[r])))
+        if failures is None or r not in failures:
+            broken = nonfinite_observation(c, out[-1], steps_before[r])
+            if broken is not None and failures is None:
+                raise broken
+            if broken is not None:
+                failures[r] = broken
     return out
 
 
@@ -290,8 +339,10 @@ class SubEnvSteps:
     """Every sub-env of every run's SyncVectorEnv stepped by itself, reset in the step that
     ends its episode."""
 
-    def __init__(self, collectors: list[Collector]):
+    def __init__(self, collectors: list[Collector], failures: dict[int, Exception] | None = None):
+        """``failures``: see :func:`collect_runs` (a run whose env raised stops stepping)."""
         self.envs = [c.envs.envs for c in collectors]
+        self.failures = failures
         runs, n = len(collectors), collectors[0].num_envs
         self.rewards = np.empty((runs, n))
         self.terminated = np.zeros((runs, n), bool)
@@ -307,17 +358,28 @@ class SubEnvSteps:
         self.done[:] = False
         self.finals = []
         for r, envs in enumerate(self.envs):
-            raw = raw_obs[r]
-            for i, env in enumerate(envs):
-                obs_i, reward, terminated, truncated, _ = env.step(actions[r, i])
-                self.rewards[r, i] = reward
-                if terminated or truncated:
-                    self.terminated[r, i] = terminated
-                    self.done[r, i] = True
-                    self.finals.append((r, i, obs_i))
-                    obs_i, _ = env.reset()
-                raw[i] = obs_i
+            if self.failures is None:
+                self._step_run(r, envs, actions[r], raw_obs[r])
+            elif r not in self.failures:
+                try:
+                    self._step_run(r, envs, actions[r], raw_obs[r])
+                except Exception as error:  # noqa: BLE001  (the env's own code: its run fails)
+                    self.failures[r] = error
+                    self.rewards[r] = 0.0
+                    self.finals = [f for f in self.finals if f[0] != r]
         return self.rewards, self.terminated, self.done
+
+    def _step_run(self, r: int, envs: list[gym.Env], actions: np.ndarray,
+                  raw: np.ndarray) -> None:
+        for i, env in enumerate(envs):
+            obs_i, reward, terminated, truncated, _ = env.step(actions[i])
+            self.rewards[r, i] = reward
+            if terminated or truncated:
+                self.terminated[r, i] = terminated
+                self.done[r, i] = True
+                self.finals.append((r, i, obs_i))
+                obs_i, _ = env.reset()
+            raw[i] = obs_i
 
     def close(self) -> None:
         pass

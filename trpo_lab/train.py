@@ -14,6 +14,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -27,7 +28,13 @@ import torch
 
 from trpo_lab.algos import algo_label, make_algorithm
 from trpo_lab.algos.common import heldout_improvement, predicted_improvement, ratio
-from trpo_lab.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from trpo_lab.checkpoint import (
+    atomic_write_bytes,
+    load_checkpoint,
+    misfit,
+    remove_quietly,
+    save_checkpoint,
+)
 from trpo_lab.config import Config, ConfigError, TRPOConfig, env_label, planned_updates
 from trpo_lab.critic import CriticTrainer
 from trpo_lab.envs import env_factory, make_vector_env, tabular_model
@@ -45,6 +52,7 @@ from trpo_lab.logging import (
     MetricsCSV,
     MetricsPosition,
     WandbRun,
+    check_present,
     checkpointed_rows,
     resolve_wandb_mode,
 )
@@ -69,6 +77,9 @@ from trpo_lab.vine import VineSampler, uses_vine
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 METRICS = "metrics.csv"
+#: The W&B id of a run that has no checkpoint yet (the checkpoint holds it from then on), written
+#: before W&B starts: a restart after a kill before the first checkpoint logs to the same W&B run.
+WANDB_ID = ".trpo-lab-wandb-id"
 
 
 class NumericalFailure(RuntimeError):
@@ -195,14 +206,33 @@ def check_run_dir(cfg: Config, run_dir: Path) -> None:
     if not will_resume(cfg, run_dir):
         return
     check_total_steps(cfg, run_dir, state)
-    metrics = run_dir / METRICS
+    check_policy_fits(cfg, run_dir, state)
+    metrics, position = run_dir / METRICS, metrics_position(state)
+    check_present(metrics, state["iteration"] if position is None else position.rows)
     if metrics.exists():
-        checkpointed_rows(metrics, metrics.read_bytes(), state["iteration"],
-                          metrics_position(state))
+        checkpointed_rows(metrics, metrics.read_bytes(), state["iteration"], position)
     probes = run_dir / PROBES
-    if probes.exists() and "probes" in state:
+    if "probes" in state:
         position = MetricsPosition(**state["probes"])
-        checkpointed_rows(probes, probes.read_bytes(), position.rows, position)
+        check_present(probes, position.rows)
+        if probes.exists():
+            checkpointed_rows(probes, probes.read_bytes(), position.rows, position)
+
+
+def check_policy_fits(cfg: Config, run_dir: Path, state: dict[str, Any]) -> None:
+    """The checkpoint's policy (actor and critic) loads into the model this configuration
+    builds, or :class:`~trpo_lab.rundir.RunFileError` (exit 2): a checkpoint that reads but
+    holds tensors of other shapes is refused before anything is written."""
+    envs = make_vector_env(cfg.env, 1, cfg.gamma)
+    try:
+        policy = Policy(envs.single_observation_space, envs.single_action_space, cfg.policy,
+                        list(cfg.critic.hidden_sizes))
+    finally:
+        envs.close()
+    try:
+        policy.load_state_dict(state["policy"])
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
+        raise misfit(run_dir / CHECKPOINT, "policy", error) from None
 
 
 def update_diagnostics(policy: Policy, batch: Batch) -> dict[str, float]:
@@ -320,6 +350,7 @@ class Trainer:
                                              cfg.policy.name, cfg.env.normalize_obs)
         for warning in self.warnings:
             print(f"trpo-lab: warning: {warning}", file=sys.stderr, flush=True)
+        self.write_failed = False  # the run ends because a file could not be written
         self.progress_watch = ProgressWatch(cfg)
         if resume_state is not None:
             check_total_steps(cfg, run_dir, resume_state)
@@ -342,6 +373,8 @@ class Trainer:
         self.group = group or cfg.logger.group
         self.wandb: WandbRun | None = None
         if cfg.logger.name != "none" and resolve_wandb_mode(cfg.logger.mode) != "disabled":
+            if not self.resumed:
+                self._restart_wandb_id()
             label = algo_label(cfg.algo)
             self.wandb = WandbRun(
                 mode=resolve_wandb_mode(cfg.logger.mode), project=cfg.logger.project,
@@ -352,6 +385,21 @@ class Trainer:
                 config=wandb_config or {}, run_dir=run_dir, run_id=self.run_id,
                 connect_timeout=cfg.logger.connect_timeout,
                 reinit="create_new" if in_group else "finish_previous")
+
+    def _restart_wandb_id(self) -> None:
+        """A run starting without a checkpoint: if an earlier attempt in this directory was
+        killed before its first checkpoint (its W&B id is in :data:`WANDB_ID`), take its id
+        over and remove its offline W&B data, whose rows are recomputed (as metrics.csv starts
+        again); then record the id, before W&B starts. One W&B run per run directory."""
+        path = self.run_dir / WANDB_ID
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            recorded = path.read_text().strip()
+            if recorded.isalnum() and "WANDB_RUN_ID" not in os.environ:
+                self.run_id = recorded
+                for orphan in (self.run_dir / "wandb").glob(f"offline-run-*-{recorded}"):
+                    shutil.rmtree(orphan, ignore_errors=True)
+        with writing(path):
+            atomic_write_bytes(path, lambda f: f.write(f"{self.run_id}\n".encode()))
 
     def _sampler(self) -> EpisodeSampler | None:
         """Rows [0, eval.episodes) of the sampler are the paired evaluation, the next
@@ -401,11 +449,16 @@ class Trainer:
         self.heldout_env_steps = state.get("heldout_env_steps", 0)
         self.eval_env_steps = state.get("eval_env_steps", 0)
         self.probe_env_steps = state.get("probe_env_steps", 0)
-        self.policy.load_state_dict(state["policy"])
-        self.algo.load_state_dict(state["algo"])
-        self.critic.load_state_dict(state["critic"])
-        self.collector.load_state_dict(state["collector"])
-        self.generator.set_state(state["generator"])
+        for part, load in (("policy", self.policy.load_state_dict),
+                           ("algo", self.algo.load_state_dict),
+                           ("critic", self.critic.load_state_dict),
+                           ("collector", self.collector.load_state_dict),
+                           ("generator", self.generator.set_state)):
+            try:  # a checkpoint that reads but does not fit the model: refused, nothing written
+                load(state[part])
+            except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
+                self.envs.close()
+                raise misfit(self.run_dir / CHECKPOINT, part, error) from None
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
@@ -424,6 +477,7 @@ class Trainer:
             save_checkpoint(self.run_dir / CHECKPOINT, self._state())
         self.saved = self._counters()
         self.checkpoint_on_disk = True
+        remove_quietly(self.run_dir / WANDB_ID)  # the checkpoint holds the W&B id now
         if self.wandb is not None and self.cfg.logger.log_checkpoints:
             self.wandb.log_checkpoint(self.run_dir / CHECKPOINT, self.iteration, self.env_steps)
 
@@ -737,6 +791,7 @@ class Trainer:
         """End the run as failed after ``exc`` (summary.json, W&B); returns the exception to
         raise: for a file that cannot be written, one that says what the checkpoint holds."""
         if isinstance(exc, RunWriteError):
+            self.write_failed = True  # W&B cannot write either: its complaints stay quiet
             failure = RunWriteError(exc.path, exc.os_error,
                                     self.saved["iteration"] if self.checkpoint_on_disk else None)
             with contextlib.suppress(RunWriteError):  # the summary may not fit either
@@ -825,7 +880,7 @@ class Trainer:
             try:
                 self.wandb.finish(status, summary or self.summary(status),
                                   exit_code=exit_code(status, signum),
-                                  tables=self._probe_tables())
+                                  tables=self._probe_tables(), quiet=self.write_failed)
             except KeyboardInterrupt:
                 print("trpo-lab: the W&B run was not finished (interrupted)", file=sys.stderr)
         self.envs.close()
