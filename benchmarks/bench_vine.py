@@ -1,7 +1,8 @@
 """Single path against vine: gradient quality at equal env steps, and what common random
 numbers do to the branches' Qhat differences. Prints two markdown tables.
 
-    python benchmarks/bench_vine.py [--repeats 8] [--budget 2048]
+    python benchmarks/bench_vine.py [--repeats 8] [--budget 2048] [--only gradient|crn] \
+        [--figure analysis/gallery/vine_crn.png]
 
 Gradient quality: at a fixed old policy (the run's initial policy, seed 0), the gradient of
 the dL estimate at theta_old (``predicted_improvement``, units of J) from independent batches
@@ -153,9 +154,10 @@ def crn_variances(setting: str, state_options: list, common: bool, repeats: int 
     return out
 
 
-def crn_table() -> list[str]:
+def crn_table(figure: Path | None = None) -> list[str]:
     rows = ["| env | policy | variance ratio independent / common, per state and action pair |",
             "| --- | --- | --- |"]
+    bars: list[tuple[str, list[float]]] = []
     SETTINGS["chain"] = ["env=chain", "policy=tabular", "gamma=0.95", "critic.hidden_sizes=[]"]
     cases = [("garnet", [{"state": s} for s in range(4)], False, "random logits"),
              ("chain", [{"state": s} for s in range(4)], True, "uniform"),
@@ -166,18 +168,50 @@ def crn_table() -> list[str]:
         ratios = ", ".join("/".join(f"{r:.1f}" for r in np.atleast_1d(i / c))
                            for i, c in zip(independent, common))
         rows.append(f"| {setting} | {label} | {ratios} |")
+        bars.append((f"{setting}\n({label})", [float(r) for i, c in zip(independent, common)
+                                                 for r in np.atleast_1d(i / c)]))
+    if figure is not None:
+        plot_crn(bars, figure)
     return rows
+
+
+def plot_crn(bars: list[tuple[str, list[float]]], path: Path) -> None:
+    """Every (state, action pair)'s variance ratio as a dot per env, on a log axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for x, (_, ratios) in enumerate(bars):
+        ax.scatter(np.full(len(ratios), x) + np.linspace(-0.15, 0.15, len(ratios)), ratios,
+                   s=18, color="C0")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.axhline(5.0, color="C3", lw=0.8, ls="--", label="5x")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(bars)), [name for name, _ in bars])
+    ax.set_ylabel("Var[Qhat diff], independent / common")
+    ax.set_title("Common random numbers in the vine's branches")
+    ax.legend(loc="upper right", frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--budget", type=int, default=2048)
+    parser.add_argument("--only", choices=["gradient", "crn"], default=None)
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="also plot the CRN ratios there (analysis/gallery/vine_crn.png)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print("\n".join(gradient_table(args.budget, args.repeats)))
-    print()
-    print("\n".join(crn_table()))
+    if args.only != "crn":
+        print("\n".join(gradient_table(args.budget, args.repeats)))
+        print()
+    if args.only != "gradient":
+        print("\n".join(crn_table(args.figure)))
 
 
 if __name__ == "__main__":
