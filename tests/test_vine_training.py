@@ -54,6 +54,18 @@ def test_vine_all_actions_on_a_garnet_trains(tmp_path):
     assert metrics["true/J"].iloc[-1] > metrics["true/J"].iloc[0]
 
 
+@pytest.mark.parametrize("proposal", ["policy", "uniform"])
+def test_vine_with_box_actions_trains(proposal, tmp_path):
+    """Pendulum: Gaussian actions, branched from the old policy or uniformly in the bounds."""
+    metrics = train(tmp_path / proposal, "env=pendulum", f"algo.vine.proposal={proposal}",
+                    "total_steps=256")
+    assert len(metrics) == 2
+    steps = np.diff(np.concatenate([[0], metrics["env_steps"].to_numpy()]))
+    assert (steps == 128 + 12 * 3 * 16).all()  # Pendulum never ends before the 16-step cut
+    for column in ("kl/mean", "surrogate/improvement", "policy/max_ratio", "value/loss"):
+        assert np.isfinite(metrics[column]).all(), column
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["env=custom", "env.id=FrozenLake-v1"],
      "invalid value algo.sampler='vine': env FrozenLake-v1 (FrozenLake-v1) has no state "
