@@ -56,6 +56,7 @@ from trpo_lab.config import Config, ConfigError, TRPOConfig, env_label
 from trpo_lab.envs.snapshot import Snapshot, reseed, restore, snapshot, unsupported
 from trpo_lab.policies import NumpyActor, Policy
 from trpo_lab.rollout import Batch, Collector, RolloutData, finish_batch
+from trpo_lab.spaces import to_env_actions
 
 VINE_STREAM = 0x56494E45  # "VINE": the rollout-set generator's stream, apart from the run's
 BRANCHES_AT_ONCE = 256  # branches stepped side by side (one policy call per step for them)
@@ -87,7 +88,7 @@ class VineSampler:
             raise ConfigError("algo.vine.proposal", "all",
                               f"needs a Discrete action space, {cfg.env.id} has {space}: use "
                               "policy or uniform")
-        if proposal == "uniform" and not self.discrete and not (
+        if proposal == "uniform" and isinstance(space, gym.spaces.Box) and not (
                 np.isfinite(space.low).all() and np.isfinite(space.high).all()):
             raise ConfigError("algo.vine.proposal", "uniform",
                               f"needs finite action bounds, {cfg.env.id} has {space}")
@@ -147,7 +148,7 @@ class VineSampler:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """The branched actions [N * K] (state-major) and their weights c [N, K]."""
         n, proposal = obs.shape[0], self.vine.proposal
-        dtype = torch.long if self.discrete else torch.float32
+        dtype = policy.head.action_dtype
         if proposal == "all":
             k = int(self.space.n)
             actions = torch.arange(k).repeat(n)
@@ -157,9 +158,14 @@ class VineSampler:
                 drawn = actor.sample(np.repeat(obs.numpy(), k, axis=0), self.rng)
             elif self.discrete:
                 drawn = self.rng.integers(int(self.space.n), size=n * k)
-            else:
+            elif isinstance(self.space, gym.spaces.Box):
                 drawn = self.rng.uniform(self.space.low, self.space.high,
-                                         (n * k, *self.space.shape))
+                                         (n * k, *self.space.shape)).reshape(n * k, -1)
+            else:  # MultiDiscrete, MultiBinary: uniform per component, in the head's flat form
+                nvec = np.ravel(self.space.nvec) if isinstance(
+                    self.space, gym.spaces.MultiDiscrete) else np.full(int(np.prod(
+                        self.space.shape)), 2)
+                drawn = self.rng.integers(nvec, size=(n * k, len(nvec)))
             actions = torch.as_tensor(np.asarray(drawn), dtype=dtype)
         with torch.no_grad():
             log_pi = policy.head.log_prob(policy.dist_params(obs.repeat_interleave(k, 0)),
@@ -180,7 +186,7 @@ class VineSampler:
     def _env_action(self, action: np.ndarray):
         if self.discrete:
             return int(action)
-        return np.clip(action, self.space.low, self.space.high)
+        return to_env_actions(self.space, np.asarray(action)[None])[0]
 
     def branch_returns(self, policy: Policy, actor: NumpyActor,
                   encode: Callable[[np.ndarray], np.ndarray], reward_scale: float,

@@ -41,11 +41,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from trpo_lab.spaces import PackObservations
+
 # wrapper type name -> the attributes that carry its state
 WRAPPER_FIELDS: dict[type, tuple[str, ...]] = {
     gym.wrappers.TimeLimit: ("_elapsed_steps",),
     gym.wrappers.OrderEnforcing: ("_has_reset",),
     gym.wrappers.PassiveEnvChecker: ("checked_reset", "checked_step", "checked_render"),
+    PackObservations: (),  # Tuple/Dict observations as one vector: no state of its own
 }
 
 
@@ -58,10 +61,12 @@ def _state_fields() -> dict[type, tuple[str, ...]]:
         PendulumEnv,
     )
 
+    from trpo_lab.envs.synthetic import SpacesEnv
     from trpo_lab.envs.tabular import TabularEnv
 
     return {
         TabularEnv: ("_state", "_steps"),
+        SpacesEnv: ("_target", "_steps"),
         CartPoleEnv: ("state", "steps_beyond_terminated"),
         AcrobotEnv: ("state",),
         PendulumEnv: ("state", "last_u"),
