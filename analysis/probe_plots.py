@@ -130,16 +130,21 @@ def plot_gradient_quality(rows: pd.DataFrame, ax: Axes | None = None, *,
                           updates: Sequence[float] | None = None) -> Axes:
     """Gradient rows of one algorithm (any runs) on ``ax``: per probed update in ``updates``
     (default: all), the cosine to the reference gradient (solid, mean over runs with a 95 %
-    band over runs, or the single run's standard error over its batches) and the pairwise
-    cosine of two independent batches (dashed), against the batch size on a log axis; later
-    updates in darker shades of the algorithm's colour."""
+    band over runs, or the single run's standard error over its batches: bias and variance
+    together), the pairwise cosine of two independent batches (dashed) and, where probes.csv
+    has it, the cosine of the mean batch gradient with the reference (dotted: the bias alone),
+    against the batch size on a log axis; later updates in darker shades of the algorithm's
+    colour."""
     ax = _axes(ax)
     color = algo_color(_label(rows["algo"].iloc[0]))
     updates = sorted(rows["iteration"].unique()) if updates is None else list(updates)
     for i, k in enumerate(updates):
         sub = rows[rows["iteration"] == k]
         tint = shade(color, i / max(len(updates) - 1, 1))
-        for column, style in (("cosine_mean", "-"), ("pairwise_cosine_mean", "--")):
+        lines = [("cosine_mean", "-"), ("pairwise_cosine_mean", "--")]
+        if "mean_cosine" in sub.columns and sub["mean_cosine"].notna().any():
+            lines.append(("mean_cosine", ":"))  # the bias alone (probes.csv of this version)
+        for column, style in lines:
             line = mean_band(sub, "batch_steps", column,
                              "cosine_se" if column == "cosine_mean" else None)
             if line.empty:
@@ -152,6 +157,8 @@ def plot_gradient_quality(rows: pd.DataFrame, ax: Axes | None = None, *,
                                 color=tint, linewidth=0)
     ax.plot([], [], "-", color="0.3", label="cos(batch, reference)")
     ax.plot([], [], "--", color="0.3", label="cos(batch, batch)")
+    if "mean_cosine" in rows.columns and rows["mean_cosine"].notna().any():
+        ax.plot([], [], ":", color="0.3", label="cos(mean batch, reference): bias")
     ax.set_xscale("log", base=2)
     sizes = np.sort(rows["batch_steps"].dropna().unique())
     ax.set_xticks(sizes, [f"{int(s):,}" for s in sizes], rotation=30)
