@@ -152,7 +152,7 @@ def instrument(clock: Clock) -> None:
     clock.wrap(batched.StackedActor, "dist_params", "line search", on_call=forward_rows)
     for module in (critic, group):
         clock.wrap(module, "critic_update_runs", "critic")
-    for module in (evaluation, group):
+    for module in (evaluation, group, train):  # train: the adaptive rounds of pairs
         clock.wrap(module, "run_samplers", "paired evaluation")
     clock.wrap(train.Trainer, "_evaluate", "held-out batch")
     clock.wrap(train.Trainer, "guard_update", "per-run diagnostics")
