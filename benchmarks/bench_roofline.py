@@ -7,7 +7,8 @@ machine's limit for the same shapes (issue 27); prints one markdown table per (e
 
 Each configuration is ``--runs`` R runs of bench_speed.py's setting for the env (the
 rl-baselines3-zoo hyperparameters, as bench_batched.py's groups; one torch thread) WITH the
-default truth (``eval.episodes=64``, ``eval.heldout_episodes=16``): a lone run through
+truth on (``eval.episodes=64`` with the default adaptive rounds, ``eval.heldout_episodes=16``
+as when issue 27 was filed): a lone run through
 ``Trainer.step``, a group through ``GroupTrainer``, in this process. After ``--warmup``
 untimed updates, ``--updates`` timed updates, ``--repeats`` times, the configurations
 alternating between repeats; each cell is the median over repeats.
