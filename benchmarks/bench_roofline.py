@@ -3,10 +3,12 @@ machine's limit for the same shapes (issue 27); prints one markdown table per (e
 
     python benchmarks/bench_roofline.py [--envs cartpole pendulum] [--runs 1 5 10]
         [--updates 3] [--repeats 1] [--warmup 1] [--set key=value ...]
+    python benchmarks/bench_roofline.py --evaluator RUN_DIR/checkpoint.pt [--runs 1 5 10]
 
 Each configuration is ``--runs`` R runs of bench_speed.py's setting for the env (the
 rl-baselines3-zoo hyperparameters, as bench_batched.py's groups; one torch thread) WITH the
-default truth (``eval.episodes=64``, ``eval.heldout_episodes=16``): a lone run through
+truth on (``eval.episodes=64`` with the default adaptive rounds, ``eval.heldout_episodes=16``
+as when issue 27 was filed): a lone run through
 ``Trainer.step``, a group through ``GroupTrainer``, in this process. After ``--warmup``
 untimed updates, ``--updates`` timed updates, ``--repeats`` times, the configurations
 alternating between repeats; each cell is the median over repeats.
@@ -35,6 +37,11 @@ evaluator's rate depends on the episodes' lengths: the lockstep loop runs to the
 episode, so short, uneven episodes early in training reach less of the limit than the long
 ones of a trained policy (``--warmup`` trains longer first). The per-run diagnostics and
 "other" (begin/end of the update, metrics.csv) are timed but their work is not counted.
+
+``--evaluator CHECKPOINT`` times the truth alone where it is expensive, on a trained policy's
+long episodes: R default CartPole runs (64 paired + 16 held-out episodes each) with the actor
+of a run's checkpoint (e.g. of ``trpo-lab seed=0 logger=none``), one ``run_samplers`` call per
+repeat (median of >= 3), CPU time, env steps/s with the policy calls included.
 
 Run it on a quiet machine for the README; it prints the load average beside each table.
 """
@@ -146,7 +153,7 @@ def instrument(clock: Clock) -> None:
     clock.wrap(batched.StackedActor, "dist_params", "line search", on_call=forward_rows)
     for module in (critic, group):
         clock.wrap(module, "critic_update_runs", "critic")
-    for module in (evaluation, group):
+    for module in (evaluation, group, train):  # train: the adaptive rounds of pairs
         clock.wrap(module, "run_samplers", "paired evaluation")
     clock.wrap(train.Trainer, "_evaluate", "held-out batch")
     clock.wrap(train.Trainer, "guard_update", "per-run diagnostics")
@@ -426,6 +433,37 @@ def table(env: str, runs: int, ms: list[Measurement], cfg) -> str:
 CLOCK = Clock()
 
 
+def evaluator_rate(checkpoint: Path, runs: int, repeats: int, root: Path) -> str:
+    """The evaluator alone on a trained policy's episodes: ``runs`` default runs (CartPole,
+    64 paired + 16 held-out episodes each) with the actor of ``checkpoint`` (a run's
+    checkpoint.pt), one ``run_samplers`` call per repeat (key = repeat), CPU-timed."""
+    import torch
+
+    from trpo_lab.evaluation import SamplerRequest, run_samplers
+    from trpo_lab.train import Trainer
+
+    state = torch.load(checkpoint, weights_only=False)
+    trainers = []
+    for seed in range(runs):
+        trainer = Trainer(compose(["logger=none", "progress=false", f"seed={seed}"]),
+                          Path(tempfile.mkdtemp(dir=root)))
+        trainer.policy.load_state_dict(state["policy"])
+        trainers.append(trainer)
+    times, steps = [], 0
+    for key in range(repeats):
+        requests = [SamplerRequest(t.sampler, [t.policy.numpy_actor()] * 2,
+                                   t.collector.frozen_encoder(), (key,), True)
+                    for t in trainers]
+        start = time.process_time()
+        episodes = run_samplers(requests)
+        times.append(time.process_time() - start)
+        steps = sum(int(e.lengths.sum()) for run in episodes for e in run)
+    for trainer in trainers:
+        trainer._close("completed", None)
+    seconds = statistics.median(times)
+    return (f"| {runs} | {steps:,} | {seconds * 1e3:.1f} | {steps / seconds / 1e6:.2f} M |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", nargs="+", default=["cartpole", "pendulum"],
@@ -435,10 +473,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1, help="untimed updates first")
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides for every run")
+    parser.add_argument("--evaluator", type=Path, metavar="CHECKPOINT",
+                        help="instead: time the evaluator alone on the episodes of this run's "
+                             "policy (a default CartPole run's checkpoint.pt), for each --runs")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
+    if args.evaluator is not None:
+        print(f"`{load_average()}`\n\n| runs | env steps (paired + held-out, all runs) | "
+              "CPU ms | env steps/s |\n|---|---|---|---|")
+        with tempfile.TemporaryDirectory() as tmp:
+            for runs in args.runs:
+                print(evaluator_rate(args.evaluator, runs, max(args.repeats, 3), Path(tmp)),
+                      flush=True)
+        return
     instrument(CLOCK)
     configs = [(env, runs) for env in args.envs for runs in args.runs]
     found: dict[tuple[str, int], list[Measurement]] = {c: [] for c in configs}

@@ -218,3 +218,32 @@ def test_npg_step_with_fvp_subsample_uses_the_subsample_fisher(fraction, rows):
     assert info["trpo/accepted"] == 1.0
     step = flat_params(policy.actor_parameters()) - theta_old
     assert float((step - expected).norm() / expected.norm()) < 1e-6
+
+
+def test_adaptive_rounds_stepped_together_equal_rounds_one_by_one(tmp_path, monkeypatch):
+    """CartPole's adaptive rounds of pairs are stepped several at a time (1, 2, 4, ... rounds
+    in one vector env); every logged number equals stepping them one round per call, and the
+    env steps of rounds the stopping rule did not reach are not counted."""
+    from tests.conftest import train_in_process
+    from trpo_lab.logging import TIME_COLUMNS
+    from trpo_lab.train import Trainer
+
+    overrides = ("env=cartpole", "total_steps=768", "batch_steps=256", "critic.epochs=1",
+                 "eval.episodes=8", "eval.heldout_episodes=4", "eval.min_differing=40",
+                 "eval.max_pairs=64")
+    asked: list[int] = []
+    ahead = Trainer._rounds_ahead
+
+    def spy(self, round_index):
+        asked.append(ahead(self, round_index))
+        return asked[-1]
+
+    monkeypatch.setattr(Trainer, "_rounds_ahead", spy)
+    together = train_in_process(tmp_path / "together", *overrides)
+    monkeypatch.setattr(Trainer, "_rounds_ahead", lambda self, round_index: 1)
+    one_by_one = train_in_process(tmp_path / "alone", *overrides)
+    assert max(asked) >= 2  # rounds really were stepped together
+    assert together["eval/pairs"].max() > 16
+    columns = [c for c in together.columns if c not in TIME_COLUMNS]
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(together[columns], one_by_one[columns])

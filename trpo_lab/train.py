@@ -41,10 +41,12 @@ from trpo_lab.envs import env_factory, make_vector_env, tabular_model
 from trpo_lab.evaluation import (
     Episodes,
     EpisodeSampler,
+    GymEpisodes,
     MonteCarloEstimate,
     SamplerRequest,
     deterministic_returns,
     episode_envs,
+    run_samplers,
 )
 from trpo_lab.guards import ProgressWatch, batch_overflow, critic_nonfinite, nonfinite_hint
 from trpo_lab.intervals import paired_improvement, run_prediction_summary
@@ -327,7 +329,8 @@ class Trainer:
 
             self.exact = exact
         self.sampler = self._sampler()
-        self.more_pairs: EpisodeSampler | None = None  # adaptive rounds of pairs (on first use)
+        # adaptive rounds of pairs (made on first use; several when rounds step together)
+        self.more_pairs: list[EpisodeSampler] = []
         self.prober = Prober(cfg, self.policy, self.mdp, self.exact if self.mdp else None) \
             if cfg.probe.every else None
         self.heldout_env_steps = 0
@@ -411,15 +414,27 @@ class Trainer:
         return EpisodeSampler(episode_envs(self.cfg.env, self.cfg.gamma, rows, copies, self.mdp),
                               self.cfg.gamma, self.cfg.seed + 10_000)
 
-    def _pair_sampler(self) -> EpisodeSampler:
-        """The env of the adaptive rounds of pairs (eval.episodes pairs a round), made on first
-        use: the evaluation's seed, its keys (update, round, 1) distinct from the first
+    def _pair_samplers(self, count: int) -> list[EpisodeSampler]:
+        """``count`` envs of the adaptive rounds of pairs (eval.episodes pairs a round), made on
+        first use: the evaluation's seed, its keys (update, round, 1) distinct from the first
         round's (update,)."""
-        if self.more_pairs is None:
-            self.more_pairs = EpisodeSampler(
+        while len(self.more_pairs) < count:
+            self.more_pairs.append(EpisodeSampler(
                 episode_envs(self.cfg.env, self.cfg.gamma, self.cfg.eval.episodes, 2, self.mdp),
-                self.cfg.gamma, self.cfg.seed + 10_000)
-        return self.more_pairs
+                self.cfg.gamma, self.cfg.seed + 10_000))
+        return self.more_pairs[:count]
+
+    def _rounds_ahead(self, round_index: int) -> int:
+        """How many adaptive rounds to step together from ``round_index`` on: 1, 2, 4, ...
+        (round r with the r - 1 before it done), within eval.max_pairs, where the rounds'
+        envs step as ONE vector env (CartPole: a step costs about the same for 128 columns as
+        for 1,024); 1 elsewhere. Every round's episodes are those of its own keys, as alone
+        (run_samplers); a round the stopping rule does not reach is dropped uncounted."""
+        envs = self._pair_samplers(1)[0].envs
+        if not (isinstance(envs, GymEpisodes) and envs.vector_state):
+            return 1
+        last = self.cfg.eval.max_pairs // self.cfg.eval.episodes - 1
+        return max(1, min(round_index, last - round_index + 1))
 
     # ----------------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
@@ -685,9 +700,16 @@ class Trainer:
             old, new = (run.columns(slice(0, n_eval)) for run in runs)
             self.eval_env_steps += old.steps + new.steps
 
+            drawn: dict[int, list[Episodes]] = {}
+
             def draw(round_index: int) -> tuple[np.ndarray, np.ndarray]:
-                more_old, more_new = self._pair_sampler().run(
-                    request.actors, request.encode, (*request.key, round_index, 1))
+                if round_index not in drawn:  # this round and the next few, stepped together
+                    rounds = range(round_index, round_index + self._rounds_ahead(round_index))
+                    drawn.update(zip(rounds, run_samplers([
+                        SamplerRequest(sampler, request.actors, request.encode,
+                                       (*request.key, k, 1))
+                        for sampler, k in zip(self._pair_samplers(len(rounds)), rounds)])))
+                more_old, more_new = drawn.pop(round_index)
                 self.eval_env_steps += more_old.steps + more_new.steps
                 return more_new.returns, more_old.returns
 
@@ -886,8 +908,8 @@ class Trainer:
         self.envs.close()
         if self.sampler is not None:
             self.sampler.close()
-        if self.more_pairs is not None:
-            self.more_pairs.close()
+        for sampler in self.more_pairs:
+            sampler.close()
         if self.prober is not None:
             self.prober.close()
 
