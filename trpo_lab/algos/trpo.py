@@ -61,6 +61,11 @@ def fisher_vector_product(policy: Policy, batch: Batch, damping: float):
     the network's second-order terms that a double backward of the KL computes only to
     multiply them by zero (and autograd's per-node overhead).
     """
+    if not policy.fast_actor:  # the generic backend: its group-of-one product
+        actor, _ = StackedActor.of([policy])
+        product = fisher_vector_product_runs(actor, StackedBatch.of([batch]),
+                                             torch.tensor([float(damping)], dtype=torch.float64))
+        return lambda v: product(v[None])[0]
     params = policy.actor_parameters()
     sizes = [p.numel() for p in params]
     n_net = len(list(policy.actor.parameters()))

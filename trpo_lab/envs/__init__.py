@@ -30,6 +30,17 @@ def _register_tabular() -> None:
     import trpo_lab.envs.tabular  # noqa: F401  (registers trpo_lab/* ids)
 
 
+def _register_minatar(env_cfg: EnvConfig) -> None:
+    """The minatar package's gymnasium ids (MinAtar/Breakout-v1, ...)."""
+    try:
+        import minatar.gym
+    except ImportError:
+        raise EnvError("env.id", env_cfg.id, 'needs the minatar package: pip install -e '
+                       '".[minatar]" (the [dev] extra includes it)') from None
+    if "MinAtar/Breakout-v1" not in gym.registry:
+        minatar.gym.register_envs()
+
+
 def tabular_horizon(env_cfg: EnvConfig, gamma: float) -> int:
     from trpo_lab.envs.tabular import horizon_for
 
@@ -73,6 +84,8 @@ def env_factory(env_cfg: EnvConfig, gamma: float) -> Callable[[], gym.Env]:
     env_id = registered_id(env_cfg.id)
     if env_cfg.tabular or env_id.startswith("trpo_lab/"):
         _register_tabular()
+    if env_id.startswith("MinAtar/"):
+        _register_minatar(env_cfg)
     try:
         spec = gym.spec(env_id)
     except gym.error.Error as error:
