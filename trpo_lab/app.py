@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write  # noqa: E402
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException  # noqa: E402
 
 from trpo_lab.config import ConfigError, register_configs, to_typed, validate  # noqa: E402
+from trpo_lab.registry import load_plugins  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 #: The named sweeps (``sweeps/NAME.yaml``), run from any directory by ``trpo-lab-sweep NAME``.
@@ -653,6 +654,7 @@ def main() -> None:
     _State.reset()
     importable_from_cwd()
     _State.main_pid = os.getpid()
+    load_plugins()  # TRPO_LAB_ALGORITHMS: their schemas before Hydra composes
     register_configs()
     problem = _output_dir_problem(sys.argv[1:])
     if problem:

@@ -12,10 +12,11 @@ stacked parameters under ``torch.func.vmap``:
   entries of each row, the order of ``Policy.actor_parameters``), the generic twin of
   :class:`trpo_lab.batched.StackedActor`;
 - :func:`fisher_vector_product_runs`: v [R, P] -> (J_r^T diag(w_r) M_r J_r + damping_r I) v_r,
-  the Gauss-Newton form of the Hessian of each run's mean KL at its collecting policy: J v by
-  ``torch.func.jvp``, J^T u by the pull-back of one ``torch.func.vjp``, M the head's closed
-  form (``head.fisher_operator``). The network's second-order terms, which a double backward
-  of the KL computes only to multiply them by zero, are never formed.
+  the Gauss-Newton form of the Hessian of each run's mean KL at its collecting policy: J^T u by
+  the pull-back of one ``torch.func.vjp``, J v by the vjp of that (linear) pull-back, both
+  built once per update, M the head's closed form (``head.fisher_operator``). The network's
+  second-order terms, which a double backward of the KL computes only to multiply them by
+  zero, are never formed.
 
 Runs never mix: the Jacobian of the stacked forward is block-diagonal in the runs, so one
 ``jvp``/``vjp`` of the stacked function is R per-run products.
@@ -60,8 +61,12 @@ class StackedModule:
         return {n: c.reshape(rows, *s) for n, c, s in zip(self.names, chunks, self.shapes)}
 
     def forward(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Run r's module on x[r]: [R, B, ...] -> [R, B, out], differentiable in ``flat``."""
+        """Run r's module on x[r]: [R, B, ...] -> [R, B, out], differentiable in ``flat``. A
+        group of one skips vmap (the same function; vmap's dispatch costs a few ms a call)."""
         module = self.module
+        if flat.shape[0] == 1:
+            params = {n: p[0] for n, p in self.split(flat).items()}
+            return torch.func.functional_call(module, params, (x[0],))[None]
 
         def call(params: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
             return torch.func.functional_call(module, params, (xi,))
@@ -106,12 +111,16 @@ def fisher_vector_product_runs(actor: GenericStackedActor, batch, damping: torch
     def outputs(flat: torch.Tensor) -> torch.Tensor:
         return actor.net.forward(flat, obs)
 
-    _, pullback = torch.func.vjp(outputs, theta)
+    out, pullback = torch.func.vjp(outputs, theta)
+    # J v as the vjp of the (linear) pull-back u -> J^T u: reverse over reverse, built once for
+    # all of CG's products (forward mode, torch.func.jvp, recomputes the network every product
+    # and runs tanh/sigmoid through slow decompositions: 30x the time on a 64x64 MLP)
+    _, push = torch.func.vjp(lambda u: pullback(u)[0], torch.zeros_like(out))
     weighted_fisher = actor.policy.head.fisher_operator(batch.old_params, batch.weights)
     damping = damping[:, None]
 
     def fvp(v: torch.Tensor) -> torch.Tensor:
-        _, u = torch.func.jvp(outputs, (theta,), (v[:, :n_net].to(theta.dtype),))
+        (u,) = push(v[:, :n_net].to(theta.dtype))
         if actor.gaussian:
             u = torch.cat([u, v[:, None, n_net:].to(u.dtype).expand_as(u)], dim=-1)
         w = weighted_fisher(u)

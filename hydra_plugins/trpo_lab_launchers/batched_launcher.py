@@ -28,11 +28,13 @@ from hydra.core.utils import run_job as hydra_run_job
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from trpo_lab.registry import groupable_keys
+
 log = logging.getLogger(__name__)
 
-#: Keys in which the jobs of a group may differ: none changes an array's shape.
-GROUPABLE = ("seed", "gamma", "gae_lambda", "algo.delta", "algo.lr", "critic.lr", "algo.beta",
-             "algo.clip", "algo.cg_damping", "algo.backtrack_coef")
+#: Keys in which the jobs of a group may differ: none changes an array's shape (the core's and
+#: every registered algorithm's, :func:`trpo_lab.registry.groupable_keys`).
+GROUPABLE = groupable_keys()
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -55,7 +57,7 @@ def group_key(sweep_config: DictConfig) -> str | None:
         flat = _flatten(OmegaConf.to_container(task, resolve=True))
     except Exception:  # noqa: BLE001  (any resolution problem: not grouped)
         return None
-    for key in GROUPABLE:
+    for key in groupable_keys():
         if key == "algo.beta" and not isinstance(flat.get(key), (int, float)):
             continue
         flat.pop(key, None)

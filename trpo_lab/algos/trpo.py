@@ -226,6 +226,11 @@ def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
     return infos  # type: ignore[return-value]
 
 
+def build(policy: Policy, cfg: TRPOConfig, gamma: float, generator: torch.Generator) -> TRPO:
+    """The registry's constructor (:mod:`trpo_lab.registry`)."""
+    return TRPO(policy, cfg)
+
+
 class TRPO:
     """TRPO's (line_search=true) or the natural policy gradient's update of one run: the
     group-of-one call of :func:`trpo_update_runs`, the code every group of runs goes through."""
