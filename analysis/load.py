@@ -32,8 +32,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trpo_lab.app import sweep_group
 from trpo_lab.config import env_label
+from trpo_lab.jobs import sweep_group
 from trpo_lab.registry import algo_order, load_plugins, metric_columns
 
 load_plugins()  # TRPO_LAB_ALGORITHMS: their columns and labels too

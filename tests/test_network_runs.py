@@ -118,3 +118,22 @@ def test_bad_network_combinations_are_refused_naming_the_key(overrides, key, tmp
                      cwd=tmp_path, env={"PYTHONPATH": str(REPO)})
     assert result.returncode == 2, result.stderr
     assert key in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_readmes_custom_module_trains_as_written(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("```python\n# my_nets.py\n") + len("```python\n")
+    code = readme[start:readme.index("```", start)]
+    assert len([line for line in code.splitlines() if line.strip()]) < 20
+    (tmp_path / "my_nets.py").write_text(code)
+    (command,) = [line for line in readme.splitlines()
+                  if line.startswith("PYTHONPATH=. trpo-lab policy=module")]
+    args = command.split()[2:]
+    result = run_cli([*args, "logger=none", "total_steps=512", "batch_steps=256",
+                      "eval.episodes=4", "eval.heldout_episodes=2", "critic.epochs=1",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                     env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    metrics = read_metrics(tmp_path / "run")
+    assert len(metrics) == 2 and (metrics["trpo/accepted"] == 1).any()
+    assert np.isfinite(metrics["surrogate/improvement_heldout"]).all()
