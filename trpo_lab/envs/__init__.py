@@ -10,6 +10,7 @@ import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from trpo_lab.config import EnvConfig
+from trpo_lab.envs.errors import ActionComponentsError
 from trpo_lab.spaces import PackObservations, needs_packing, unsupported
 
 
@@ -19,10 +20,6 @@ class EnvError(ValueError):
     def __init__(self, key: str, value: Any, allowed: str):
         super().__init__(f"invalid value {key}={value!r}: {allowed}")
         self.key, self.value, self.allowed = key, value, allowed
-
-
-class ActionComponentsError(ValueError):
-    """A tabular env's action factorisation does not match its number of actions."""
 
 
 def _register_tabular() -> None:
