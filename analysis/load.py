@@ -32,55 +32,14 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trpo_lab.app import sweep_group
 from trpo_lab.config import env_label
+from trpo_lab.jobs import sweep_group
+from trpo_lab.registry import algo_order, load_plugins, metric_columns
 
-#: Metric columns of ``metrics.csv`` in their contract order (DESIGN.md). Later versions may
-#: append more columns; those are kept after these.
-METRIC_COLUMNS: tuple[str, ...] = (
-    "iteration",
-    "env_steps",
-    "time/wall_s",
-    "time/sps",
-    "time/eval_s",
-    "heldout/env_steps",
-    "eval/env_steps",
-    "eval/pairs",
-    "eval/pairs_differing",
-    "rollout/return_mean",
-    "rollout/length_mean",
-    "rollout/episodes",
-    "kl/mean",
-    "kl/max",
-    "kl/reverse_mean",
-    "policy/max_ratio",
-    "policy/entropy",
-    "surrogate/linear",
-    "surrogate/improvement",
-    "surrogate/improvement_heldout",
-    "surrogate/improvement_heldout_se",
-    "surrogate/linear_heldout",
-    "true/J",
-    "true/J_se",
-    "true/improvement",
-    "true/improvement_se",
-    "bound/trpo",
-    "bound/cpo",
-    "bound/C",
-    "bound/eps",
-    "exact/surrogate_improvement",
-    "exact/pdl_residual",
-    "mc/J",
-    "mc/J_se",
-    "mc/improvement",
-    "mc/improvement_se",
-    "trpo/backtracks",
-    "trpo/accepted",
-    "trpo/step_norm",
-    "trpo/surrogate_tested",
-    "value/loss",
-    "value/explained_variance",
-)
+load_plugins()  # TRPO_LAB_ALGORITHMS: their columns and labels too
+#: Metric columns of ``metrics.csv`` in their order: trpo-lab's own list
+#: (:func:`trpo_lab.registry.metric_columns`). Other columns a file holds are kept after these.
+METRIC_COLUMNS: tuple[str, ...] = tuple(metric_columns(supplementary=False))
 
 #: Per-run columns (identity, status and configuration), first in both tables.
 RUN_COLUMNS: tuple[str, ...] = (
@@ -129,7 +88,7 @@ INDEX_COLUMNS: tuple[str, ...] = (
 )
 
 #: Algorithm labels in their canonical order (``npg`` = TRPO without line search).
-ALGO_ORDER: tuple[str, ...] = ("trpo", "npg", "vpg", "kl_penalty", "ppo")
+ALGO_ORDER: tuple[str, ...] = algo_order()
 
 #: Statuses a run can have. ``incomplete``: no (readable) ``summary.json``, e.g. killed hard.
 STATUSES: tuple[str, ...] = ("completed", "failed", "interrupted", "incomplete")

@@ -99,9 +99,11 @@ def compose(overrides: list[str]):
     return typed
 
 
-def group_sps(env: str, runs: int, updates: int, root: Path) -> float:
+def group_sps(env: str, runs: int, updates: int, root: Path,
+              extra: tuple[str, ...] = ()) -> float:
     """Aggregate env steps/s of a group of ``runs`` runs over ``updates`` updates (after one
-    warm-up update); one run alone trains through the lone Trainer's step."""
+    warm-up update); one run alone trains through the lone Trainer's step. ``extra``: more
+    overrides (bench_networks.py: ``policy.backend=...``)."""
     from trpo_lab.group import GroupTrainer
     from trpo_lab.train import Trainer
 
@@ -110,7 +112,7 @@ def group_sps(env: str, runs: int, updates: int, root: Path) -> float:
         run_dir = root / f"{env}-{runs}-{seed}"
         run_dir.mkdir(parents=True)
         overrides = group_overrides(env, seed)
-        cfg = compose(overrides)
+        cfg = compose([*overrides, *extra])
         trainers.append(Trainer(cfg, run_dir, in_group=runs > 1))
     for trainer in trainers:
         trainer.t_start, trainer.first_update_at, trainer.stop = time.perf_counter(), 0.0, None

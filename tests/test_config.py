@@ -23,8 +23,9 @@ from trpo_lab.config import (
 
 GROUPS = {
     "algo": ["trpo", "npg", "vpg", "kl_penalty", "ppo"],
-    "env": ["cartpole", "pendulum", "hopper", "garnet", "chain", "gridworld", "custom"],
-    "policy": ["mlp", "linear", "tabular"],
+    "env": ["cartpole", "pendulum", "hopper", "garnet", "chain", "gridworld", "custom",
+            "minatar"],
+    "policy": ["mlp", "linear", "tabular", "cnn", "module"],
     "logger": ["wandb", "none"],
 }
 
@@ -50,6 +51,8 @@ def test_every_option_composes_and_validates(group, name):
         extra = ["env=garnet"]
     if group == "env" and name == "custom":
         extra = ["env.id=Acrobot-v1"]
+    if group == "policy" and name == "module":
+        extra = ["policy.actor._target_=tests.nets.ResidualNet"]
     cfg = typed(f"{group}={name}", *extra)
     validate(cfg)
     if name == "npg":  # TRPO's schema without the line search

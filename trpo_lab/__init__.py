@@ -1,6 +1,12 @@
 """trpo-lab: TRPO and its baselines, exact tabular ground truth, sweeps and figures."""
 
-import os
+import time
+
+# the process's start for start-up timings (summary.json's startup): this package is the first
+# thing the console script (trpo_lab.app) imports
+PROCESS_STARTED = time.time()
+
+import os  # noqa: E402
 
 # One OpenBLAS thread per process, set before numpy loads it. The hand-written MLP derivatives
 # multiply small matrices, where a second BLAS thread gains nothing alone and, with two runs on

@@ -30,7 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from trpo_lab import generic
 from trpo_lab.mlp import tanh_
+from trpo_lab.networks import fast_layout
 from trpo_lab.numerics import flat_params, self_normalised
 from trpo_lab.policies import Policy
 from trpo_lab.rollout import Batch
@@ -38,6 +40,9 @@ from trpo_lab.rollout import Batch
 
 # ----------------------------------------------------------------------------- stacked MLPs
 def _layout(net: nn.Sequential) -> tuple[list[tuple[int, int, bool]], list[str]]:
+    unknown = fast_layout(net)
+    if unknown is not None:  # never guess: the generic backend serves every other network
+        raise TypeError(f"the hand-written derivatives cannot serve this network: {unknown}")
     linears = [m for m in net if isinstance(m, nn.Linear)]
     kinds = ["relu" if isinstance(m, nn.ReLU) else "tanh"
              for m in net if not isinstance(m, nn.Linear)]
@@ -187,7 +192,13 @@ class StackedActor:
     gaussian: bool
 
     @staticmethod
-    def of(policies: Sequence[Policy]) -> tuple[StackedActor, torch.Tensor]:
+    def of(policies: Sequence[Policy],
+           ) -> tuple[StackedActor | generic.GenericStackedActor, torch.Tensor]:
+        """The stacked actors of ``policies``: this hand-written one when their networks are
+        plain Linear + tanh/ReLU stacks (``Policy.fast_actor``), else the generic backend's
+        :class:`trpo_lab.generic.GenericStackedActor` (the same interface)."""
+        if not policies[0].fast_actor:
+            return generic.GenericStackedActor.of(policies)
         flat = torch.stack([flat_params(p.actor_parameters()) for p in policies])
         net = StackedNet.of([p.actor for p in policies], flat[:, :_net_size(policies[0])])
         return StackedActor(net, policies[0], policies[0].log_std is not None), flat
@@ -291,7 +302,10 @@ def conjugate_gradient_runs(
 def fisher_vector_product_runs(actor: StackedActor, batch: StackedBatch,
                                damping: torch.Tensor):
     """v [R, P] -> (F_r + damping_r I) v_r, F_r the Fisher matrix of run r's mean KL at its
-    collecting policy (``algos.trpo.fisher_vector_product``, batched)."""
+    collecting policy (``algos.trpo.fisher_vector_product``, batched); a generic actor's by
+    :func:`trpo_lab.generic.fisher_vector_product_runs`."""
+    if isinstance(actor, generic.GenericStackedActor):
+        return generic.fisher_vector_product_runs(actor, batch, damping)
     net = actor.net
     cache = net.forward_cache(batch.obs.numpy())
     weighted_fisher = actor.policy.head.fisher_operator(batch.old_params, batch.weights)

@@ -234,6 +234,10 @@ ALGO_SCHEMAS: dict[str, type[AlgoConfig]] = {
     "trpo": TRPOConfig, "vpg": VPGConfig, "kl_penalty": KLPenaltyConfig, "ppo": PPOConfig}
 
 TABULAR_ENVS = ("garnet", "chain", "gridworld")
+# env=minatar env.game=...: the minatar package's gymnasium ids (minatar.gym.register_envs)
+MINATAR_GAMES = {"breakout": "MinAtar/Breakout-v1", "space_invaders": "MinAtar/SpaceInvaders-v1",
+                 "asterix": "MinAtar/Asterix-v1", "freeway": "MinAtar/Freeway-v1",
+                 "seaquest": "MinAtar/Seaquest-v1"}
 
 
 @dataclass
@@ -260,6 +264,10 @@ class EnvConfig:
                            "garnet: next states per (s, a); <= num_states.")
     mdp_seed: int = param(0, interval(0, 2**31 - 1, integer=True),
                           "garnet: seed of the random MDP (separate from the run's seed).")
+    game: str = param("", one_of("", *MINATAR_GAMES),
+                      "env=minatar: the MinAtar game (breakout, space_invaders, asterix, "
+                      "freeway, seaquest); its gymnasium id MinAtar/<Game>-v1 is set from it. "
+                      "Leave empty for other envs.")
     horizon: int = param(0, interval(0, 10**7, integer=True),
                          "tabular: truncation horizon H of sampled episodes; 0 = smallest H "
                          "with gamma^H <= 1e-6, so sampled returns measure the exact J.")
@@ -276,19 +284,67 @@ def env_label(name: str | None, env_id: str | None) -> str | None:
     """What a run's env is called in summary.json, W&B run names and analysis tables: the name
     of its env config (``cartpole``, ``garnet``), but the gymnasium id for ``env=custom``
     (``Acrobot-v1``), so that two custom envs are told apart."""
-    if name == "custom" and env_id:
+    if name in ("custom", "minatar") and env_id:
         return env_id
     return name
 
 
+POLICIES = ("mlp", "linear", "tabular", "cnn", "module")
+BACKENDS = ("auto", "generic", "fast")
+
+
+def module_target(spec: dict[str, Any]) -> str | None:
+    """The class a ``policy.actor`` / ``policy.critic`` node names, or None ({} or
+    ``_target_: null``: the policy's own network)."""
+    return spec.get("_target_")  # a dict the user wrote, not the typed config
+
+
+def module_spec(value: Any) -> str | None:
+    """A ``policy.actor`` / ``policy.critic`` node: {} or {_target_: pkg.mod.Class, kwargs}."""
+    if not isinstance(value, dict):
+        return "must be a mapping {_target_: package.module.Class, <keyword arguments>}"
+    target = module_target(value)
+    if target is None and len(value) > ("_target_" in value):
+        return "has keyword arguments but no _target_=package.module.Class"
+    if target is not None and not isinstance(target, str):
+        return "_target_ must be a string package.module.Class"
+    return None
+
+
 @dataclass
 class PolicyConfig:
-    name: str = param("mlp", one_of("mlp", "linear", "tabular"), "mlp, linear or tabular.")
+    name: str = param("mlp", one_of(*POLICIES),
+                      "mlp, linear, tabular, cnn (image observations: conv layers, then "
+                      "hidden_sizes) or module (your torch module: policy.actor._target_).")
     hidden_sizes: list[int] = param([64, 64], int_list(1, 65536),
-                                    "Actor hidden layers (mlp only). 64x64 is standard.")
-    activation: str = param("tanh", one_of("tanh", "relu"), "tanh is the TRPO default.")
+                                    "Actor hidden layers (mlp; cnn: after the conv layers). "
+                                    "64x64 is standard for mlp, [64] for cnn on MinAtar.")
+    activation: str = param("tanh", one_of("tanh", "relu"),
+                            "tanh is the TRPO default (mlp); cnn uses relu.")
     init_log_std: float = param(0.0, interval(-10, 5),
                                 "Initial log std of the Gaussian head (Box actions).")
+    channels: list[int] = param([16, 16], int_list(1, 4096),
+                                "cnn: output channels per conv layer; the TRPO paper's Atari "
+                                "net has [16, 16].")
+    kernel_size: int = param(0, interval(0, 64, integer=True),
+                             "cnn: conv kernel size; 0 = 3 on images under 32 px (MinAtar), "
+                             "4 on larger frames (Atari, as the TRPO paper).")
+    stride: int = param(0, interval(0, 64, integer=True),
+                        "cnn: conv stride; 0 = 1 under 32 px, 2 on larger frames.")
+    actor: dict[str, Any] = field(default_factory=dict, metadata={
+        "check": module_spec,
+        "doc": "policy=module: the actor's class, policy.actor._target_=pkg.mod.Class (its "
+               "other keys are keyword arguments), called as Class(observation_space=..., "
+               "output_dim=..., **kwargs); forward maps [N, *obs_shape] to [N, output_dim]."})
+    critic: dict[str, Any] = field(default_factory=dict, metadata={
+        "check": module_spec,
+        "doc": "The critic's class as policy.actor (output_dim 1); {} = the MLP critic of "
+               "critic.hidden_sizes. Any policy may set it."})
+    backend: str = param("auto", one_of(*BACKENDS),
+                         "How derivatives are computed. auto: the hand-written numpy path for "
+                         "plain Linear + tanh/ReLU stacks (mlp, linear, tabular), torch.func "
+                         "otherwise. generic: torch.func for every network (any module, any "
+                         "device). fast: the hand-written path; refused for other networks.")
 
 
 @dataclass
@@ -477,6 +533,8 @@ def to_typed(cfg: DictConfig) -> Config:
     """Convert the composed config once into dataclass instances."""
     typed = OmegaConf.to_object(cfg)
     assert isinstance(typed, Config)
+    if typed.env.name == "minatar" and typed.env.game in MINATAR_GAMES:
+        typed.env.id = MINATAR_GAMES[typed.env.game]
     return typed
 
 
@@ -533,6 +591,27 @@ def validate(cfg: Config) -> None:
                           f"must be false on tabular envs (env={cfg.env.name}): the exact "
                           "columns evaluate the policy on the MDP's states, not on normalised "
                           "one-hot vectors")
+    if cfg.env.name == "minatar" and not cfg.env.game:
+        raise ConfigError("env.game", cfg.env.game,
+                          "env=minatar needs a game: one of " + ", ".join(MINATAR_GAMES))
+    policy = cfg.policy
+    if policy.name == "module" and module_target(policy.actor) is None:
+        raise ConfigError("policy.actor._target_", None,
+                          "policy=module needs the actor's class: "
+                          "policy.actor._target_=package.module.Class")
+    if policy.name != "module" and module_target(policy.actor) is not None:
+        raise ConfigError("policy.actor", dict(policy.actor),
+                          f"is for policy=module (policy={policy.name} builds its own actor)")
+    if policy.backend == "fast" and policy.name in ("cnn", "module"):
+        raise ConfigError("policy.backend", "fast",
+                          f"the hand-written derivatives serve Linear + tanh/ReLU stacks "
+                          f"(policy=mlp, linear, tabular), not policy={policy.name}: use "
+                          "policy.backend=auto or generic")
+    if policy.backend == "fast" and module_target(policy.critic) is not None:
+        raise ConfigError("policy.backend", "fast",
+                          "the hand-written derivatives serve the MLP critic, not "
+                          f"policy.critic._target_={module_target(policy.critic)}: use "
+                          "policy.backend=auto or generic")
     if cfg.policy.name == "tabular" and not cfg.env.tabular:
         raise ConfigError("policy", "tabular",
                           f"a tabular policy needs a tabular env ({', '.join(TABULAR_ENVS)}) "

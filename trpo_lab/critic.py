@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from trpo_lab import generic
 from trpo_lab.algos.common import minibatch_indices
 from trpo_lab.batched import StackedNet, stacked_vjp
 from trpo_lab.config import CriticConfig
@@ -35,6 +36,21 @@ class CriticTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
+def _outputs_and_pullback(net, fast: bool, flat: torch.Tensor, x: torch.Tensor):
+    """The stacked critics' outputs [R, B, 1] and u -> J^T u as [R, P]: by the hand-written
+    derivatives (``fast``: a :class:`~trpo_lab.batched.StackedNet`) or by torch.func (a
+    :class:`~trpo_lab.generic.StackedModule`)."""
+    if not fast:
+        return generic.outputs_and_pullback(net, flat, x)
+    cache = net.forward_cache(x.numpy(), flat)
+    rows = flat.shape[0]
+
+    def pullback(cotangent: torch.Tensor) -> torch.Tensor:
+        return torch.cat([g.reshape(rows, -1) for g in stacked_vjp(cache, cotangent)], dim=1)
+
+    return torch.from_numpy(cache.output), pullback
+
+
 def critic_update_runs(trainers: Sequence, batches: Sequence[Batch]) -> list[dict[str, float]]:
     """The critic's update for R runs at once (``trainers``: their CriticTrainers; a lone run
     is a group of one): ``epochs`` passes of minibatch Adam steps on mean (V - target)^2, each
@@ -46,7 +62,9 @@ def critic_update_runs(trainers: Sequence, batches: Sequence[Batch]) -> list[dic
     cfg = first.cfg
     evs = [explained_variance(b.values.double().numpy(), b.returns.double().numpy())
            for b in batches]
-    net = StackedNet.of([t.policy.critic for t in trainers])
+    fast = first.policy.fast_critic
+    critics = [t.policy.critic for t in trainers]
+    net = StackedNet.of(critics) if fast else generic.StackedModule.of(critics)
     flat = net.flat
     optimizers = [t.optimizer for t in trainers]
     m = torch.stack([o._m for o in optimizers])
@@ -67,15 +85,14 @@ def critic_update_runs(trainers: Sequence, batches: Sequence[Batch]) -> list[dic
             else:
                 index = torch.stack([p[j] for p in parts])
                 x, target = obs[rows, index], returns[rows, index]
-            cache = net.forward_cache(x.numpy(), flat)
-            error = torch.from_numpy(cache.output[..., 0]) - target
+            output, pullback = _outputs_and_pullback(net, fast, flat, x)
+            error = output[..., 0] - target
             live = torch.isfinite(error).all(1)
             if not bool(live.any()):
                 continue
             cot = (2.0 / error.shape[1]) * torch.where(live[:, None], error,
                                                        torch.zeros_like(error))
-            grads = stacked_vjp(cache, cot.unsqueeze(-1))
-            g = torch.cat([gr.reshape(R, -1) for gr in grads], dim=1)
+            g = pullback(cot.unsqueeze(-1))
             live_np = live.numpy()
             steps = steps + live_np
             # Adam with Python-float step sizes, as trpo_lab.optim.Adam computes it (a tensor of
@@ -99,7 +116,7 @@ def critic_update_runs(trainers: Sequence, batches: Sequence[Batch]) -> list[dic
                     m, v = m.index_copy(0, index, m_b), v.index_copy(0, index, v_b)
                     flat = flat.index_copy(0, index, p_b)
     with torch.no_grad():
-        values = torch.from_numpy(net.forward_cache(obs.numpy(), flat).output[..., 0])
+        values = _outputs_and_pullback(net, fast, flat, obs)[0][..., 0]
         losses = ((values - returns) ** 2).mean(1)
     out = []
     for r, trainer in enumerate(trainers):

@@ -11,9 +11,10 @@ once, with a leading run axis:
 - the rollout (:func:`trpo_lab.rollout.collect_runs`): one policy call per step for every
   run's envs, each run's noise from its own generator;
 - the batches (:func:`trpo_lab.rollout.build_batches`): one GAE recursion over all runs;
-- TRPO's and NPG's update (:func:`trpo_lab.algos.trpo.trpo_update_runs`): batched gradient,
-  conjugate gradient on batched Fisher-vector products, a line search with a per-run
-  acceptance mask; the other algorithms update run by run;
+- the algorithm's update, when it declares a batched one (``update_runs`` in
+  :mod:`trpo_lab.registry`): TRPO's and NPG's (:func:`trpo_lab.algos.trpo.trpo_update_runs`:
+  batched gradient, conjugate gradient on batched Fisher-vector products, a line search with
+  a per-run acceptance mask); the other algorithms update run by run;
 - the critic (:func:`trpo_lab.critic.critic_update_runs`).
 
 - the fresh episodes of the Monte Carlo truth and the held-out batch
@@ -35,11 +36,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from trpo_lab.algos.trpo import trpo_update_runs
-from trpo_lab.config import TRPOConfig
 from trpo_lab.critic import critic_update_runs
 from trpo_lab.evaluation import run_samplers
 from trpo_lab.numerics import flat_params
+from trpo_lab.registry import algorithm_of, resolve
 from trpo_lab.rollout import build_batches, collect_runs
 from trpo_lab.train import StopSignal, Trainer
 
@@ -62,7 +62,9 @@ class GroupTrainer:
                 raise ValueError("a group's runs must have one algorithm, env, policy and "
                                  "batch shape")
         self.exact = first.algo.estimator == "exact"
-        self.trpo = isinstance(first.algo, TRPOConfig)
+        # the algorithm's batched update of many runs (TRPO's), or None: run by run
+        path = algorithm_of(first.algo).update_runs
+        self.update_runs = resolve(path) if path is not None else None
 
     def run(self, stop: StopSignal | None = None
             ) -> list[tuple[dict[str, Any] | None, BaseException | None]]:
@@ -137,8 +139,8 @@ class GroupTrainer:
                                         cfgs[0].normalize_advantages)
                 for r, data, batch in zip(active, datas, batches):
                     trainers[r].take_batch(updates[r], data, batch)
-            if self.trpo:
-                infos = trpo_update_runs([trainers[r].policy for r in active],
+            if self.update_runs is not None:
+                infos = self.update_runs([trainers[r].policy for r in active],
                                          [updates[r].batch for r in active],
                                          [trainers[r].cfg.algo for r in active])
             else:

@@ -134,7 +134,7 @@ def worker_main(conn: Connection, payload: bytes, parent_pid: int) -> None:
                                 task_function=task_function, job_dir_key="hydra.sweep.dir",
                                 job_subdir_key="hydra.sweep.subdir")]
             else:
-                from hydra_plugins.trpo_lab_launchers.batched_launcher import run_group
+                from trpo_lab.jobs import run_group
 
                 rets = run_group(hydra_context, configs)
             conn.send(("done", cloudpickle.dumps(rets)))
@@ -262,7 +262,7 @@ def launch_tasks(launcher, tasks: Sequence[Sequence[tuple[int, Sequence[str]]]]
     """Run ``tasks`` (each a list of jobs ``(hydra.job.num, overrides)``; several jobs train
     together as a group) on ``launcher.joblib["n_jobs"]`` isolated workers; the JobReturns of
     each task's jobs. A worker that dies fails the jobs of its task."""
-    from trpo_lab.app import record_job
+    from trpo_lab.jobs import record_job
 
     setup_globals()
     assert launcher.config is not None and launcher.hydra_context is not None

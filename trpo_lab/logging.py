@@ -19,26 +19,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from trpo_lab.registry import metric_columns
 from trpo_lab.rundir import RunFileError, start_over_advice
 
-COLUMNS = [
-    "iteration", "env_steps", "time/wall_s", "time/sps", "time/eval_s", "heldout/env_steps",
-    "eval/env_steps", "eval/pairs", "eval/pairs_differing",
-    "rollout/return_mean", "rollout/length_mean", "rollout/episodes",
-    "kl/mean", "kl/max", "kl/reverse_mean", "policy/max_ratio", "policy/entropy",
-    "surrogate/linear", "surrogate/improvement",
-    "surrogate/improvement_heldout", "surrogate/improvement_heldout_se", "surrogate/linear_heldout",
-    "true/J", "true/J_se", "true/improvement", "true/improvement_se",
-    "bound/trpo", "bound/cpo", "bound/C", "bound/eps",
-    "exact/surrogate_improvement", "exact/pdl_residual",
-    "mc/J", "mc/J_se", "mc/improvement", "mc/improvement_se",
-    "trpo/backtracks", "trpo/accepted", "trpo/step_norm", "trpo/surrogate_tested",
-    "value/loss", "value/explained_variance",
-    # beyond DESIGN.md's table: numerical guard and the penalty actually used
-    "guard/nonfinite", "guard/bad_updates", "penalty/beta",
-    # beyond DESIGN.md's table: the probes (probe.every > 0; rows in probes.csv)
-    "probe/env_steps", "time/probe_s",
-]
+#: metrics.csv's columns as registered at import (the core's and the built-in algorithms'):
+#: :func:`trpo_lab.registry.metric_columns`, which also holds plug-ins registered later.
+COLUMNS = metric_columns()
 
 
 #: Columns of the ``improvement_pairs`` W&B table (one row per evaluated update); the
@@ -89,8 +75,9 @@ class MetricsCSV:
     """
 
     def __init__(self, path: Path, resume_rows: int | None = None,
-                 expected: MetricsPosition | None = None, columns: list[str] = COLUMNS):
-        self.path, self.columns = path, columns
+                 expected: MetricsPosition | None = None, columns: list[str] | None = None):
+        self.path = path
+        self.columns = metric_columns() if columns is None else columns
         self.hash = hashlib.sha256()
         self.size = 0
         self.rows = 0
@@ -100,7 +87,7 @@ class MetricsCSV:
             self._reopen(resume_rows, expected)
         else:
             self.file = path.open("w", newline="")
-            self._append(",".join(columns) + "\n")
+            self._append(",".join(self.columns) + "\n")
 
     def _reopen(self, rows: int, expected: MetricsPosition | None) -> None:
         data = self.path.read_bytes()
@@ -198,7 +185,7 @@ def check_rows(path: Path, data: bytes, rows: int) -> bytes:
     """Header and rows 0..rows-1, each complete; what follows them is dropped."""
     lines = data.split(b"\n")
     header = lines[0].decode(errors="replace").split(",")
-    if header[0] != "iteration" or set(header) - set(COLUMNS):
+    if header[0] != "iteration" or set(header) - set(metric_columns()):
         raise RunFileError(path, "its header is not a trpo-lab metrics header",
                            _metrics_advice())
     complete = lines[1:-1]  # the last element follows the final newline: empty or a cut line

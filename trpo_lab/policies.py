@@ -9,13 +9,21 @@ MultiBinary, :mod:`trpo_lab.heads`), so the "old" policy of a batch is just a te
 ``log_prob``, ``kl`` and ``entropy`` are pure functions of such tensors. :func:`action_head`
 picks the head of an action space; :mod:`trpo_lab.spaces` says which spaces are served.
 
-Rollouts do not call torch per step: :meth:`Policy.numpy_actor` snapshots the actor's weights
-into a :class:`NumpyActor`, which evaluates the same function in numpy (a 64x64 MLP call costs
-about a third of a torch call at these sizes) and samples with a seeded numpy Generator.
+The actor and critic are any torch modules (:mod:`trpo_lab.networks`: ``policy=mlp``,
+``linear``, ``tabular``, ``cnn`` or ``module``); ``policy.backend`` decides per network whether
+its derivatives take the hand-written path (plain Linear + tanh/ReLU stacks:
+``fast_actor``/``fast_critic``) or the generic torch.func one (:mod:`trpo_lab.generic`).
+
+Rollouts sample from a snapshot of the actor, :meth:`Policy.numpy_actor`: for the hand-written
+backend a :class:`NumpyActor`, which evaluates the same function in numpy (a 64x64 MLP call
+costs about a third of a torch call at these sizes); for the generic one a
+:class:`ModuleActor`, a copy of the module called under no_grad. Both sample with a seeded
+numpy Generator from the same noise (:class:`ActorSampling`).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -24,7 +32,7 @@ import torch
 from torch import nn
 
 from trpo_lab import spaces
-from trpo_lab.config import PolicyConfig
+from trpo_lab.config import ConfigError, PolicyConfig, module_target
 from trpo_lab.heads import (
     BernoulliHead,
     MultiCategoricalHead,
@@ -34,6 +42,16 @@ from trpo_lab.heads import (
     multi_categorical_joint,
     multi_categorical_mode,
 )
+from trpo_lab.networks import (
+    ACTIVATIONS,
+    ConvNet,
+    ObservationView,
+    Tanh,  # noqa: F401  (its home was here; tests and users import it from here)
+    fast_layout,
+    instantiate,
+    observation_shape,
+)
+from trpo_lab.networks import mlp as _mlp
 from trpo_lab.numerics import (
     categorical_entropy,
     categorical_kl,
@@ -164,41 +182,6 @@ def action_head(space: gym.Space) -> Head:
     return BernoulliHead(int(np.prod(space.shape)))
 
 
-class Tanh(nn.Module):
-    """tanh(x) computed as 2 sigmoid(2x) - 1.
-
-    The same function (|difference| < 2e-7 in float32), but CPU torch's own tanh kernel is
-    several times slower than its sigmoid; with 64x64 nets the activation dominates the critic
-    and Fisher-vector-product time.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 2.0 * torch.sigmoid(2.0 * x) - 1.0
-
-
-ACTIVATIONS = {"tanh": (Tanh, np.tanh), "relu": (nn.ReLU, lambda x: np.maximum(x, 0.0))}
-
-
-def _mlp(in_dim: int, hidden: list[int], out_dim: int, activation: str, out_gain: float,
-         bias: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    sizes = [in_dim, *hidden]
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        linear = nn.Linear(a, b)
-        nn.init.orthogonal_(linear.weight, gain=np.sqrt(2))
-        nn.init.zeros_(linear.bias)
-        layers += [linear, ACTIVATIONS[activation][0]()]
-    out = nn.Linear(sizes[-1], out_dim, bias=bias)
-    if out_gain == 0.0:
-        nn.init.zeros_(out.weight)
-    else:
-        nn.init.orthogonal_(out.weight, gain=out_gain)
-    if bias:
-        nn.init.zeros_(out.bias)
-    layers.append(out)
-    return nn.Sequential(*layers)
-
-
 def observation_dim(space: gym.Space) -> int:
     """Size of the policy input (:func:`trpo_lab.spaces.observation_dim`): one-hot for
     Discrete observations, flattened for Box, parts concatenated for Tuple and Dict."""
@@ -228,17 +211,42 @@ class Policy(nn.Module):
                 f"policy=tabular needs a Discrete observation space, got {obs_space}")
         self.policy_name = policy.name
         self.activation = policy.activation
+        shape = observation_shape(obs_space)
         if policy.name == "mlp":
             self.actor = _mlp(obs_dim, list(policy.hidden_sizes), out_dim, policy.activation, 0.01)
         elif policy.name == "linear":
             self.actor = _mlp(obs_dim, [], out_dim, policy.activation, 0.01)
-        else:  # tabular: a logit table, i.e. a bias-free linear map of the one-hot state
+        elif policy.name == "tabular":  # a logit table: a bias-free linear map of the one-hot
             self.actor = _mlp(obs_dim, [], out_dim, policy.activation, 0.0, bias=False)
+        elif policy.name == "cnn":
+            self.actor = ObservationView(ConvNet(
+                obs_space, out_dim, tuple(policy.channels), tuple(policy.hidden_sizes),
+                policy.kernel_size, policy.stride, policy.activation), shape)
+        else:  # module: the user's class (networks.instantiate checks the contract)
+            self.actor = ObservationView(
+                instantiate(dict(policy.actor), "policy.actor", obs_space, out_dim), shape)
         if isinstance(self.head, GaussianHead):
             self.log_std = nn.Parameter(torch.full((out_dim,), float(policy.init_log_std)))
         else:
             self.log_std = None
-        self.critic = _mlp(obs_dim, list(critic_hidden), 1, "tanh", 1.0)
+        if module_target(policy.critic) is not None:
+            self.critic = ObservationView(
+                instantiate(dict(policy.critic), "policy.critic", obs_space, 1), shape)
+        else:
+            self.critic = _mlp(obs_dim, list(critic_hidden), 1, "tanh", 1.0)
+        self.fast_actor = self._fast(policy.backend, "policy", self.actor)
+        self.fast_critic = self._fast(policy.backend, "policy.critic", self.critic)
+
+    @staticmethod
+    def _fast(backend: str, key: str, net: nn.Module) -> bool:
+        """Whether ``net``'s derivatives take the hand-written path (``policy.backend``)."""
+        unknown = fast_layout(net)
+        if backend == "fast" and unknown is not None:
+            raise ConfigError("policy.backend", "fast",
+                              f"the hand-written derivatives serve nn.Sequential stacks of "
+                              f"Linear and Tanh/ReLU; {key}'s network is not one ({unknown}): "
+                              "use policy.backend=auto or generic")
+        return backend != "generic" and unknown is None
 
     def set_tabular_probabilities(self, pi: np.ndarray) -> None:
         """Make a tabular policy's table equal ``pi`` [S, A] (logits log pi; the softmax of a
@@ -276,7 +284,11 @@ class Policy(nn.Module):
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs).squeeze(-1)
 
-    def numpy_actor(self) -> NumpyActor:
+    def numpy_actor(self) -> NumpyActor | ModuleActor:
+        """A snapshot of the actor for sampling: numpy for the hand-written backend, the
+        module itself (torch, under no_grad) for the generic one; the same interface."""
+        if not self.fast_actor:
+            return ModuleActor.of(self)
         layers = [m for m in self.actor if isinstance(m, nn.Linear)]
         weights = [
             (m.weight.detach().cpu().numpy().T.astype(np.float64),
@@ -289,59 +301,20 @@ class Policy(nn.Module):
                           getattr(self.head, "components", ()))
 
 
-@dataclass
-class NumpyActor:
-    """The actor's function evaluated in numpy, for fast per-step sampling in rollouts.
+class ActorSampling:
+    """Sampling from an actor snapshot's ``forward`` (numpy in, float64 numpy out), shared by
+    :class:`NumpyActor` and :class:`ModuleActor`: ``kind`` is the head's, ``log_std`` the
+    Gaussian's (numpy) or None, ``components`` a MultiDiscrete head's nvec."""
 
-    :meth:`stack` makes one actor of several with the same architecture: weights get a leading
-    axis, observations are [m, N, obs_dim] and one call evaluates all m actors (the evaluator
-    steps pi and pi' together this way).
-    """
-
-    weights: list[tuple[np.ndarray, np.ndarray | None]]
-    activation: object
     kind: str
     log_std: np.ndarray | None
-    components: tuple[int, ...] = ()  # multi_categorical: the nvec its logits split into
+    components: tuple[int, ...]
 
     def forward(self, obs: np.ndarray) -> np.ndarray:
-        # in place after each product (the same operations, so the same numbers as x + b and
-        # tanh(x)): one temporary per layer, which the per-step calls of rollouts and the
-        # evaluator feel
-        x = obs
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(self.weights):
-            x = x @ w
-            if b is not None:
-                x += b
-            if i < last:
-                if self.activation is np.tanh:
-                    np.tanh(x, out=x)
-                else:
-                    x = self.activation(x)
-        return x
+        raise NotImplementedError
 
-    def as_float32(self) -> NumpyActor:
-        """The same actor in float32: about 3x faster per call on 64 rows (numpy's float32
-        tanh), for the evaluator's many-row calls; rollouts keep float64."""
-        def cast(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else a.astype(np.float32)
-
-        return NumpyActor([(cast(w), cast(b)) for w, b in self.weights], self.activation,
-                          self.kind, cast(self.log_std), self.components)
-
-    @staticmethod
-    def stack(actors: list[NumpyActor]) -> NumpyActor:
-        """m actors as one: forward([m, N, d]) row-block i is actors[i].forward(x[i])."""
-        first = actors[0]
-        weights = []
-        for i, (_, bias) in enumerate(first.weights):
-            w = np.stack([a.weights[i][0] for a in actors])
-            b = None if bias is None else np.stack([a.weights[i][1] for a in actors])[:, None]
-            weights.append((w, b))
-        log_std = None if first.log_std is None else np.stack(
-            [a.log_std for a in actors])[:, None]
-        return NumpyActor(weights, first.activation, first.kind, log_std, first.components)
+    def output_dim(self) -> int:
+        raise NotImplementedError
 
     def noise(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """The random numbers one sampling step consumes, for ``n`` states: one uniform per
@@ -352,7 +325,7 @@ class NumpyActor:
         if self.kind == "multi_categorical":
             return rng.random((n, len(self.components)))
         if self.kind == "bernoulli":
-            return rng.random((n, self.weights[-1][0].shape[-1]))
+            return rng.random((n, self.output_dim()))
         return rng.standard_normal((n, self.log_std.shape[-1]))
 
     def sample_from_noise(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -405,3 +378,116 @@ class NumpyActor:
         out = out - out.max(axis=1, keepdims=True)
         probs = np.exp(out)
         return probs / probs.sum(axis=1, keepdims=True)
+
+
+class ModuleActor(ActorSampling):
+    """The actor of the generic backend as a sampling snapshot: a copy of the module with the
+    weights of the moment, evaluated in torch under no_grad (on the policy's device). Stacked
+    snapshots (the runs of a group, pi and pi' in the evaluator) are evaluated in one call
+    under ``torch.func.vmap``; observations are then [m, N, d]."""
+
+    def __init__(self, module: nn.Module, kind: str, log_std: np.ndarray | None,
+                 components: tuple[int, ...], out_dim: int,
+                 stacked: tuple[dict, dict] | None = None):
+        self.module, self.kind, self.log_std = module, kind, log_std
+        self.components, self.out_dim, self.stacked = components, out_dim, stacked
+        first = next(module.parameters())
+        self.dtype, self.device = first.dtype, first.device
+
+    @staticmethod
+    def of(policy: Policy) -> ModuleActor:
+        log_std = None if policy.log_std is None else \
+            policy.log_std.detach().cpu().double().numpy()
+        out_dim = policy.head.dim if isinstance(policy.head, GaussianHead) else \
+            policy.head.param_dim
+        return ModuleActor(copy.deepcopy(policy.actor), policy.head.kind, log_std,
+                           tuple(getattr(policy.head, "components", ())), out_dim)
+
+    @staticmethod
+    def stack(actors: list[ModuleActor]) -> ModuleActor:
+        params, buffers = torch.func.stack_module_state([a.module for a in actors])
+        first = actors[0]
+        log_std = None if first.log_std is None else np.stack(
+            [a.log_std for a in actors])[:, None]
+        return ModuleActor(first.module, first.kind, log_std, first.components, first.out_dim,
+                           (params, buffers))
+
+    def as_float32(self) -> ModuleActor:
+        return self
+
+    def output_dim(self) -> int:
+        return self.out_dim
+
+    def forward(self, obs: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(obs), dtype=self.dtype).to(self.device)
+        with torch.no_grad():
+            if self.stacked is None:
+                out = self.module(x)
+            else:
+                module = self.module
+
+                def call(params, buffers, xi):
+                    return torch.func.functional_call(module, (params, buffers), (xi,))
+
+                out = torch.func.vmap(call)(*self.stacked, x)
+        return out.double().cpu().numpy()
+
+
+@dataclass
+class NumpyActor(ActorSampling):
+    """The actor's function evaluated in numpy, for fast per-step sampling in rollouts.
+
+    :meth:`stack` makes one actor of several with the same architecture: weights get a leading
+    axis, observations are [m, N, obs_dim] and one call evaluates all m actors (the evaluator
+    steps pi and pi' together this way).
+    """
+
+    weights: list[tuple[np.ndarray, np.ndarray | None]]
+    activation: object
+    kind: str
+    log_std: np.ndarray | None
+    components: tuple[int, ...] = ()  # multi_categorical: the nvec its logits split into
+
+    def forward(self, obs: np.ndarray) -> np.ndarray:
+        # in place after each product (the same operations, so the same numbers as x + b and
+        # tanh(x)): one temporary per layer, which the per-step calls of rollouts and the
+        # evaluator feel
+        x = obs
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(self.weights):
+            x = x @ w
+            if b is not None:
+                x += b
+            if i < last:
+                if self.activation is np.tanh:
+                    np.tanh(x, out=x)
+                else:
+                    x = self.activation(x)
+        return x
+
+    def as_float32(self) -> NumpyActor:
+        """The same actor in float32: about 3x faster per call on 64 rows (numpy's float32
+        tanh), for the evaluator's many-row calls; rollouts keep float64."""
+        def cast(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a.astype(np.float32)
+
+        return NumpyActor([(cast(w), cast(b)) for w, b in self.weights], self.activation,
+                          self.kind, cast(self.log_std), self.components)
+
+    @staticmethod
+    def stack(actors: list[NumpyActor]) -> NumpyActor:
+        """m actors as one: forward([m, N, d]) row-block i is actors[i].forward(x[i])."""
+        first = actors[0]
+        if isinstance(first, ModuleActor):  # generic-backend snapshots stack their own way
+            return ModuleActor.stack(actors)
+        weights = []
+        for i, (_, bias) in enumerate(first.weights):
+            w = np.stack([a.weights[i][0] for a in actors])
+            b = None if bias is None else np.stack([a.weights[i][1] for a in actors])[:, None]
+            weights.append((w, b))
+        log_std = None if first.log_std is None else np.stack(
+            [a.log_std for a in actors])[:, None]
+        return NumpyActor(weights, first.activation, first.kind, log_std, first.components)
+
+    def output_dim(self) -> int:
+        return self.weights[-1][0].shape[-1]

@@ -23,16 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
-from hydra.core.utils import run_job as hydra_run_job
+from hydra.core.utils import JobReturn, configure_log, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from trpo_lab.jobs import prepare_task, run_group  # noqa: F401  (the slurm launcher's too)
+from trpo_lab.registry import groupable_keys
+
 log = logging.getLogger(__name__)
 
-#: Keys in which the jobs of a group may differ: none changes an array's shape.
-GROUPABLE = ("seed", "gamma", "gae_lambda", "algo.delta", "algo.lr", "critic.lr", "algo.beta",
-             "algo.clip", "algo.cg_damping", "algo.backtrack_coef")
+#: Keys in which the jobs of a group may differ: none changes an array's shape (the core's and
+#: every registered algorithm's, :func:`trpo_lab.registry.groupable_keys`).
+GROUPABLE = groupable_keys()
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -55,7 +57,7 @@ def group_key(sweep_config: DictConfig) -> str | None:
         flat = _flatten(OmegaConf.to_container(task, resolve=True))
     except Exception:  # noqa: BLE001  (any resolution problem: not grouped)
         return None
-    for key in GROUPABLE:
+    for key in groupable_keys():
         if key == "algo.beta" and not isinstance(flat.get(key), (int, float)):
             continue
         flat.pop(key, None)
@@ -96,14 +98,6 @@ def plan(hydra_context: Any, config: DictConfig, job_overrides: Sequence[Sequenc
         HydraConfig.instance().set_config(sweep_config)  # for ${hydra:...} in the job's config
         keys.append(group_key(sweep_config))
     return plan_groups(keys, max_group)
-
-
-def prepare_task(cfg: DictConfig) -> Any:
-    """The task function of a grouped job: validate and build its run (trained later with its
-    group)."""
-    from trpo_lab.app import prepare_run
-
-    return prepare_run(cfg, in_group=True)
 
 
 class BatchedLauncher(Launcher):
@@ -156,39 +150,3 @@ def spread(groups: list[list[int]], workers: int) -> list[list[int]]:
         half = len(largest) // 2
         groups += [largest[:half], largest[half:]]
     return sorted(groups, key=lambda g: g[0])
-
-
-def run_group(hydra_context: Any, configs: list[DictConfig]) -> list[JobReturn]:
-    """Set every job up as Hydra sets up a lone job (with :func:`prepare_task` as its task),
-    train the prepared runs together, and give each job its own status."""
-    from trpo_lab import app, rundir
-
-    returns: list[JobReturn] = []
-    prepared: list[tuple[int, Any]] = []
-    for sweep_config in configs:
-        ret = hydra_run_job(hydra_context=hydra_context, task_function=prepare_task,
-                            config=sweep_config, job_dir_key="hydra.sweep.dir",
-                            job_subdir_key="hydra.sweep.subdir")
-        run_dir = Path(str(ret.hydra_cfg.hydra.runtime.output_dir)) if ret.hydra_cfg else None
-        value = ret._return_value
-        if ret.status == JobStatus.COMPLETED and isinstance(value, app.PreparedRun):
-            prepared.append((len(returns), value))
-        else:  # refused, failed to build, or completed already: the job ends here
-            if ret.status != JobStatus.COMPLETED:
-                print(f"trpo-lab: job {sweep_config.hydra.job.num}: failed: {value!r}",
-                      file=sys.stderr)
-                ret = JobReturn(overrides=ret.overrides, status=JobStatus.COMPLETED,
-                                _return_value="failed")
-            app.record_job(run_dir, ret)
-            if run_dir is not None:
-                rundir.release(run_dir)
-        returns.append(ret)
-    if len(prepared) > 1:
-        statuses = app.train_group([run for _, run in prepared])
-    else:
-        statuses = [app.train_prepared(run) for _, run in prepared]
-    for (index, run), status in zip(prepared, statuses):
-        returns[index]._return_value = status
-        app.record_job(run.run_dir, returns[index])
-        rundir.release(run.run_dir)
-    return returns

@@ -1,31 +1,18 @@
-"""One module per update rule; :func:`make_algorithm` picks one from the typed config."""
+"""One module per update rule; :func:`make_algorithm` builds the one the typed config names,
+through the registry (:mod:`trpo_lab.registry`: each algorithm's schema, columns and code)."""
 
 from __future__ import annotations
 
 import torch
 
-from trpo_lab.algos.kl_penalty import KLPenalty
-from trpo_lab.algos.ppo import PPO
-from trpo_lab.algos.trpo import TRPO
-from trpo_lab.algos.vpg import VPG
-from trpo_lab.config import KLPenaltyConfig, PPOConfig, TRPOConfig, VPGConfig
 from trpo_lab.policies import Policy
+from trpo_lab.registry import algorithm_of, resolve
 
 
 def make_algorithm(policy: Policy, cfg, gamma: float, generator: torch.Generator):
-    if isinstance(cfg, TRPOConfig):
-        return TRPO(policy, cfg)
-    if isinstance(cfg, VPGConfig):
-        return VPG(policy, cfg)
-    if isinstance(cfg, KLPenaltyConfig):
-        return KLPenalty(policy, cfg, gamma, generator)
-    if isinstance(cfg, PPOConfig):
-        return PPO(policy, cfg, generator)
-    raise TypeError(f"unknown algorithm config {type(cfg).__name__}")
+    return resolve(algorithm_of(cfg).build)(policy, cfg, gamma, generator)
 
 
 def algo_label(cfg) -> str:
-    """trpo, npg (TRPO without line search), vpg, kl_penalty or ppo."""
-    if isinstance(cfg, TRPOConfig) and not cfg.line_search:
-        return "npg"
-    return cfg.name
+    """trpo, npg (TRPO without line search), vpg, kl_penalty, ppo, or a plug-in's label."""
+    return algorithm_of(cfg).label_of(cfg)

@@ -45,6 +45,12 @@ def is_theory(beta) -> bool:
     return beta == "theory"
 
 
+def build(policy: Policy, cfg: KLPenaltyConfig, gamma: float,
+          generator: torch.Generator) -> KLPenalty:
+    """The registry's constructor (:mod:`trpo_lab.registry`)."""
+    return KLPenalty(policy, cfg, gamma, generator)
+
+
 class KLPenalty:
     def __init__(self, policy: Policy, cfg: KLPenaltyConfig, gamma: float,
                  generator: torch.Generator):

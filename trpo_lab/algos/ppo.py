@@ -21,6 +21,11 @@ def clipped_surrogate(ratios: torch.Tensor, advantages: torch.Tensor, weights: t
     return (weights * torch.minimum(ratios * advantages, clipped * advantages)).sum()
 
 
+def build(policy: Policy, cfg: PPOConfig, gamma: float, generator: torch.Generator) -> PPO:
+    """The registry's constructor (:mod:`trpo_lab.registry`)."""
+    return PPO(policy, cfg, generator)
+
+
 class PPO:
     def __init__(self, policy: Policy, cfg: PPOConfig, generator: torch.Generator):
         self.policy, self.cfg, self.generator = policy, cfg, generator

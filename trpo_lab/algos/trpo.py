@@ -61,6 +61,11 @@ def fisher_vector_product(policy: Policy, batch: Batch, damping: float):
     the network's second-order terms that a double backward of the KL computes only to
     multiply them by zero (and autograd's per-node overhead).
     """
+    if not policy.fast_actor:  # the generic backend: its group-of-one product
+        actor, _ = StackedActor.of([policy])
+        product = fisher_vector_product_runs(actor, StackedBatch.of([batch]),
+                                             torch.tensor([float(damping)], dtype=torch.float64))
+        return lambda v: product(v[None])[0]
     params = policy.actor_parameters()
     sizes = [p.numel() for p in params]
     n_net = len(list(policy.actor.parameters()))
@@ -219,6 +224,11 @@ def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
     for r, policy in enumerate(policies):
         set_flat_params(policy.actor_parameters(), theta_new[r])
     return infos  # type: ignore[return-value]
+
+
+def build(policy: Policy, cfg: TRPOConfig, gamma: float, generator: torch.Generator) -> TRPO:
+    """The registry's constructor (:mod:`trpo_lab.registry`)."""
+    return TRPO(policy, cfg)
 
 
 class TRPO:

@@ -6,10 +6,17 @@ sum_i w_i grad log pi(a_i|s_i) A_i; with steps = 1 this is the textbook update.
 
 from __future__ import annotations
 
+import torch
+
 from trpo_lab.algos.common import guarded_step, make_optimizer, surrogate
 from trpo_lab.config import VPGConfig
 from trpo_lab.policies import Policy
 from trpo_lab.rollout import Batch
+
+
+def build(policy: Policy, cfg: VPGConfig, gamma: float, generator: torch.Generator) -> VPG:
+    """The registry's constructor (:mod:`trpo_lab.registry`)."""
+    return VPG(policy, cfg)
 
 
 class VPG:

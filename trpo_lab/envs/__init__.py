@@ -10,6 +10,7 @@ import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from trpo_lab.config import EnvConfig
+from trpo_lab.envs.errors import ActionComponentsError
 from trpo_lab.spaces import PackObservations, needs_packing, unsupported
 
 
@@ -21,13 +22,20 @@ class EnvError(ValueError):
         self.key, self.value, self.allowed = key, value, allowed
 
 
-class ActionComponentsError(ValueError):
-    """A tabular env's action factorisation does not match its number of actions."""
-
-
 def _register_tabular() -> None:
     import trpo_lab.envs.synthetic  # noqa: F401  (registers trpo_lab/Spaces-v0)
     import trpo_lab.envs.tabular  # noqa: F401  (registers trpo_lab/* ids)
+
+
+def _register_minatar(env_cfg: EnvConfig) -> None:
+    """The minatar package's gymnasium ids (MinAtar/Breakout-v1, ...)."""
+    try:
+        import minatar.gym
+    except ImportError:
+        raise EnvError("env.id", env_cfg.id, 'needs the minatar package: pip install -e '
+                       '".[minatar]" (the [dev] extra includes it)') from None
+    if "MinAtar/Breakout-v1" not in gym.registry:
+        minatar.gym.register_envs()
 
 
 def tabular_horizon(env_cfg: EnvConfig, gamma: float) -> int:
@@ -73,6 +81,8 @@ def env_factory(env_cfg: EnvConfig, gamma: float) -> Callable[[], gym.Env]:
     env_id = registered_id(env_cfg.id)
     if env_cfg.tabular or env_id.startswith("trpo_lab/"):
         _register_tabular()
+    if env_id.startswith("MinAtar/"):
+        _register_minatar(env_cfg)
     try:
         spec = gym.spec(env_id)
     except gym.error.Error as error:

@@ -43,7 +43,7 @@ import numpy as np
 import scipy.sparse as sp
 from gymnasium import spaces
 
-from trpo_lab.envs import ActionComponentsError
+from trpo_lab.envs.errors import ActionComponentsError
 
 __all__ = [
     "DEFAULT_GRID",
