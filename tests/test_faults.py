@@ -353,7 +353,8 @@ def test_a_full_disk_with_wandb_on_ends_in_one_line_and_resumes(small_disk, tmp_
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_sigterm_to_a_sweep_exits_143_and_checkpoints_its_running_jobs(launcher, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" \
+        else ["hydra/launcher=basic"]  # basic: the jobs one after the other, in this process
     proc = subprocess.Popen(
         [sys.executable, "-m", "trpo_lab", "-m", "seed=0,1", *extra, "total_steps=40960",
          "batch_steps=512", "eval.episodes=2", "eval.heldout_episodes=0", "logger=none",
