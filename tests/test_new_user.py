@@ -16,7 +16,8 @@ import pytest
 
 from tests.conftest import clean_env, compose_typed, read_metrics, read_summary, run_cli
 from trpo_lab import preflight
-from trpo_lab.app import end_lines, importable_from_cwd, result_line
+from trpo_lab.app import importable_from_cwd
+from trpo_lab.jobs import end_lines, result_line
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["batch_steps=128", "critic.epochs=1", "eval.episodes=2", "eval.heldout_episodes=2"]
