@@ -16,7 +16,8 @@ import pytest
 
 from tests.conftest import clean_env, compose_typed, read_metrics, read_summary, run_cli
 from trpo_lab import preflight
-from trpo_lab.app import end_lines, importable_from_cwd, result_line
+from trpo_lab.app import importable_from_cwd
+from trpo_lab.jobs import end_lines, result_line
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["batch_steps=128", "critic.epochs=1", "eval.episodes=2", "eval.heldout_episodes=2"]
@@ -106,29 +107,45 @@ def test_a_probed_run_reports_the_metrics_J_not_a_landscape_point(tmp_path):
 
 # ----------------------------------------------------------------------------- 2. the truth's cost
 def test_the_truths_cost_on_long_episodes_is_announced_with_its_numbers():
-    (pendulum,) = preflight.warnings(compose_typed("env=pendulum"))
-    # 49 updates x (2 x 64 + 16) episodes x 200 steps against 49 x 2048 training steps
-    assert 49 * 144 * 200 == 1411200
-    assert "up to 1411200 env steps (49 evaluated updates x (2 x eval.episodes=64 + " \
-           "eval.heldout_episodes=16) episodes x up to 200 steps), 14x the 100352 training " \
+    cfg = compose_typed("env=pendulum")
+    per_update = 2 * cfg.eval.episodes + cfg.eval.heldout_episodes  # pi, pi', held-out
+    assert (cfg.eval.episodes, cfg.eval.heldout_episodes, per_update) == (64, 64, 192)
+    (pendulum,) = preflight.warnings(cfg)
+    # 49 updates x 192 episodes x 200 steps against 49 x 2048 training steps: 18.75x
+    assert 49 * 192 * 200 == 1881600
+    assert "up to 1881600 env steps (49 evaluated updates x (2 x eval.episodes=64 + " \
+           "eval.heldout_episodes=64) episodes x up to 200 steps), 19x the 100352 training " \
            "env steps" in pendulum
-    assert "eval.every=2: 7.2x" in pendulum  # ceil(49 / 2) = 25 evaluated: 720,000 steps
+    assert "eval.every=2: 9.6x" in pendulum  # ceil(49 / 2) = 25 evaluated: 960,000 steps
     (acrobot,) = preflight.warnings(compose_typed("env=custom", "env.id=Acrobot-v1"))
-    assert "up to 3528000 env steps" in acrobot and "35x the 100352" in acrobot
-    assert "eval.every=4: 9.3x" in acrobot  # 13 x 144 x 500 = 936,000
+    assert "up to 4704000 env steps" in acrobot and "47x the 100352" in acrobot
+    assert "eval.every=5: 9.6x" in acrobot  # 10 x 192 x 500 = 960,000 (every 4: 12.4x)
     assert "on Acrobot-v1" in acrobot and "eval.heldout_episodes" in acrobot
     assert preflight.eval_every_within(compose_typed("env=custom", "env.id=Acrobot-v1"),
-                                       500, preflight.EVAL_RUN_RATIO) == 4
+                                       500, preflight.EVAL_RUN_RATIO) == 5
     # within the ratio, or a numpy vector env (CartPole: 22x its steps in 10 of 20 s): quiet
     assert preflight.warnings(compose_typed("env=pendulum", "eval.every=2")) == []
-    assert preflight.warnings(compose_typed("env=pendulum", "eval.episodes=32")) == []
+    assert preflight.warnings(compose_typed("env=pendulum", "eval.episodes=16",
+                                            "eval.min_differing=16")) == []  # 9.4x
     assert preflight.warnings(compose_typed()) == []
-    assert preflight.eval_run_steps(compose_typed(), 500) == 49 * 144 * 500
+    assert preflight.eval_run_steps(compose_typed(), 500) == 49 * 192 * 500
+    # adaptive pairs: rounds of eval.episodes until eval.min_differing pairs differ
+    assert preflight.eval_pairs(compose_typed("eval.episodes=2")) == 64
+    assert preflight.eval_pairs(compose_typed("eval.episodes=5")) == 65  # 13 rounds
+    assert preflight.eval_pairs(compose_typed("eval.episodes=2", "eval.max_pairs=9")) == 8
+    assert preflight.eval_pairs(compose_typed("eval.episodes=2", "eval.min_differing=0")) == 2
+    (adaptive,) = preflight.warnings(compose_typed("env=pendulum", "eval.episodes=2",
+                                                   "eval.heldout_episodes=0"))
+    assert "up to 1254400 env steps (49 evaluated updates x (2 x at least 64 pairs " \
+           "(eval.episodes=2 in rounds until eval.min_differing=64 differ, at most " \
+           "eval.max_pairs=1024) + eval.heldout_episodes=0) episodes" in adaptive  # 49*128*200
+    assert "eval.min_differing or eval.heldout_episodes" in adaptive
 
 
 def test_the_warning_is_printed_by_a_run(tmp_path):
     result = run_cli(["env=pendulum", "total_steps=256", "batch_steps=128", "critic.epochs=1",
-                      "eval.episodes=8", "eval.heldout_episodes=0", "logger=none",
+                      "eval.episodes=8", "eval.heldout_episodes=0", "eval.min_differing=0",
+                      "logger=none",
                       f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     # 2 updates x 16 episodes x 200 steps = 6400 against 256: 25x; eval.every=2: 1 x 3200, 12x

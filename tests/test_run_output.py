@@ -21,7 +21,8 @@ from tests.conftest import (
 from trpo_lab.config import env_label, planned_updates
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["batch_steps=128", "critic.epochs=1", "eval.episodes=2"]
+SMALL = ["batch_steps=128", "critic.epochs=1", "eval.episodes=2", "eval.heldout_episodes=2",
+         "eval.min_differing=0"]  # 2 pairs: no adaptive rounds (Acrobot: 1.2M steps with them)
 
 
 def test_a_run_says_where_it_writes_at_start_and_end_off_a_terminal(tmp_path):

@@ -98,10 +98,21 @@ def episode_step_bound(cfg: Config) -> int | None:
         return None  # the env's own check reports a bad id
 
 
+def eval_pairs(cfg: Config) -> int:
+    """Paired episodes an evaluated update that moved the policy plays: eval.episodes, in
+    rounds of it while fewer than eval.min_differing pairs differ (adaptive pairs; counted as
+    if every pair differed, the least), within eval.max_pairs."""
+    n, wanted = cfg.eval.episodes, cfg.eval.min_differing
+    if n == 0 or wanted <= n:
+        return n
+    most = max(cfg.eval.max_pairs // n, 1) * n
+    return min(-(-wanted // n) * n, most)
+
+
 def eval_steps_per_update(cfg: Config, bound: int) -> float:
     """At most how many env steps the evaluation plays per update, on average: episodes of
     pi and of pi', and the held-out episodes, every ``eval.every`` updates."""
-    episodes = 2 * cfg.eval.episodes + cfg.eval.heldout_episodes
+    episodes = 2 * eval_pairs(cfg) + cfg.eval.heldout_episodes
     return episodes * bound / cfg.eval.every
 
 
@@ -113,8 +124,8 @@ def evaluated_updates(updates: int, every: int) -> int:
 def eval_run_steps(cfg: Config, bound: int, every: int | None = None) -> int:
     """At most how many env steps the evaluation plays over the whole run (episodes of pi and
     pi' and the held-out episodes, ``bound`` steps each, every ``every`` updates: by default
-    ``eval.every``); the probed updates' evaluations aside."""
-    episodes = 2 * cfg.eval.episodes + cfg.eval.heldout_episodes
+    ``eval.every``; pairs: :func:`eval_pairs`); the probed updates' evaluations aside."""
+    episodes = 2 * eval_pairs(cfg) + cfg.eval.heldout_episodes
     every = cfg.eval.every if every is None else every
     return evaluated_updates(planned_updates(cfg), every) * episodes * bound
 
@@ -157,14 +168,21 @@ def warnings(cfg: Config) -> list[str]:
         elif run_steps > EVAL_RUN_RATIO * training and steps_one_by_one(cfg):
             every = eval_every_within(cfg, bound, EVAL_RUN_RATIO)
             evaluated = evaluated_updates(planned_updates(cfg), cfg.eval.every)
+            pairs = f"eval.episodes={cfg.eval.episodes}"
+            if eval_pairs(cfg) != cfg.eval.episodes:
+                pairs = f"at least {eval_pairs(cfg)} pairs ({pairs} in rounds until " \
+                        f"eval.min_differing={cfg.eval.min_differing} differ, at most " \
+                        f"eval.max_pairs={cfg.eval.max_pairs})"
             found.append(
                 f"the evaluation (true J and dJ, held-out dL) may cost far more than training: "
-                f"up to {run_steps} env steps ({evaluated} evaluated updates x (2 x "
-                f"eval.episodes={cfg.eval.episodes} + eval.heldout_episodes="
-                f"{cfg.eval.heldout_episodes}) episodes x up to {bound} steps), "
+                f"up to {run_steps} env steps ({evaluated} evaluated updates x (2 x {pairs} + "
+                f"eval.heldout_episodes={cfg.eval.heldout_episodes}) episodes x up to {bound} "
+                f"steps), "
                 f"{run_steps / training:.0f}x the {training} training env steps, stepped one "
                 f"env at a time on {cfg.env.id}: expect most of the run's time to go there; "
-                f"lower eval.episodes (0 turns the truth off) or eval.heldout_episodes, or "
+                f"lower eval.episodes (0 turns the truth off)"
+                f"{', eval.min_differing' if eval_pairs(cfg) != cfg.eval.episodes else ''} "
+                f"or eval.heldout_episodes, or "
                 f"raise eval.every (eval.every={every}: "
                 f"{eval_run_steps(cfg, bound, every) / training:.1f}x)")
     probe_bound = episode_step_bound(cfg) if cfg.probe.every and not cfg.env.tabular else None
