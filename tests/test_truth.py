@@ -194,9 +194,11 @@ def test_true_J_evaluates_the_policy_that_collected_the_batch(tmp_path):
     observation statistics, not with those of the batch just collected."""
     metrics = train_in_process(tmp_path, "env=pendulum", "env.normalize_obs=true",
                                "batch_steps=400", "total_steps=400", "eval.episodes=8",
-                               "eval.heldout_episodes=0", "critic.epochs=1")
+                               "eval.heldout_episodes=0", "critic.epochs=1",
+                               "eval.min_differing=0")  # the first round's 8 pairs only
     cfg = compose_typed("env=pendulum", "env.normalize_obs=true", "batch_steps=400",
-                        "total_steps=400", "eval.episodes=8", "eval.heldout_episodes=0")
+                        "total_steps=400", "eval.episodes=8", "eval.heldout_episodes=0",
+                        "eval.min_differing=0")
     from trpo_lab.train import Trainer
 
     (tmp_path / "fresh").mkdir()
