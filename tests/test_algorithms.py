@@ -185,13 +185,16 @@ def test_ppo_clipped_objective_matches_hand_computation():
     assert float(value) == pytest.approx(np.mean(expected), rel=1e-6)
 
 
+@pytest.mark.parametrize("step_length", ["undamped", "damped"])
 @pytest.mark.parametrize("line_search", [False, True])
-def test_trpo_step_is_the_closed_form_natural_step_of_the_dense_fisher(line_search):
+def test_trpo_step_is_the_closed_form_natural_step_of_the_dense_fisher(line_search,
+                                                                        step_length):
     """Independent of the hand-written derivatives and of CG's code: on a tiny float64 policy
     (31 parameters) F is the dense Hessian of the mean KL at theta_old (autograd), g the
     surrogate's gradient, s = (F + damping I)^-1 g solved exactly, and the full step is
-    sqrt(2 delta / s^T F s) s. NPG takes it; TRPO takes it times backtrack_coef^k for the k it
-    reports, with the measured KL within delta."""
+    sqrt(2 delta / s^T M s) s with M = F (step_length=undamped) or M = F + damping I (damped).
+    NPG takes it; TRPO takes it times backtrack_coef^k for the k it reports, with the measured
+    KL within delta."""
     import gymnasium as gym
     from torch.func import functional_call
 
@@ -237,9 +240,13 @@ def test_trpo_step_is_the_closed_form_natural_step_of_the_dense_fisher(line_sear
     g = torch.autograd.functional.jacobian(surrogate, theta_old)
     size = theta_old.numel()
     cfg = TRPOConfig(delta=0.01, cg_damping=0.1, cg_iters=size, line_search=line_search,
-                     backtrack_coef=0.8)
-    s = torch.linalg.solve(fisher + cfg.cg_damping * torch.eye(size, dtype=torch.float64), g)
-    full_step = s * (2 * cfg.delta / float(s @ fisher @ s)) ** 0.5
+                     backtrack_coef=0.8, step_length=step_length)
+    damped = fisher + cfg.cg_damping * torch.eye(size, dtype=torch.float64)
+    s = torch.linalg.solve(damped, g)
+    metric = fisher if step_length == "undamped" else damped
+    full_step = s * (2 * cfg.delta / float(s @ metric @ s)) ** 0.5
+    # the two lengths differ here by the factor sqrt(s^T (F + damping I) s / s^T F s)
+    assert float(s @ damped @ s) / float(s @ fisher @ s) > 1.05
     info = TRPO(policy, cfg).update(batch)
     assert info["trpo/accepted"] == 1.0
     step = flat_params(policy.actor_parameters()) - theta_old
@@ -247,5 +254,5 @@ def test_trpo_step_is_the_closed_form_natural_step_of_the_dense_fisher(line_sear
     assert float((step - expected).norm() / expected.norm()) < 1e-6  # CG's error: 1e-8
     if line_search:
         assert float(mean_kl(theta_old + step)) <= cfg.delta
-    else:  # the quadratic model's KL of the full step is delta exactly
-        assert 0.5 * float(step @ fisher @ step) == pytest.approx(cfg.delta, rel=1e-9)
+    else:  # the quadratic model's KL of the full step (in the chosen metric) is delta exactly
+        assert 0.5 * float(step @ metric @ step) == pytest.approx(cfg.delta, rel=1e-9)

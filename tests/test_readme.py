@@ -41,9 +41,14 @@ def test_readme_table_names_every_top_level_and_logger_key():
 
 
 def test_readme_states_the_rounding_of_total_steps_the_app_does():
-    updates = planned_updates(compose_typed())
-    assert updates * 2048 == 100_352
-    assert f"{updates} updates of 2048 steps, 100,352 steps" in README
+    cfg = compose_typed()
+    updates = planned_updates(cfg)
+    steps = updates * cfg.batch_steps
+    assert steps - cfg.batch_steps < cfg.total_steps <= steps
+    assert f"{updates} updates of {cfg.batch_steps} steps, {steps:,} steps" in README
+    assert (f"training {updates} updates x {cfg.batch_steps} steps = {steps} env steps "
+            f"(total_steps={cfg.total_steps} rounded up to whole batches)") in README
+    assert f"completed after {updates} updates ({steps} env steps)" in README
     assert "ceil(total_steps / batch_steps)" in table_row("top level")
     assert "total_steps // batch_steps" not in README
 

@@ -193,6 +193,14 @@ class TRPOConfig(AlgoConfig):
         "Qhat from branches of restored env snapshots (TRPO paper, section 5.2; algo.vine.*); "
         "envs without snapshots are refused.")
     vine: VineConfig = field(default_factory=VineConfig)
+    step_length: str = param(
+        "undamped", one_of("damped", "undamped"),
+        "Which Fisher measures the full step sqrt(2 delta / s^T F s) s: 'undamped' (F, the "
+        "quadratic model of the KL: its full step has model KL = delta) or 'damped' (F + "
+        "cg_damping I: a shorter step wherever damping is comparable to F's eigenvalues, "
+        "the choice of sb3-contrib, Spinning Up and baselines). Tabular policies need "
+        "'undamped' (their Fisher entries are about d_pi(s) pi (1 - pi): damping 0.1 shrank "
+        "steps to 5% of delta).")
 
 
 @dataclass

@@ -156,7 +156,7 @@ def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
     for r, cfg in enumerate(cfgs):  # per run in Python floats (the module docstring's rules)
         damped_shs = float(damped[r])
         fisher_shs = damped_shs - cfg.cg_damping * float(norms[r])
-        shs = fisher_shs if fisher_shs > 0 else damped_shs
+        shs = fisher_shs if cfg.step_length == "undamped" and fisher_shs > 0 else damped_shs
         if not bool(g_finite[r]):
             continue
         if shs == 0 and not bool(direction[r].any()):
