@@ -255,19 +255,21 @@ def fig_calibration(df: pd.DataFrame, opts: Options) -> Figure:
                     & np.isfinite(framed[DJ].to_numpy(dtype=float))]
     if len(framed) < 10:
         raise Skipped(f"needs >= 10 updates with both a dL estimate and {DJ}")
-    panels = []
+    panels, runs = [], []
     for title, rows in plots.env_panels(framed):
         for algo in plots.ordered_levels(rows, "algo"):
             sub = rows[rows["algo"] == algo]
             if len(sub) >= 10:
                 panels.append((f"{algo}, {title}", partial(_calibration_panel, sub, opts=opts)))
+                runs.append(sub["run_dir"].nunique())
     if not panels:
         raise Skipped("needs >= 10 updates of one algorithm and env")
     fig = plots.facet(panels, panel_size=(2.4, 2.1))
     plots.caption(fig, f"points: mean dJ per decile of the {opts.prediction} dL, bars "
                        f"{100 * opts.level:g}% normal interval over the bin's updates; "
                        "solid: least squares over updates; dashed: y = x; text: intervals by "
-                       "a bootstrap over runs (seeds), SEs clustered by run")
+                       "a bootstrap over runs (seeds), SEs clustered by run; "
+                       f"{plots.count_text(runs, 'runs per panel')}")
     return fig
 
 

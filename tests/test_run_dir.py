@@ -270,11 +270,10 @@ def small_disk(tmp_path):
 def fill(disk: Path) -> Path:
     """Write a ballast file until the disk is full."""
     ballast = disk / "ballast"
-    with ballast.open("wb") as f:
+    with ballast.open("wb", buffering=0) as f:  # unbuffered: closing has nothing left to write
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
     return ballast
