@@ -33,7 +33,7 @@ from tests.conftest import (
     run_in_process,
     wandb_history,
 )
-from tests.test_run_dir import fill, one_line, snapshot
+from tests.test_run_dir import fill, one_line, snapshot, tmpfs
 from trpo_lab.logging import TIME_COLUMNS
 from trpo_lab.train import CHECKPOINT, StopSignal, Trainer
 
@@ -304,18 +304,9 @@ def test_a_run_directory_name_over_255_bytes_is_refused_in_one_line(key, tmp_pat
 # ---------------------------------------------------- 7. a full disk with W&B on
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 16 MiB tmpfs (room for W&B's files; needs root and mount); skipped where it
-    cannot be mounted."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs",
-                              str(mount_point)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    """A real 16 MiB tmpfs: room for W&B's files."""
+    with tmpfs(tmp_path, "16m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_full_disk_with_wandb_on_ends_in_one_line_and_resumes(small_disk, tmp_path):

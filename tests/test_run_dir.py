@@ -7,12 +7,14 @@ neither).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -252,12 +254,13 @@ def test_a_checkpoint_from_before_metrics_positions_checks_the_rows(run_dir, ref
 
 
 # ----------------------------------------------------------------------------- disk full
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 4 MiB tmpfs (needs root and mount); skipped where it cannot be mounted."""
+@contextlib.contextmanager
+def tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (e.g. "4m"; needs root and mount) under ``tmp_path``; the test
+    is skipped where it cannot be mounted."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs",
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
                               str(mount_point)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
@@ -265,6 +268,13 @@ def small_disk(tmp_path):
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB tmpfs."""
+    with tmpfs(tmp_path, "4m") as mount_point:
+        yield mount_point
 
 
 def fill(disk: Path) -> Path:
