@@ -227,27 +227,44 @@ def _dead_job_return(overrides: Sequence[str], directory: Path | None) -> JobRet
     return ret
 
 
-class _Stop:
-    """SIGINT/SIGTERM in the sweep's process during launch: counted and passed on."""
+class SignalFlag:
+    """Within the block, SIGINT and SIGTERM in this process are counted (``first``: the first
+    one) and passed to :meth:`on_signal` instead of acting; the previous handlers come back at
+    the end. A loop that waits polls ``count``."""
 
-    def __init__(self, pool: Pool):
-        self.pool, self.count, self.previous = pool, 0, {}
+    def __init__(self) -> None:
+        self.count, self.previous = 0, {}
         self.first: int | None = None  # the first signal: the sweep's exit code is 128 + it
 
-    def __enter__(self) -> _Stop:
+    def __enter__(self) -> SignalFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError):  # not the main thread: left as it is
                 self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
         self.count += 1
         self.first = signum if self.first is None else self.first
-        self.pool.signal_busy(signum)
+        self.on_signal(signum)
+
+    def on_signal(self, signum: int) -> None:
+        """What a signal does besides being counted: nothing here."""
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+class _Stop(SignalFlag):
+    """SIGINT/SIGTERM in the sweep's process during launch: counted and passed on to the
+    workers that are busy."""
+
+    def __init__(self, pool: Pool):
+        super().__init__()
+        self.pool = pool
+
+    def on_signal(self, signum: int) -> None:
+        self.pool.signal_busy(signum)
 
 
 def launch_isolated(launcher, job_overrides: Sequence[Sequence[str]],

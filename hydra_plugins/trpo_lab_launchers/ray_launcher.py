@@ -16,6 +16,7 @@ a sweep is launched, and without the Ray extra the class only says how to instal
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +33,7 @@ from trpo_lab.cluster import (
     record_outcome,
     reporting_failures,
 )
+from trpo_lab.launcher import SignalFlag
 
 try:
     from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as PluginRayLauncher
@@ -40,6 +42,7 @@ except ImportError:  # no Ray extra
 
 log = logging.getLogger(__name__)
 
+POLL_S = 0.25  # how often the driver looks at its stop flag while it waits for a job
 OBJECT_STORE_BYTES = 78_643_200  # the plugin's object store for a Ray it starts (75 MB)
 INSTALL_HINT = ('hydra/launcher=ray_local and ray_cluster need the Ray extra: pip install -e '
                 '".[ray]" (in a virtual environment of its own: it downgrades cloudpickle)')
@@ -104,19 +107,28 @@ else:
 
         def _results(self, refs: list[Any], job_overrides: Sequence[Sequence[str]],
                      first_num: int) -> list[JobReturn]:
-            """Every job's JobReturn, in order. Ctrl-C: the jobs not done yet are interrupted
-            (Ray kills a departing driver's tasks) and the sweep report says so."""
+            """Every job's JobReturn, in order. Ctrl-C or SIGTERM: the jobs not done yet are
+            interrupted (Ray kills a departing driver's tasks) and the sweep report says so.
+
+            The signal only sets a flag, read between short ``ray.wait`` calls: raised as
+            KeyboardInterrupt inside Ray's own blocking get, it could be lost, and Ray's driver
+            turns SIGTERM into ``sys.exit(15)`` without a report."""
             import ray
 
             jobs = list(enumerate(zip(job_overrides, refs), start=first_num))
             returns: list[JobReturn] = []
-            try:
+            with SignalFlag() as stop:
                 for num, (overrides, ref) in jobs:
+                    while not stop.count and not ray.wait([ref], timeout=POLL_S)[0]:
+                        pass
+                    if stop.count:
+                        break
                     returns.append(self._result(ref, overrides, num))
-            except KeyboardInterrupt:
-                print("\ntrpo-lab: stopped; Ray ends the sweep's unfinished tasks with this "
-                      f"command. Rerun it with hydra.sweep.dir={self.config.hydra.sweep.dir} to "
-                      "resume them.", file=sys.stderr, flush=True)
+            if stop.count:
+                print(f"\ntrpo-lab: stopped ({signal.Signals(stop.first).name}); Ray ends the "
+                      "sweep's unfinished tasks with this command. Rerun it with "
+                      f"hydra.sweep.dir={self.config.hydra.sweep.dir} to resume them.",
+                      file=sys.stderr, flush=True)
                 for num, (overrides, ref) in jobs[len(returns):]:
                     if ray.wait([ref], timeout=0)[0]:  # done meanwhile
                         returns.append(self._result(ref, overrides, num))
