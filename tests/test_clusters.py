@@ -538,7 +538,9 @@ def test_ray_launcher_failure_is_a_failed_sweep_with_its_cause(ray_address, tmp_
     assert "object_store_memory must not be provided" in result.stderr
 
 
-def test_ray_ctrl_c_reports_the_unfinished_jobs_as_interrupted(ray_address, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_ray_ctrl_c_reports_the_unfinished_jobs_as_interrupted(ray_address, tmp_path,
+                                                                stop_signal):
     sweep = Sweep(["hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={ray_address}",
                    "seed=0", "total_steps=400000", "batch_steps=1024", "eval.episodes=0",
                    "eval.heldout_episodes=0", "logger=none", "hydra.sweep.dir=sweep"], tmp_path,
