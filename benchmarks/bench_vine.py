@@ -15,7 +15,10 @@ every action branched (``proposal=all``) to the episode's end, common random num
 Cosine mean +- SE over ``--repeats`` batches.
 
 CRN: Var[Qhat(s, a) - Qhat(s, a')] over 300 visits of one state with independent noise per
-branch against common noise, per state, under the initial policy.
+branch against common noise, per state, under the initial policy; for the tabular envs also the
+mean probability that two branches in distinct (s, a) rows land on the same next state in one
+step (:func:`trpo_lab.vine.coupled_meeting_probability`), with the shared uniform and with
+independent ones: once together, CRN branches stay together, so this is what CRN buys.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from trpo_lab.envs.snapshot import snapshot  # noqa: E402
 from trpo_lab.numerics import flat_grad  # noqa: E402
 from trpo_lab.policies import Policy  # noqa: E402
 from trpo_lab.rollout import Collector, build_batch, exact_batch  # noqa: E402
-from trpo_lab.vine import VineSampler  # noqa: E402
+from trpo_lab.vine import VineSampler, coupled_meeting_probability  # noqa: E402
 
 SETTINGS = {
     "garnet": ["env=garnet", "policy=tabular", "gamma=0.9", "critic.hidden_sizes=[]"],
@@ -154,12 +157,35 @@ def crn_variances(setting: str, state_options: list, common: bool, repeats: int 
     return out
 
 
+def meeting_probabilities(setting: str) -> str:
+    """The mean one-step meeting probability of two branches in distinct (s, a) rows of a
+    tabular env: with one shared uniform (CRN), and with independent ones."""
+    _, envs, _ = build(setting)
+    P = tabular_model(envs).P  # noqa: N806
+    rows = P.reshape(-1, P.shape[-1])
+    pairs = [(x, y) for x in range(len(rows)) for y in range(len(rows)) if x != y]
+    crn = np.mean([coupled_meeting_probability(rows[x], rows[y]) for x, y in pairs])
+    independent = np.mean([rows[x] @ rows[y] for x, y in pairs])
+    return f"{crn:.2f} / {independent:.2f}"
+
+
+GARNET_SHAPES = {  # held-out shapes: fewer states and wider rows make branches meet more often
+    "garnet S=50 b=50": ["env.branching=50"],
+    "garnet S=5 b=5 A=2": ["env.num_states=5", "env.branching=5", "env.num_actions=2"],
+    "garnet S=3 b=3 A=2": ["env.num_states=3", "env.branching=3", "env.num_actions=2"],
+}
+
+
 def crn_table(figure: Path | None = None) -> list[str]:
-    rows = ["| env | policy | variance ratio independent / common, per state and action pair |",
-            "| --- | --- | --- |"]
+    rows = ["| env | policy | one-step meeting probability, CRN / independent | variance ratio "
+            "independent / common, per state and action pair |", "| --- | --- | --- | --- |"]
     bars: list[tuple[str, list[float]]] = []
     SETTINGS["chain"] = ["env=chain", "policy=tabular", "gamma=0.95", "critic.hidden_sizes=[]"]
+    for name, extra in GARNET_SHAPES.items():
+        SETTINGS[name] = [*SETTINGS["garnet"], *extra]
     cases = [("garnet", [{"state": s} for s in range(4)], False, "random logits"),
+             *[(name, [{"state": s} for s in range(3)], True, "uniform")
+               for name in GARNET_SHAPES],
              ("chain", [{"state": s} for s in range(4)], True, "uniform"),
              ("cartpole", [None] * 4, False, "initial MLP")]
     for setting, states, zero, label in cases:
@@ -167,9 +193,11 @@ def crn_table(figure: Path | None = None) -> list[str]:
         common = crn_variances(setting, states, True, zero_policy=zero)
         ratios = ", ".join("/".join(f"{r:.1f}" for r in np.atleast_1d(i / c))
                            for i, c in zip(independent, common))
-        rows.append(f"| {setting} | {label} | {ratios} |")
-        bars.append((f"{setting}\n({label})", [float(r) for i, c in zip(independent, common)
-                                                 for r in np.atleast_1d(i / c)]))
+        meet = "-" if setting == "cartpole" else meeting_probabilities(setting)
+        rows.append(f"| {setting} | {label} | {meet} | {ratios} |")
+        short = setting.replace("garnet ", "garnet\n")
+        bars.append((f"{short}\n({label})", [float(r) for i, c in zip(independent, common)
+                                               for r in np.atleast_1d(i / c)]))
     if figure is not None:
         plot_crn(bars, figure)
     return rows
@@ -182,7 +210,7 @@ def plot_crn(bars: list[tuple[str, list[float]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = plt.subplots(figsize=(9, 3.6))
     for x, (_, ratios) in enumerate(bars):
         ax.scatter(np.full(len(ratios), x) + np.linspace(-0.15, 0.15, len(ratios)), ratios,
                    s=18, color="C0")
