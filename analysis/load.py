@@ -170,14 +170,17 @@ def to_bool(value: Any) -> bool | None:
     return None
 
 
-def algo_label(name: str | None, line_search: bool | None) -> str | None:
-    """Algorithm label: ``trpo`` with ``line_search=false`` is the natural gradient, ``npg``."""
+def algo_label(name: str | None, line_search: bool | None,
+               sampler: str | None = None) -> str | None:
+    """Algorithm label: ``trpo`` with ``line_search=false`` is the natural gradient, ``npg``;
+    with ``algo.sampler=vine`` the label gets `` vine`` (``trpo vine``), so that figures and
+    tables tell the two samplers apart."""
     if name is None:
         return None
     name = str(name)
     if name == "trpo" and line_search is False:
-        return "npg"
-    return name
+        name = "npg"
+    return f"{name} vine" if sampler == "vine" else name
 
 
 def beta_columns(beta: Any) -> tuple[float, str | None]:
@@ -195,8 +198,10 @@ def setting_of(
 ) -> tuple[str | None, float]:
     """The algorithm's step-size setting as ``(label, value)``.
 
-    trpo/npg: ``delta=...``; kl_penalty: ``beta=...``; vpg: ``lr=...``; ppo: ``clip=...``.
+    trpo/npg (and their vine labels): ``delta=...``; kl_penalty: ``beta=...``; vpg:
+    ``lr=...``; ppo: ``clip=...``.
     """
+    algo = None if algo is None else algo.removesuffix(" vine")
     if algo in ("trpo", "npg") and not math.isnan(delta):
         return f"delta={delta:g}", delta
     if algo == "kl_penalty" and beta_label is not None:
@@ -221,7 +226,7 @@ def config_columns(
     choices = get_key(h, "runtime.choices", {}) or {}
     algo_name = get_key(cfg, "algo.name", choices.get("algo"))
     line_search = to_bool(get_key(cfg, "algo.line_search"))
-    algo = algo_label(algo_name, line_search)
+    algo = algo_label(algo_name, line_search, get_key(cfg, "algo.sampler"))
     delta = to_float(get_key(cfg, "algo.delta"))
     beta, beta_label = beta_columns(get_key(cfg, "algo.beta"))
     lr = to_float(get_key(cfg, "algo.lr"))

@@ -49,6 +49,7 @@ def make_cfg(
     tabular: bool = True,
     estimator: str | None = None,
     group: str = "sweep-a",
+    sampler: str = "single_path",
 ) -> dict[str, Any]:
     """A composed config shaped like the training app's ``.hydra/config.yaml``."""
     algos: dict[str, dict[str, Any]] = {
@@ -60,6 +61,7 @@ def make_cfg(
             "cg_damping": 0.1,
             "backtrack_iters": 10,
             "backtrack_coef": 0.8,
+            "sampler": sampler,
         },
         "vpg": {"name": "vpg", "lr": lr},
         "kl_penalty": {"name": "kl_penalty", "beta": beta, "lr": lr, "epochs": 5},
@@ -407,6 +409,12 @@ def test_config_columns_labels() -> None:
     cols = load.config_columns(make_cfg("ppo", clip=0.3))
     assert cols["algo"] == "ppo" and cols["clip"] == 0.3 and math.isnan(cols["delta"])
     assert cols["setting_value"] == 0.3
+    # the vine sampler gets its own label (figures and tables tell the samplers apart)
+    cols = load.config_columns(make_cfg("trpo", sampler="vine", delta=0.02))
+    assert cols["algo"] == "trpo vine" and cols["setting"] == "delta=0.02"
+    cols = load.config_columns(make_cfg("trpo", line_search=False, sampler="vine"))
+    assert cols["algo"] == "npg vine"
+    assert load.config_columns(make_cfg("trpo", sampler="single_path"))["algo"] == "trpo"
     # the algo/env/policy names fall back to Hydra's config-group choices
     hydra = {"hydra": {"runtime": {"choices": {"algo": "vpg", "env": "chain", "policy": "mlp"}}}}
     cols = load.config_columns({"seed": 3}, hydra)

@@ -257,6 +257,32 @@ def test_slurm_sweep_completes_every_job_in_its_run_dir_with_its_wandb_run(
     assert len({p.name.split("_")[0] for p in (sweep_dir / ".submitit").glob("[0-9]*")}) == 1
 
 
+VINE = ["algo.sampler=vine", "algo.vine.states=8", "algo.vine.horizon=16", "total_steps=768",
+        "batch_steps=256", "eval.episodes=4", "eval.heldout_episodes=2", "critic.epochs=2"]
+
+
+def test_slurm_vine_job_equals_its_local_run_and_counts_its_branch_steps(slurm_sweep,
+                                                                         tmp_path):
+    """One vine run (CartPole, 3 updates, 8 rollout states with both actions branched for 16
+    steps) as a Slurm job: completed, its metrics equal to the same run trained locally, every
+    update's env steps the trunk's 256 plus 2 x 8 branches of at most 16 steps."""
+    local = tmp_path / "local"
+    assert run_cli(["-m", "seed=0", *VINE, "logger=none", f"hydra.sweep.dir={local}"],
+                   cwd=tmp_path).returncode == 0
+    sweep = slurm_sweep("seed=0", *VINE, "hydra.sweep.dir=vine")
+    assert sweep.finish() == 0, sweep.stderr()
+    sweep_dir = tmp_path / "vine"
+    assert f"trpo-lab sweep {sweep_dir}: 1 completed" in sweep.stdout()
+    (job,) = job_dirs(sweep_dir)
+    assert_same_run(job, job_dirs(local)[0])
+    metrics = read_metrics(job)
+    assert len(metrics) == 3
+    steps = metrics["env_steps"].diff().fillna(metrics["env_steps"].iloc[0])
+    assert (steps > 256).all() and (steps <= 256 + 2 * 8 * 16).all(), steps.tolist()
+    assert (metrics["trpo/accepted"] == 1).any()
+    assert metrics[["surrogate/improvement", "true/improvement", "kl/mean"]].notna().all().all()
+
+
 def test_slurm_failing_job_is_isolated_and_the_sweep_fails(slurm_sweep):
     sweep = slurm_sweep("algo.delta=0.01,-1", *QUICK, "logger=none", "hydra.sweep.dir=sweep")
     assert sweep.finish() == 1

@@ -13,10 +13,13 @@ import pytest
 import torch
 
 from tests.conftest import TINY, compose_typed, read_metrics, run_cli, train_in_process
+from tests.nets import DictNet
 from trpo_lab import exact
 from trpo_lab.envs import EnvError, make_vector_env
+from trpo_lab.envs.synthetic import observation_space
 from trpo_lab.envs.tabular import garnet
 from trpo_lab.logging import TIME_COLUMNS
+from trpo_lab.networks import StructuredView, split_encoded
 from trpo_lab.numerics import RunningMeanStd
 from trpo_lab.policies import Policy
 from trpo_lab.rollout import normalize_parts
@@ -139,6 +142,63 @@ def test_space_matrix_trains_resumes_exactly_and_logs_the_truth(tmp_path, action
     assert summary["status"] == "interrupted" and len(read_metrics(run_dir)) == 1
     assert Trainer(compose_typed(*matrix_args(action, observation, algo)),
                    run_dir).run()["status"] == "completed"
+    pd.testing.assert_frame_equal(read_metrics(run_dir).drop(columns=TIME_COLUMNS,
+                                                             errors="ignore"),
+                                  ref.drop(columns=TIME_COLUMNS, errors="ignore"))
+
+
+# ------------------------------------------------------------------------------ policy=module
+def test_a_module_gets_tuple_and_dict_observations_as_their_parts():
+    space = PackedSpace(gym.spaces.Tuple((DICT, gym.spaces.Discrete(2))))
+    value = ({"pos": np.array([0.5, -0.25], np.float32), "cell": 3,
+              "bits": np.array([1, 0], np.int8), "level": np.array([1, 2])}, 1)
+    x = torch.as_tensor(encode_observations(space, space.pack(value)[None]))
+    (parts, last) = split_encoded(space, x)
+    assert list(parts) == ["bits", "cell", "level", "pos"]  # gymnasium's Dict key order
+    np.testing.assert_array_equal(parts["bits"], [[1, 0]])
+    np.testing.assert_array_equal(parts["cell"], [[0, 0, 1]])  # Discrete(3, start=1): 3 -> 2
+    np.testing.assert_array_equal(parts["level"], [[0, 1, 0, 0, 1]])  # one-hot per component
+    np.testing.assert_array_equal(parts["pos"], [[0.5, -0.25]])
+    np.testing.assert_array_equal(last, [[0, 1]])
+    assert all(t.dtype == torch.float32 for t in (*parts.values(), last))
+    boxes = PackedSpace(gym.spaces.Dict({"img": gym.spaces.Box(0, 1, (2, 3)),
+                                         "bits": gym.spaces.MultiBinary([2, 2])}))
+    flat = torch.arange(10.0)[None]
+    got = split_encoded(boxes, flat)
+    np.testing.assert_array_equal(got["bits"], torch.arange(4.0).reshape(1, 2, 2))
+    np.testing.assert_array_equal(got["img"], torch.arange(4.0, 10.0).reshape(1, 2, 3))
+
+
+def module_args(algo: str) -> tuple[str, ...]:
+    return (*matrix_args("discrete", "dict", algo), "policy=module",
+            "policy.actor._target_=tests.nets.DictNet",
+            "policy.critic._target_=tests.nets.DictNet")
+
+
+@pytest.mark.parametrize("algo", ["trpo", "ppo"])
+def test_a_custom_module_trains_on_dict_observations_and_resumes_exactly(tmp_path, algo):
+    DictNet.seen.clear()
+    cfg = compose_typed(*module_args(algo))
+    policy = Policy(PackedSpace(observation_space("dict")), gym.spaces.Discrete(3), cfg.policy,
+                    [8])
+    assert isinstance(policy.actor, StructuredView) and isinstance(policy.actor.net, DictNet)
+    assert isinstance(policy.critic.net, DictNet)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    assert Trainer(cfg, reference).run()["status"] == "completed"
+    ref = read_metrics(reference)
+    assert len(ref) == 2 and ref[PREDICTED_VS_TRUE].notna().all().all()
+    assert (ref["kl/mean"] > 0).all()
+    if algo == "trpo":
+        assert (ref["trpo/accepted"] == 1).all() and (ref["kl/mean"] <= 0.01 * (1 + 1e-5)).all()
+    # every call (rollouts, the evaluator, the updates, the critic) handed it the dict
+    assert DictNet.seen == {tuple(sorted(DictNet.PARTS.items()))}
+    run_dir = tmp_path / "interrupted"
+    run_dir.mkdir()
+    stop = StopSignal()
+    summary = Trainer(cfg, run_dir).run(stop, on_row=lambda row: setattr(stop, "requested", True))
+    assert summary["status"] == "interrupted" and len(read_metrics(run_dir)) == 1
+    assert Trainer(compose_typed(*module_args(algo)), run_dir).run()["status"] == "completed"
     pd.testing.assert_frame_equal(read_metrics(run_dir).drop(columns=TIME_COLUMNS,
                                                              errors="ignore"),
                                   ref.drop(columns=TIME_COLUMNS, errors="ignore"))

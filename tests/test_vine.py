@@ -16,7 +16,7 @@ from trpo_lab.envs.tabular import horizon_for
 from trpo_lab.numerics import flat_grad, flat_params, self_normalised, set_flat_params
 from trpo_lab.policies import Policy
 from trpo_lab.rollout import Collector, build_batch, exact_batch
-from trpo_lab.vine import VineSampler
+from trpo_lab.vine import VineSampler, coupled_meeting_probability
 
 # a held-out shape: no other test or sweep uses it
 GAMMA = 0.7
@@ -182,10 +182,11 @@ CHAIN = ["env=chain", "policy=tabular", "gamma=0.95", "critic.hidden_sizes=[]",
          "algo.sampler=vine", "algo.vine.states=6", f"batch_steps={EPISODE}"]
 
 
-def qhat_differences(common: bool, state: int, repeats: int = 300) -> np.ndarray:
-    """Qhat(s, right) - Qhat(s, left) over ``repeats`` independent visits of chain state s,
-    under the uniform policy (a zero logit table)."""
-    cfg = compose_typed(*CHAIN, f"algo.vine.common_random_numbers={str(common).lower()}")
+def qhat_differences(common: bool, state: int, repeats: int = 300,
+                     setting: tuple[str, ...] = tuple(CHAIN)) -> np.ndarray:
+    """Qhat(s, 1) - Qhat(s, 0) over ``repeats`` independent visits of state s of ``setting``
+    (the chain: right - left), under the uniform policy (a zero logit table)."""
+    cfg = compose_typed(*setting, f"algo.vine.common_random_numbers={str(common).lower()}")
     torch.set_num_threads(1)
     envs = make_vector_env(cfg.env, 1, cfg.gamma)
     policy = Policy(envs.single_observation_space, envs.single_action_space, cfg.policy, [])
@@ -212,6 +213,74 @@ def test_common_random_numbers_cut_the_variance_of_qhat_differences_5x(state):
     assert independent.var() >= 5 * common.var(), (independent.var(), common.var())
     se = np.sqrt(independent.var() / len(independent) + common.var() / len(common))
     assert abs(independent.mean() - common.mean()) <= 3 * se
+
+
+def test_coupled_meeting_probability_closed_form():
+    assert coupled_meeting_probability(np.array([0.3, 0.7]), np.array([0.3, 0.7])) == 1.0
+    assert coupled_meeting_probability(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == 0.0
+    # [0, .5) & [0, .25) + [.5, 1) & [.25, 1) = .25 + .5 (independent: .125 + .375 = .5)
+    assert coupled_meeting_probability(np.array([0.5, 0.5]),
+                                       np.array([0.25, 0.75])) == pytest.approx(0.75, abs=1e-15)
+    rng = np.random.default_rng(0)
+    for _ in range(100):  # a coupling: never above the maximal one, 1 - TV = sum min(p, q)
+        p, q = rng.dirichlet(np.ones(6)), rng.dirichlet(np.ones(6))
+        assert coupled_meeting_probability(p, q) <= np.minimum(p, q).sum() + 1e-12
+
+
+def meeting(setting: list[str]) -> tuple[float, float]:
+    """The mean one-step meeting probability of two branches in distinct (s, a) rows of the
+    garnet, with one shared uniform (CRN) and with independent ones."""
+    cfg = compose_typed(*setting)
+    rows = tabular_model(make_vector_env(cfg.env, 1, cfg.gamma)).P.reshape(
+        -1, cfg.env.num_states)
+    pairs = [(x, y) for x in range(len(rows)) for y in range(len(rows)) if x != y]
+    return (float(np.mean([coupled_meeting_probability(rows[x], rows[y]) for x, y in pairs])),
+            float(np.mean([rows[x] @ rows[y] for x, y in pairs])))
+
+
+# held-out garnet shapes: a small one with full support, and the default 50-state garnet
+GARNET_CRN = ["env=garnet", "policy=tabular", "gamma=0.9", "critic.hidden_sizes=[]",
+              "algo.sampler=vine", "algo.vine.states=6", f"batch_steps={EPISODE}"]
+SMALL_GARNET = [*GARNET_CRN, "env.num_states=3", "env.branching=3", "env.num_actions=2"]
+DEFAULT_GARNET = [*GARNET_CRN, "env.num_actions=2"]
+
+
+@pytest.mark.parametrize("state", [0, 1, 2])
+def test_common_random_numbers_cut_the_variance_5x_on_a_small_garnet(state):
+    """A 3-state garnet with full support: one shared uniform puts two branches on the same
+    next state with probability 0.64 (independent: 0.37), and once together they stay
+    together, so the variance of the Qhat differences falls far more than 5x (60-120x)."""
+    crn, independent_meeting = meeting(SMALL_GARNET)
+    assert crn > 0.6 and independent_meeting < 0.4
+    independent = qhat_differences(False, state, setting=tuple(SMALL_GARNET))
+    common = qhat_differences(True, state, setting=tuple(SMALL_GARNET))
+    assert independent.var() >= 5 * common.var(), (independent.var(), common.var())
+    se = np.sqrt(independent.var() / len(independent) + common.var() / len(common))
+    assert abs(independent.mean() - common.mean()) <= 3 * se
+
+
+def test_common_random_numbers_barely_help_on_the_default_garnet():
+    """The default garnet shape (50 states, 5 next states per row; 2 actions): two branches
+    in different rows meet with probability 0.03 a step with one shared uniform (independent:
+    0.02), so they
+    almost never couple and the variance ratio stays below 2, while the env noise IS shared:
+    branches of the same action with the same seeds are identical."""
+    crn, independent_meeting = meeting(DEFAULT_GARNET)
+    assert 0.02 < crn < 0.04 and 0.01 < independent_meeting < 0.03
+    independent = qhat_differences(False, 0, repeats=200, setting=tuple(DEFAULT_GARNET))
+    common = qhat_differences(True, 0, repeats=200, setting=tuple(DEFAULT_GARNET))
+    assert 0.7 < independent.var() / common.var() < 2.0, (independent.var(), common.var())
+    cfg = compose_typed(*DEFAULT_GARNET)
+    envs = make_vector_env(cfg.env, 1, cfg.gamma)
+    policy = Policy(envs.single_observation_space, envs.single_action_space, cfg.policy, [])
+    collector = Collector(envs, EPISODE, 0, False, False, cfg.gamma)
+    vine = VineSampler(cfg, collector, env_factory(cfg.env, cfg.gamma))
+    env = collector.envs.envs[0]
+    env.reset(options={"state": 0})
+    q, _ = vine.branch_returns(policy, policy.numpy_actor(), collector.encode, 1.0,
+                               [snapshot(env)] * 2, 2, torch.tensor([1, 1, 1, 1]),
+                               np.array([5, 5, 6, 7]))
+    assert q[0] == q[1] and q[2] != q[3]
 
 
 def test_vine_refuses_what_it_cannot_do():

@@ -11,8 +11,11 @@ other keys of ``policy.actor`` are keyword arguments)::
 log-std is a separate, state-independent parameter) or 1 for a critic. ``obs`` is the
 observation encoding every run shares (:func:`trpo_lab.policies.encode_observations`: one-hot
 for Discrete, float32 for Box, normalised when ``env.normalize_obs``), reshaped to
-:func:`observation_shape`. The rollout and batch code keep observations flat; the module sees
-them through :class:`ObservationView`.
+:func:`observation_shape`. For a Tuple or Dict observation space the class gets that space
+(not its packed form) and ``obs`` is a tuple or dict like it of float32 tensors
+[N, *:func:`part_shape`] (Discrete parts one-hot, Box parts normalised when
+``env.normalize_obs``). The rollout and batch code keep observations flat; the module sees
+them through :class:`ObservationView` or :class:`StructuredView` (:func:`module_view`).
 
 This module builds the networks: :func:`mlp` (the hand-written backend knows it),
 :class:`ConvNet` (``policy=cnn``), :func:`instantiate` (``policy=module``), and
@@ -75,7 +78,7 @@ def observation_shape(space: gym.Space) -> tuple[int, ...]:
     """The shape a module sees one observation in: the Box's shape for Box, else the flat
     encoding's (one-hot for Discrete, the parts concatenated for Tuple and Dict:
     :func:`trpo_lab.spaces.observation_dim`)."""
-    if isinstance(space, gym.spaces.Box):
+    if isinstance(space, gym.spaces.Box) and not isinstance(space, spaces.PackedSpace):
         return tuple(int(d) for d in space.shape)
     return (spaces.observation_dim(space),)
 
@@ -89,6 +92,59 @@ class ObservationView(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.reshape(x.shape[0], *self.shape))
+
+
+def part_shape(leaf: gym.Space) -> tuple[int, ...]:
+    """The shape of one part of a Tuple or Dict observation as a module sees it (per row):
+    Discrete(n) its one-hot (n,); MultiDiscrete(nvec) its components' one-hots concatenated
+    (sum(nvec),); Box and MultiBinary their own shape."""
+    if isinstance(leaf, gym.spaces.Discrete | gym.spaces.MultiDiscrete):
+        return (spaces.observation_dim(leaf),)
+    return tuple(int(d) for d in leaf.shape)
+
+
+def split_encoded(space: spaces.PackedSpace, x: torch.Tensor):
+    """Encoded observations [N, observation_dim] (:func:`trpo_lab.spaces.encode_observations`,
+    normalised Box parts included) as the structure of ``space.structure``: a dict (Dict) or
+    tuple (Tuple), nested like the space, of tensors [N, *:func:`part_shape`] (views of ``x``,
+    its dtype)."""
+    parts: dict[tuple, torch.Tensor] = {}
+    offset = 0
+    for path, leaf, _ in space.leaves:
+        shape = part_shape(leaf)
+        size = int(np.prod(shape))
+        parts[path] = x[:, offset:offset + size].reshape(x.shape[0], *shape)
+        offset += size
+
+    def build(part: gym.Space, path: tuple):
+        if isinstance(part, gym.spaces.Dict):
+            return {key: build(sub, (*path, key)) for key, sub in part.spaces.items()}
+        if isinstance(part, gym.spaces.Tuple):
+            return tuple(build(sub, (*path, i)) for i, sub in enumerate(part.spaces))
+        return parts[path]
+
+    return build(space.structure, ())
+
+
+class StructuredView(nn.Module):
+    """``net`` applied to flat encoded Tuple or Dict observations [N, observation_dim] handed
+    over as their structure (:func:`split_encoded`): what ``policy=module`` gives a user's
+    module for such spaces."""
+
+    def __init__(self, net: nn.Module, space: spaces.PackedSpace):
+        super().__init__()
+        self.net, self.space = net, space
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(split_encoded(self.space, x))
+
+
+def module_view(net: nn.Module, observation_space: gym.Space) -> nn.Module:
+    """A user's module as the policy calls it (flat encoded observations in): a
+    :class:`StructuredView` for Tuple and Dict spaces, else an :class:`ObservationView`."""
+    if isinstance(observation_space, spaces.PackedSpace):
+        return StructuredView(net, observation_space)
+    return ObservationView(net, observation_shape(observation_space))
 
 
 def fast_layout(net: nn.Module) -> str | None:
@@ -197,17 +253,22 @@ def instantiate(spec: dict[str, Any], key: str, observation_space: gym.Space,
                           f"{key}._target_=package.module.Class")
     cls = import_target(f"{key}._target_", spec["_target_"])
     kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    packed = isinstance(observation_space, spaces.PackedSpace)
+    given = observation_space.structure if packed else observation_space
     try:
-        net = cls(observation_space=observation_space, output_dim=output_dim, **kwargs)
+        net = cls(observation_space=given, output_dim=output_dim, **kwargs)
     except TypeError as error:
         raise ConfigError(f"{key}._target_", spec["_target_"],
                           f"must accept (observation_space=..., output_dim=..., "
                           f"**{sorted(kwargs)}): {error}") from None
     shape = observation_shape(observation_space)
+    zeros = torch.zeros((2, *shape))
     with torch.no_grad():
-        out = net(torch.zeros((2, *shape)))
+        out = net(split_encoded(observation_space, zeros) if packed else zeros)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, output_dim):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        takes = f"the {type(given).__name__} of [N, *part shape]" if packed else \
+            f"[N, *{shape}]"
         raise ConfigError(f"{key}._target_", spec["_target_"],
-                          f"forward must map [N, *{shape}] to [N, {output_dim}], got {got}")
+                          f"forward must map {takes} to [N, {output_dim}], got {got}")
     return net

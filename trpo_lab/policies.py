@@ -49,6 +49,7 @@ from trpo_lab.networks import (
     Tanh,  # noqa: F401  (its home was here; tests and users import it from here)
     fast_layout,
     instantiate,
+    module_view,
     observation_shape,
 )
 from trpo_lab.networks import mlp as _mlp
@@ -223,15 +224,15 @@ class Policy(nn.Module):
                 obs_space, out_dim, tuple(policy.channels), tuple(policy.hidden_sizes),
                 policy.kernel_size, policy.stride, policy.activation), shape)
         else:  # module: the user's class (networks.instantiate checks the contract)
-            self.actor = ObservationView(
-                instantiate(dict(policy.actor), "policy.actor", obs_space, out_dim), shape)
+            self.actor = module_view(
+                instantiate(dict(policy.actor), "policy.actor", obs_space, out_dim), obs_space)
         if isinstance(self.head, GaussianHead):
             self.log_std = nn.Parameter(torch.full((out_dim,), float(policy.init_log_std)))
         else:
             self.log_std = None
         if module_target(policy.critic) is not None:
-            self.critic = ObservationView(
-                instantiate(dict(policy.critic), "policy.critic", obs_space, 1), shape)
+            self.critic = module_view(
+                instantiate(dict(policy.critic), "policy.critic", obs_space, 1), obs_space)
         else:
             self.critic = _mlp(obs_dim, list(critic_hidden), 1, "tanh", 1.0)
         self.fast_actor = self._fast(policy.backend, "policy", self.actor)

@@ -62,6 +62,19 @@ VINE_STREAM = 0x56494E45  # "VINE": the rollout-set generator's stream, apart fr
 BRANCHES_AT_ONCE = 256  # branches stepped side by side (one policy call per step for them)
 
 
+def coupled_meeting_probability(p: np.ndarray, q: np.ndarray) -> float:
+    """The probability that inverse-CDF samples of the distributions ``p`` and ``q`` (over the
+    same indices, in index order) drawn from ONE shared uniform land on the same index:
+    sum_j |[F_p(j-1), F_p(j)) intersected with [F_q(j-1), F_q(j))|. This is what common random
+    numbers give two branches of a tabular env (:class:`trpo_lab.envs.tabular.TabularEnv`
+    samples s' by the inverse CDF of its row of P); independent noise gives sum_j p_j q_j.
+    Once two branches share a state they stay together (the same env and policy noise)."""
+    upper_p, upper_q = np.cumsum(p), np.cumsum(q)
+    lower_p, lower_q = upper_p - p, upper_q - q
+    return float(np.clip(np.minimum(upper_p, upper_q) - np.maximum(lower_p, lower_q), 0.0,
+                         None).sum())
+
+
 def uses_vine(cfg: Config) -> bool:
     return isinstance(cfg.algo, TRPOConfig) and cfg.algo.sampler == "vine"
 
