@@ -32,7 +32,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trpo_lab.config import env_label
+from trpo_lab.config import MINATAR_GAMES, env_label
 from trpo_lab.jobs import sweep_group
 from trpo_lab.registry import algo_order, load_plugins, metric_columns
 
@@ -65,6 +65,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "lr",
     "clip",
     "line_search",
+    "sampler",
     "setting",
     "setting_value",
     "group",
@@ -83,6 +84,7 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "iterations",
     "final_env_steps",
     "final_return_mean",
+    "final_eval_return",
     "wall_s",
     "wandb_run_id",
 )
@@ -117,6 +119,7 @@ _FLOAT_COLUMNS = (
     "clip",
     "setting_value",
     "final_return_mean",
+    "final_eval_return",
     "wall_s",
 )
 _MISSING = ("???", "", None)
@@ -233,13 +236,17 @@ def config_columns(
     clip = to_float(get_key(cfg, "algo.clip"))
     setting, setting_value = setting_of(algo, delta, beta_label, lr, clip)
     job_id = get_key(h, "job.id")
+    env_name = get_key(cfg, "env.name", choices.get("env"))
+    env_id = get_key(cfg, "env.id")
+    if env_name == "minatar" and get_key(cfg, "env.game") in MINATAR_GAMES:
+        env_id = MINATAR_GAMES[get_key(cfg, "env.game")]  # the run's id: set from env.game
     return {
         "job_num": to_int(get_key(h, "job.num")),
         "job_id": None if job_id is None else str(job_id),
         "override_dirname": get_key(h, "job.override_dirname"),
         "algo": algo,
-        "env": env_label(get_key(cfg, "env.name", choices.get("env")), get_key(cfg, "env.id")),
-        "env_id": get_key(cfg, "env.id"),
+        "env": env_label(env_name, env_id),
+        "env_id": env_id,
         "tabular": to_bool(get_key(cfg, "env.tabular")),
         "policy": get_key(cfg, "policy.name", choices.get("policy")),
         "estimator": get_key(cfg, "algo.estimator"),
@@ -252,6 +259,7 @@ def config_columns(
         "lr": lr,
         "clip": clip,
         "line_search": line_search,
+        "sampler": get_key(cfg, "algo.sampler"),
         "setting": setting,
         "setting_value": setting_value,
         "group": get_key(cfg, "logger.group"),
@@ -273,6 +281,7 @@ def summary_columns(summary: Mapping[str, Any] | None, error: str | None = None)
             "iterations": None,
             "final_env_steps": None,
             "final_return_mean": math.nan,
+            "final_eval_return": math.nan,
             "wall_s": math.nan,
             "wandb_run_id": None,
         }
@@ -286,6 +295,7 @@ def summary_columns(summary: Mapping[str, Any] | None, error: str | None = None)
         "iterations": to_int(summary.get("iterations")),
         "final_env_steps": to_int(summary.get("env_steps")),
         "final_return_mean": to_float(summary.get("final_return_mean")),
+        "final_eval_return": to_float(summary.get("final_eval_return")),
         "wall_s": to_float(summary.get("wall_s")),
         "wandb_run_id": summary.get("wandb_run_id"),
     }

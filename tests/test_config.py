@@ -23,8 +23,8 @@ from trpo_lab.config import (
 
 GROUPS = {
     "algo": ["trpo", "npg", "vpg", "kl_penalty", "ppo"],
-    "env": ["cartpole", "pendulum", "hopper", "garnet", "chain", "gridworld", "custom",
-            "minatar"],
+    "env": ["cartpole", "pendulum", "hopper", "swimmer", "walker2d", "garnet", "chain",
+            "gridworld", "custom", "minatar"],
     "policy": ["mlp", "linear", "tabular", "cnn", "module"],
     "logger": ["wandb", "none"],
 }

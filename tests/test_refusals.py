@@ -40,7 +40,7 @@ EXPLAINED = [
     ("algo=trop", "unknown option algo=trop: did you mean algo=trpo? options: kl_penalty, npg, "
      "ppo, trpo, vpg"),
     ("env=Pendulum", "unknown option env=Pendulum: did you mean env=pendulum? options: cartpole, "
-     "chain, custom, garnet, gridworld, hopper, minatar, pendulum"),
+     "chain, custom, garnet, gridworld, hopper, minatar, pendulum, swimmer, walker2d"),
     ("policy=xyz", "unknown option policy=xyz: options: cnn, linear, mlp, module, tabular"),
     ("algo.deltaa=0.1", "unknown key algo.deltaa: did you mean algo.delta?"),
     ("algo.beta=1", "unknown key algo.beta for algo=trpo: it is a key of algo=kl_penalty"),
@@ -131,7 +131,7 @@ def test_help_lists_no_schema_entries(tmp_path):
     result = run_cli(["--help"], cwd=tmp_path)
     assert result.returncode == 0
     assert "algo: kl_penalty, npg, ppo, trpo, vpg" in result.stdout
-    assert "env: cartpole, chain, custom, garnet, gridworld, hopper, minatar, pendulum" \
-        in result.stdout
+    assert ("env: cartpole, chain, custom, garnet, gridworld, hopper, minatar, pendulum, "
+            "swimmer, walker2d") in result.stdout
     assert "policy: cnn, linear, mlp, module, tabular" in result.stdout
     assert "_schema" not in result.stdout

@@ -251,7 +251,8 @@ MINATAR_GAMES = {"breakout": "MinAtar/Breakout-v1", "space_invaders": "MinAtar/S
 @dataclass
 class EnvConfig:
     name: str = param("custom", no_check,
-                      "Short name (cartpole, pendulum, hopper, garnet, chain, gridworld, custom).")
+                      "Short name (cartpole, pendulum, hopper, swimmer, walker2d, garnet, chain, "
+                      "gridworld, minatar, custom).")
     id: str = param(MISSING, no_check,
                     "Any registered gymnasium id whose spaces are served (README, 'Spaces').")
     tabular: bool = param(False, no_check, "Set by the tabular env configs; do not override.")
