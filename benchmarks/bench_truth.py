@@ -118,6 +118,8 @@ SHAPES = {
     "80x3 b8 g0.85": (80, 3, 8, 0.85),
     "60x6 b30 g0.95": (60, 6, 30, 0.95),
     "25x4 b2 g0.97": (25, 4, 2, 0.97),
+    "25x3 b3 g0.99": (25, 3, 3, 0.99),
+    "40x3 b40 g0.9": (40, 3, 40, 0.9),
 }
 #: the two advantage estimators the held-out dL is checked with
 ESTIMATORS = ("sampled", "exact")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.optimize
@@ -150,6 +152,37 @@ def test_heldout_estimate_with_exact_advantages_is_unbiased_for_the_exact_dl():
     pi_new = policy.numpy_actor().probabilities(np.eye(50))
     truth = exact.compare(mdp, pi_old, pi_new, gamma, old=old).surrogate_improvement
     assert se > 0 and abs(estimate - truth) < 4 * se, (estimate, truth, se)
+
+
+def test_heldout_estimate_with_exact_advantages_averages_over_the_actions():
+    """With exact advantages the held-out dL is, in closed form, the mean over episodes of
+    Y_j = sum_t gamma^t sum_a (pi'(a|s_jt) - pi(a|s_jt)) A_pi(s_jt, a) (no action is sampled),
+    with SE sd(Y) / sqrt(n); the sampled action's term has the same mean."""
+    cfg, mdp, policy = _garnet_policy(2)
+    gamma = cfg.gamma
+    pi_old = policy.numpy_actor().probabilities(np.eye(50))
+    old = exact.evaluate(mdp, pi_old, gamma)
+    sampler = EpisodeSampler(episode_envs(cfg.env, gamma, 40, 1, mdp), gamma, seed=3)
+    (episodes,) = sampler.run([policy.numpy_actor()], one_hot(50), (0,), record=True)
+    batch = heldout_batch(policy, episodes, gamma, cfg.gae_lambda, 1.0, old.A)
+    params = policy.actor_parameters()
+    set_flat_params(params, flat_params(params) + 0.2 * torch.randn(
+        200, generator=torch.Generator().manual_seed(4)))
+    estimate, se = heldout_improvement(policy, batch)
+    pi_new = policy.numpy_actor().probabilities(np.eye(50))
+    g = ((pi_new - pi_old) * old.A).sum(axis=1)  # the expected term of each state
+    t = np.arange(episodes.alive.shape[0])[:, None]
+    y = np.where(episodes.alive, gamma**t * g[episodes.raw_obs], 0.0).sum(axis=0)
+    assert estimate == pytest.approx(y.mean(), rel=1e-6)
+    assert se == pytest.approx(y.std(ddof=1) / np.sqrt(40), rel=1e-6)
+    sampled = dataclasses.replace(batch, action_advantages=None)  # the sampled action's term
+    a = policy.head.joint_index(episodes.actions)
+    ratio = pi_new[episodes.raw_obs, a] / pi_old[episodes.raw_obs, a]
+    y_sampled = np.where(episodes.alive, gamma**t * (ratio - 1) * old.A[episodes.raw_obs, a],
+                         0.0).sum(axis=0)
+    assert heldout_improvement(policy, sampled)[0] == pytest.approx(y_sampled.mean(), rel=1e-5)
+    truth = exact.compare(mdp, pi_old, pi_new, gamma, old=old).surrogate_improvement
+    assert abs(estimate - truth) < 4 * se and se < y_sampled.std(ddof=1) / np.sqrt(40)
 
 
 def test_heldout_prediction_is_unbiased_over_600_sampled_updates(tmp_path):

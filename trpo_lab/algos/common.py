@@ -45,13 +45,37 @@ def predicted_improvement(policy: Policy, batch: Batch,
             * batch.advantages).sum()
 
 
+def action_probabilities(policy: Policy, params: torch.Tensor) -> torch.Tensor:
+    """pi(a|s) of every joint action a (``head.joint_actions()`` order) for each row of
+    distribution parameters ``params`` [N, P]: [N, joint actions], in float64."""
+    actions = torch.as_tensor(policy.head.joint_actions())
+    rows, count = params.shape[0], actions.shape[0]
+    every = actions.unsqueeze(0).expand(rows, *actions.shape)
+    log_p = policy.head.log_prob(params.double().unsqueeze(1).expand(rows, count, -1), every)
+    return torch.exp(log_p)
+
+
 def heldout_improvement(policy: Policy, heldout: HeldoutBatch,
                         params: torch.Tensor | None = None) -> tuple[float, float]:
     """dL_hat on the held-out episodes and its standard error over episodes: the estimate is
-    the mean over the n episodes of sum_t gamma^t (ratio_t - 1) A_t."""
+    the mean over the n episodes of Y_j = sum_t gamma^t (ratio_t - 1) A_t.
+
+    With exact advantages (``heldout.action_advantages``) the sampled action's term is
+    replaced by its expectation over actions, Y_j = sum_t gamma^t sum_a (pi'(a|s_t) -
+    pi(a|s_t)) A_pi(s_t, a) (the same mean, by E_a~pi[(ratio - 1) A] = sum_a (pi' - pi) A):
+    only the states are sampled, so an action that pi rarely takes and the step makes more
+    likely counts wherever its state is visited, not only when it is drawn (the rarely drawn
+    action's term made the per-episode SE far too small late in training: README,
+    'Calibration')."""
     batch = heldout.batch
     with torch.no_grad():
-        terms = batch.dl_weights * (ratio(policy, batch, params) - 1.0) * batch.advantages
+        if heldout.action_advantages is not None:
+            new_params = policy.dist_params(batch.obs) if params is None else params
+            change = action_probabilities(policy, new_params) - action_probabilities(
+                policy, batch.old_params)
+            terms = batch.dl_weights.double() * (change * heldout.action_advantages).sum(-1)
+        else:
+            terms = batch.dl_weights * (ratio(policy, batch, params) - 1.0) * batch.advantages
         per_episode = torch.zeros(heldout.episodes, dtype=terms.dtype).index_add_(
             0, heldout.episode, terms) * heldout.episodes
     n = heldout.episodes
