@@ -157,7 +157,8 @@ def test_heldout_estimate_with_exact_advantages_is_unbiased_for_the_exact_dl():
 def test_heldout_estimate_with_exact_advantages_averages_over_the_actions():
     """With exact advantages the held-out dL is, in closed form, the mean over episodes of
     Y_j = sum_t gamma^t sum_a (pi'(a|s_jt) - pi(a|s_jt)) A_pi(s_jt, a) (no action is sampled),
-    with SE sd(Y) / sqrt(n); the sampled action's term has the same mean."""
+    with SE sd(Y) / sqrt(n); the sampled action's term has the same mean, and its SE is the
+    larger of sd / sqrt(n) and sqrt(sigma_A^2 mean_j sum_t gamma^2t chi2(s_jt) / n)."""
     cfg, mdp, policy = _garnet_policy(2)
     gamma = cfg.gamma
     pi_old = policy.numpy_actor().probabilities(np.eye(50))
@@ -180,9 +181,17 @@ def test_heldout_estimate_with_exact_advantages_averages_over_the_actions():
     ratio = pi_new[episodes.raw_obs, a] / pi_old[episodes.raw_obs, a]
     y_sampled = np.where(episodes.alive, gamma**t * (ratio - 1) * old.A[episodes.raw_obs, a],
                          0.0).sum(axis=0)
-    assert heldout_improvement(policy, sampled)[0] == pytest.approx(y_sampled.mean(), rel=1e-5)
+    estimate_sampled, se_sampled = heldout_improvement(policy, sampled)
+    assert estimate_sampled == pytest.approx(y_sampled.mean(), rel=1e-5)
+    # its SE: the larger of sd / sqrt(n) and the one the ratios' chi2 implies at sigma_A^2
+    chi2 = (pi_new**2 / pi_old).sum(axis=1) - 1
+    z = np.where(episodes.alive, gamma ** (2 * t) * chi2[episodes.raw_obs], 0.0).sum(axis=0)
+    weight = np.where(episodes.alive, gamma**t, 0.0)
+    sigma2 = (weight * old.A[episodes.raw_obs, a] ** 2).sum() / weight.sum()
+    assert se_sampled == pytest.approx(max(y_sampled.std(ddof=1), np.sqrt(
+        sigma2 * z.mean())) / np.sqrt(40), rel=1e-5)
     truth = exact.compare(mdp, pi_old, pi_new, gamma, old=old).surrogate_improvement
-    assert abs(estimate - truth) < 4 * se and se < y_sampled.std(ddof=1) / np.sqrt(40)
+    assert abs(estimate - truth) < 4 * se and se < se_sampled
 
 
 def test_heldout_prediction_is_unbiased_over_600_sampled_updates(tmp_path):
