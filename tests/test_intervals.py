@@ -213,10 +213,10 @@ def test_a_run_summary_holds_its_prediction_statistics(tmp_path):
 
 def test_heldout_interval_covers_the_exact_dl_of_random_updates():
     """The default 64 held-out episodes with exact advantages (direct calls of the held-out
-    estimator): dL +/- 1.96 SE covers the exact dL in 93-97% of 500 random updates (random
-    tabular policies, steps of 10^-2.5 to 10^-0.5 per logit) on a 20-state garnet at gamma
-    0.6. Updates that put mass where the held-out episodes never go are the exception: see
-    the README's calibration table."""
+    estimator, which averages over the actions): dL +/- 1.96 SE covers the exact dL in 93-97%
+    of 500 random updates (random tabular policies, steps of 10^-2.5 to 10^-0.5 per logit) on
+    a 20-state garnet at gamma 0.6. Training runs: tests/test_truth.py and the README's
+    calibration table."""
     import torch
 
     from tests.conftest import compose_typed
