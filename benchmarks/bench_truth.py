@@ -21,8 +21,8 @@ of the training wall time (``time/eval_s`` summed over ``time/wall_s``).
         [--jobs 2]
         [--shapes "29x5 b3 g0.95" ...] [--keep DIR]
 
-The per-shape coverage table (:data:`SHAPES`: the project's garnet and six shapes nothing was
-tuned on, gamma 0.8-0.97, branching 2-30): per shape ``--seeds`` runs (each its own MDP) of
+The per-shape coverage table (:data:`SHAPES`: the project's garnet and eight shapes nothing was
+tuned on, gamma 0.8-0.99, branching 2-40): per shape ``--seeds`` runs (each its own MDP) of
 sampled TRPO with GAE advantages and of exact-advantage TRPO (``algo.estimator=exact``), every
 evaluation setting at its default; the fraction of updates whose logged 95% interval holds the
 exact dJ (``mc/*`` against ``true/improvement``) and the exact dL (held-out against
@@ -118,6 +118,8 @@ SHAPES = {
     "80x3 b8 g0.85": (80, 3, 8, 0.85),
     "60x6 b30 g0.95": (60, 6, 30, 0.95),
     "25x4 b2 g0.97": (25, 4, 2, 0.97),
+    "25x3 b3 g0.99": (25, 3, 3, 0.99),
+    "40x3 b40 g0.9": (40, 3, 40, 0.9),
 }
 #: the two advantage estimators the held-out dL is checked with
 ESTIMATORS = ("sampled", "exact")

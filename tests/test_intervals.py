@@ -16,6 +16,7 @@ from trpo_lab.intervals import (
     calibration_regression,
     cluster_bootstrap_correlations,
     covered,
+    heldout_se,
     more_rounds,
     paired_improvement,
     run_prediction_summary,
@@ -103,6 +104,19 @@ def test_adaptive_pairs_cover_where_few_pairs_differ_and_fixed_pairs_do_not():
 
 
 # --------------------------------------------------------------------------------- coverage
+
+
+def test_heldout_se_is_the_larger_of_the_sample_and_the_ratio_implied_se():
+    y = np.array([1.0, 2.0, 3.0, 6.0])  # sd(ddof=1)^2 = 14 / 3
+    assert heldout_se(y) == pytest.approx(math.sqrt(14 / 3 / 4), rel=1e-15)
+    # ratio-implied variance 2.0 * mean([1, 3]) = 4 < 14 / 3: the sample's SE stands
+    assert heldout_se(y, np.array([1.0, 3.0, 1.0, 3.0]), 2.0) == pytest.approx(
+        math.sqrt(14 / 3 / 4), rel=1e-15)
+    # a sample that drew no ratio's tail (all Y_j equal) gets the implied SE: sqrt(2 * 5 / 4)
+    assert heldout_se(np.zeros(4), np.full(4, 5.0), 2.0) == pytest.approx(
+        math.sqrt(2.5), rel=1e-15)
+    assert heldout_se(np.zeros(4), np.zeros(4), 2.0) == 0.0  # a rejected step: {0}
+    assert math.isnan(heldout_se(np.ones(1)))
 
 
 def test_covered_counts_the_solver_rounding_and_nothing_more():
@@ -199,10 +213,10 @@ def test_a_run_summary_holds_its_prediction_statistics(tmp_path):
 
 def test_heldout_interval_covers_the_exact_dl_of_random_updates():
     """The default 64 held-out episodes with exact advantages (direct calls of the held-out
-    estimator): dL +/- 1.96 SE covers the exact dL in 93-97% of 500 random updates (random
-    tabular policies, steps of 10^-2.5 to 10^-0.5 per logit) on a 20-state garnet at gamma
-    0.6. Updates that put mass where the held-out episodes never go are the exception: see
-    the README's calibration table."""
+    estimator, which averages over the actions): dL +/- 1.96 SE covers the exact dL in 93-97%
+    of 500 random updates (random tabular policies, steps of 10^-2.5 to 10^-0.5 per logit) on
+    a 20-state garnet at gamma 0.6. Training runs: tests/test_truth.py and the README's
+    calibration table."""
     import torch
 
     from tests.conftest import compose_typed

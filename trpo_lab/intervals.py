@@ -72,6 +72,24 @@ def paired_improvement(new: np.ndarray, old: np.ndarray, moved: bool, min_differ
     return PairedImprovement(float(d.mean()), se, int(d.size), differing, np.concatenate(olds))
 
 
+def heldout_se(per_episode: np.ndarray, ratio_variance: np.ndarray | None = None,
+               advantage_scale: float = 0.0) -> float:
+    """The standard error of the held-out dL, the mean of the n per-episode terms
+    ``per_episode`` (Y_j): sd(Y, ddof=1) / sqrt(n), or, when larger, the action-sampling SE
+    the ratios imply, sqrt(advantage_scale mean(ratio_variance) / n), where
+    ``ratio_variance``_j = sum_t gamma^2t chi2(pi' || pi)(s_jt) and ``advantage_scale`` =
+    sigma_A^2: what Var(Y_j) would be if every action's advantage were an independent draw of
+    mean square sigma_A^2, whichever actions the episodes drew. NaN for one episode."""
+    y = np.asarray(per_episode, np.float64)
+    n = y.size
+    if n < 2:
+        return float("nan")
+    variance = float(y.var(ddof=1))
+    if ratio_variance is not None:
+        variance = max(variance, advantage_scale * float(np.mean(ratio_variance)))
+    return float(np.sqrt(variance / n))
+
+
 def covered(estimate: np.ndarray, se: np.ndarray, truth: np.ndarray,
             z: float = 1.959963984540054) -> np.ndarray:
     """Whether estimate +/- z se holds the exact value (within :data:`EXACT_TOLERANCE`, so a

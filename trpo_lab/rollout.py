@@ -605,12 +605,16 @@ class HeldoutBatch:
     """Fresh episodes of the old policy, never trained on, as a :class:`Batch` of their steps
     with ``dl_weights`` = gamma^t / n (t from the episode's reset, n episodes), so that
     sum_i dl_weights_i (ratio_i - 1) A_i is the TRPO paper's dL estimator on whole episodes;
-    ``episode`` maps each step to its episode, for the standard error over episodes."""
+    ``episode`` maps each step to its episode, for the standard error over episodes.
+    ``action_advantages`` [steps, joint actions]: with exact advantages, A_pi(s_i, a) of every
+    action a at each step's state (the held-out dL then averages over the actions exactly,
+    :func:`trpo_lab.algos.common.heldout_improvement`); None with sampled advantages."""
 
     batch: Batch
     episode: torch.Tensor
     episodes: int
     env_steps: int
+    action_advantages: torch.Tensor | None = None
 
 
 def heldout_batch(policy: Policy, episodes: Episodes, gamma: float, lam: float,
@@ -619,7 +623,8 @@ def heldout_batch(policy: Policy, episodes: Episodes, gamma: float, lam: float,
 
     Advantages are GAE(gamma, lam) on the critic's values in its reward scale, multiplied back
     to units of reward, exactly as for the training batch; with ``exact_advantages`` (a tabular
-    model's A_pi[s, a], for runs that update on the exact batch) they are looked up instead.
+    model's A_pi[s, a], for runs that update on the exact batch) they are looked up instead,
+    and every action's A_pi(s_t, .) is kept (``action_advantages``).
     """
     T, N, obs_dim = episodes.obs.shape  # noqa: N806
     alive = episodes.alive
@@ -653,4 +658,6 @@ def heldout_batch(policy: Policy, episodes: Episodes, gamma: float, lam: float,
         torch.full((size,), float("nan")), torch.full((size,), 1.0 / size),
         _as_tensor(gamma ** t_index[alive].astype(np.float64) / N), normalize=False,
         exact=False)
-    return HeldoutBatch(batch, torch.as_tensor(episode_index[alive]), N, size)
+    every_action = None if exact_advantages is None else torch.as_tensor(
+        np.ascontiguousarray(exact_advantages[episodes.raw_obs[alive]]), dtype=torch.float64)
+    return HeldoutBatch(batch, torch.as_tensor(episode_index[alive]), N, size, every_action)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from trpo_lab.chi_square import chi_square
+from trpo_lab.intervals import heldout_se
 from trpo_lab.numerics import self_normalised
 from trpo_lab.optim import SGD, Adam
 from trpo_lab.policies import Policy
@@ -45,18 +47,56 @@ def predicted_improvement(policy: Policy, batch: Batch,
             * batch.advantages).sum()
 
 
+def action_probabilities(policy: Policy, params: torch.Tensor) -> torch.Tensor:
+    """pi(a|s) of every joint action a (``head.joint_actions()`` order) for each row of
+    distribution parameters ``params`` [N, P]: [N, joint actions], in float64."""
+    actions = torch.as_tensor(policy.head.joint_actions())
+    rows, count = params.shape[0], actions.shape[0]
+    every = actions.unsqueeze(0).expand(rows, *actions.shape)
+    log_p = policy.head.log_prob(params.double().unsqueeze(1).expand(rows, count, -1), every)
+    return torch.exp(log_p)
+
+
 def heldout_improvement(policy: Policy, heldout: HeldoutBatch,
                         params: torch.Tensor | None = None) -> tuple[float, float]:
-    """dL_hat on the held-out episodes and its standard error over episodes: the estimate is
-    the mean over the n episodes of sum_t gamma^t (ratio_t - 1) A_t."""
+    """dL_hat on the held-out episodes and its standard error: the estimate is the mean over
+    the n episodes of Y_j = sum_t gamma^t (ratio_t - 1) A_t.
+
+    The standard error (:func:`trpo_lab.intervals.heldout_se`) is the larger of sd(Y) /
+    sqrt(n) and the action-sampling SE that the ratios imply, sqrt(sigma_A^2 mean_j
+    sum_t gamma^2t chi2(pi' || pi)(s_jt) / n) (chi2 exact at every visited state,
+    :mod:`trpo_lab.chi_square`; sigma_A^2 the gamma^t-weighted mean A_t^2): late in training
+    most of dL sits in actions pi rarely takes, which the episodes rarely draw, and sd(Y)
+    alone was far too small (README, 'Calibration').
+
+    With exact advantages (``heldout.action_advantages``) the sampled action's term is
+    replaced by its expectation over actions, Y_j = sum_t gamma^t sum_a (pi'(a|s_t) -
+    pi(a|s_t)) A_pi(s_t, a) (the same mean, by E_a~pi[(ratio - 1) A] = sum_a (pi' - pi) A):
+    only the states are sampled, so a rarely drawn action counts wherever its state is
+    visited, and the SE is sd(Y) / sqrt(n)."""
     batch = heldout.batch
-    with torch.no_grad():
-        terms = batch.dl_weights * (ratio(policy, batch, params) - 1.0) * batch.advantages
-        per_episode = torch.zeros(heldout.episodes, dtype=terms.dtype).index_add_(
-            0, heldout.episode, terms) * heldout.episodes
     n = heldout.episodes
-    se = float(per_episode.std() / n**0.5) if n > 1 else float("nan")
-    return float(per_episode.mean()), se
+    discount = batch.dl_weights.double() * n  # gamma^t of each step
+    with torch.no_grad():
+        new_params = policy.dist_params(batch.obs) if params is None else params
+        if heldout.action_advantages is not None:
+            change = action_probabilities(policy, new_params) - action_probabilities(
+                policy, batch.old_params)
+            terms = batch.dl_weights.double() * (change * heldout.action_advantages).sum(-1)
+        else:
+            terms = batch.dl_weights * (ratio(policy, batch, new_params) - 1.0) \
+                * batch.advantages
+        per_episode = torch.zeros(n, dtype=terms.dtype).index_add_(
+            0, heldout.episode, terms) * n
+        if heldout.action_advantages is not None:
+            return float(per_episode.mean()), heldout_se(per_episode.double().numpy())
+        spread = discount**2 * chi_square(policy.head, batch.old_params, new_params)
+        ratio_variance = torch.zeros(n, dtype=torch.float64).index_add_(
+            0, heldout.episode, spread)
+        advantages = batch.advantages.double()
+        scale = float((discount * advantages**2).sum() / discount.sum())
+    return float(per_episode.mean()), heldout_se(per_episode.double().numpy(),
+                                                 ratio_variance.numpy(), scale)
 
 
 def guarded_step(optimizer: Adam | SGD, loss: torch.Tensor,
