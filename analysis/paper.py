@@ -21,7 +21,7 @@ Writes into DIR (PDF and PNG for every figure):
   ``/`` as ``_``): :func:`analysis.figures.fig_predicted_vs_true` of the task's runs, and the
   achieved mean KL(old||new) and max ratio against env steps per method, with delta.
 
-Methods: the algorithm label (``trpo``, ``npg``, ``kl_penalty``, ...), with `` (vine)`` added for
+Methods: the algorithm label (``trpo``, ``npg``, ``kl_penalty``, ...), with `` vine`` added for
 runs with ``algo.sampler=vine``; the figures colour by it (:func:`analysis.plots.algo_color`: TRPO
 single path keeps TRPO's colour, the vine gets one of its own, the same in every figure).
 """
@@ -46,30 +46,35 @@ from scipy import stats as sps
 
 from analysis import plots
 from analysis.figures import FigureResult, Options, Skipped, fig_predicted_vs_true, png_dpi
-from analysis.load import load_all
+from analysis.load import algo_label, load_all
 from analysis.stats import bootstrap_groups, final_per_run
 from analysis.tables import to_markdown
 
 RETURN = "rollout/return_mean"
 VINE = "vine"
 #: The method label of TRPO with the vine sampler (single path keeps the label ``trpo``).
-TRPO_VINE = "trpo (vine)"
+TRPO_VINE = algo_label("trpo", None, VINE)
 
 
 def method_label(algo: Any, sampler: Any) -> str | None:
-    """``trpo`` / ``npg`` / ``kl_penalty`` ..., with `` (vine)`` for vine-sampled runs."""
+    """``trpo`` / ``npg`` / ``kl_penalty`` ..., with `` vine`` for vine-sampled runs: the
+    loader's label (:func:`analysis.load.algo_label`)."""
     if algo is None or (isinstance(algo, float) and math.isnan(algo)):
         return None
-    return f"{algo} ({VINE})" if sampler == VINE else str(algo)
+    return algo_label(str(algo), None, sampler)
 
 
 def with_methods(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` (run index or long table) with ``method`` (:func:`method_label`), the algorithm
-    kept in ``algo_name``, and ``algo`` set to the method: the plots colour and split panels by
-    ``algo``, so the vine is told apart from single path everywhere."""
+    """``df`` (run index or long table; its ``algo`` as the loader labels it, vine runs as
+    ``trpo vine``, or without the sampler) with the algorithm without its sampler in
+    ``algo_name`` and ``method`` (:func:`method_label`) also set as ``algo``: the plots colour
+    and split panels by ``algo``, so the vine is told apart from single path everywhere."""
     sampler = df["sampler"] if "sampler" in df.columns else pd.Series(None, index=df.index)
-    method = [method_label(a, s) for a, s in zip(df["algo"], sampler, strict=True)]
-    return df.assign(algo_name=df["algo"], method=method, algo=method)
+    suffix = " " + VINE
+    algo_name = [a[: -len(suffix)] if s == VINE and isinstance(a, str) and a.endswith(suffix)
+                 else a for a, s in zip(df["algo"], sampler, strict=True)]
+    method = [method_label(a, s) for a, s in zip(algo_name, sampler, strict=True)]
+    return df.assign(algo_name=algo_name, method=method, algo=method)
 
 
 def task_order(df: pd.DataFrame) -> list[str]:

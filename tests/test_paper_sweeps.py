@@ -162,12 +162,12 @@ def iqm_and_bootstrap_of_two(values: list[float]) -> tuple[float, float, float]:
 def test_the_final_return_table_is_computed_from_the_summaries_and_csvs(runs):
     table = pd.read_csv(runs.out / "final_returns.csv")
     assert sorted(zip(table["env"], table["method"])) == [
-        ("MinAtar/Breakout-v1", "trpo"), ("MinAtar/Breakout-v1", "trpo (vine)"),
-        ("hopper", "trpo"), ("hopper", "trpo (vine)")]
+        ("MinAtar/Breakout-v1", "trpo"), ("MinAtar/Breakout-v1", "trpo vine"),
+        ("hopper", "trpo"), ("hopper", "trpo vine")]
     md = (runs.out / "final_returns.md").read_text()
     for row in table.itertuples(index=False):
         jobs = [j for j in runs.jobs if j.task == row.env
-                and (j.sampler == "vine") == (row.method == "trpo (vine)")]
+                and (j.sampler == "vine") == (row.method == "trpo vine")]
         assert row.n_runs == row.eval_n == row.train_n == len(jobs)
         assert row.env_steps_median == np.median([j.metrics["env_steps"].iloc[-1]
                                                   for j in jobs])
@@ -238,16 +238,17 @@ def test_window_mean_of_a_line_is_its_midpoint_value_and_nan_outside_the_curve()
 
 
 def test_methods_label_the_vine_apart_from_single_path():
-    assert paper.method_label("trpo", "vine") == paper.TRPO_VINE == "trpo (vine)"
+    assert paper.method_label("trpo", "vine") == paper.TRPO_VINE == "trpo vine"
     assert paper.method_label("trpo", "single_path") == "trpo"
     assert paper.method_label("kl_penalty", None) == "kl_penalty"
     assert paper.method_label(None, "vine") is None
     runs = pd.DataFrame({"algo": ["trpo", "trpo", "npg"],
                          "sampler": ["vine", "single_path", "single_path"]})
     labelled = paper.with_methods(runs)
-    assert labelled["algo"].tolist() == ["trpo (vine)", "trpo", "npg"]
+    assert labelled["algo"].tolist() == ["trpo vine", "trpo", "npg"]
+    assert paper.with_methods(labelled)["algo"].tolist() == ["trpo vine", "trpo", "npg"]
     assert labelled["algo_name"].tolist() == ["trpo", "trpo", "npg"]
-    assert paper.method_order(labelled) == ["trpo", "trpo (vine)", "npg"]
+    assert paper.method_order(labelled) == ["trpo", "trpo vine", "npg"]
 
 
 def test_a_bad_window_fraction_is_refused_in_one_line(tmp_path, capsys):
