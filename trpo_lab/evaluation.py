@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
+from trpo_lab import cartpole_columns as live_columns
 from trpo_lab.config import EnvConfig
 from trpo_lab.envs import (
     env_factory,
@@ -319,6 +320,38 @@ def fast_engine(requests: list[SamplerRequest], merged: MergedEpisodes | None):
     return engine if engine is engine.unwrapped and fast_steppable(engine) else None
 
 
+#: run_samplers steps CartPole episodes on their live columns (trpo_lab/cartpole_columns.py);
+#: tests turn it off to compare with the general loop
+LIVE_COLUMNS = True
+
+
+def cartpole_columns(requests: list[SamplerRequest]) -> bool:
+    """Every request's envs are gymnasium's CartPoleVectorEnv (Euler, unwrapped) with the same
+    id and kwargs, which :mod:`trpo_lab.cartpole_columns` steps."""
+    envs = [request.sampler.envs for request in requests]
+    return LIVE_COLUMNS and all(
+        isinstance(e, GymEpisodes) and e.vector_state and e.envs is e.envs.unwrapped
+        and fast_steppable(e.envs) and (e.env_id, e.kwargs) == (envs[0].env_id, envs[0].kwargs)
+        for e in envs)
+
+
+def run_cartpole(requests: list[SamplerRequest]) -> list[list[Episodes]]:
+    """:func:`run_samplers` on CartPole columns (:func:`cartpole_columns`)."""
+    out = []
+    for request, (returns, lengths, recorded) in zip(
+            requests, live_columns.run(requests, NOISE_STEPS, MAX_EVAL_STEPS)):
+        episodes = [Episodes(returns[i], lengths[i]) for i in range(len(request.actors))]
+        if recorded is not None:
+            raw_obs, obs, acts, rewards, terminated, done, alive, next_raw = recorded
+            T, n = obs.shape[:2]  # noqa: N806
+            next_obs = request.encode(next_raw.reshape(T * n, *next_raw.shape[2:])).reshape(
+                obs.shape)
+            episodes[0] = Episodes(returns[0], lengths[0], raw_obs, obs, next_obs, acts,
+                                   rewards, terminated, done, alive)
+        out.append(episodes)
+    return out
+
+
 @dataclass
 class SamplerRequest:
     """One run's :meth:`EpisodeSampler.run` call, for :func:`run_samplers`."""
@@ -328,6 +361,10 @@ class SamplerRequest:
     encode: Callable[[np.ndarray], np.ndarray]
     key: tuple[int, ...]
     record: bool = False
+    #: rows [0, copy_rows) of the copies after the first are read (None: all of them); the
+    #: CartPole evaluator does not step the others (the held-out rows of pi'), whose returns and
+    #: lengths come back 0
+    copy_rows: int | None = None
 
 
 def run_samplers(requests: list[SamplerRequest],
@@ -345,6 +382,8 @@ def run_samplers(requests: list[SamplerRequest],
     for request in requests:
         if len(request.actors) != m:
             raise ValueError(f"the sampler steps {m} env copies: pass {m} actors")
+    if cartpole_columns(requests):
+        return run_cartpole(requests)
     stacked = NumpyActor.stack([a.as_float32() for r in requests for a in r.actors])
     policy_rngs, env_rngs, raws = [], [], []
     for request in requests:

@@ -612,7 +612,7 @@ class Trainer:
         actors = [update.actor_old, self.policy.numpy_actor()] if self.cfg.eval.episodes \
             else [update.actor_old]
         return SamplerRequest(self.sampler, actors, update.encode_old, (self.iteration,),
-                              self.cfg.eval.heldout_episodes > 0)
+                              self.cfg.eval.heldout_episodes > 0, self.cfg.eval.episodes)
 
     def measure_update(self, update: Update, episodes: list[Episodes] | None = None) -> None:
         """The truth of the update: paired Monte Carlo J and dJ and the held-out dL (on
