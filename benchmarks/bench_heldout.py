@@ -18,6 +18,9 @@ Rules (estimate +/- z SE):
 - ``chi2-sum`` / ``chi2-max``: the per-episode variance plus (or the larger of it and) the
   action-sampling variance the ratios imply, sum_t gamma^2t chi2(pi'||pi)(s_t) sigma_A^2 per
   episode (chi2 known exactly at every visited state; sigma_A^2 the gamma^t-weighted mean A_t^2);
+- ``chi2-state``: the per-episode variance with its realised action-sampling part (the mean
+  over episodes of sum_t gamma^2t (r_t - 1)^2 A_t^2) replaced by the implied one: the states'
+  variance plus the implied action variance, no factor;
 - ``expected`` (exact advantages only): the per-episode mean of sum_t gamma^t
   sum_a (pi'(a|s_t) - pi(a|s_t)) A(s_t, a), the sampled action replaced by its expectation
   (Rao-Blackwell: no action-sampling variance), SE over episodes;
@@ -70,6 +73,7 @@ def rules_of(policy, heldout, captured: dict, sizes: list[int], gamma: float) ->
     zc = np.bincount(ep, disc**2 * chi2, minlength=n_max)
     big = np.abs(np.log(r)) > np.log(2.0)
     hits = np.bincount(ep, big.astype(float), minlength=n_max)
+    za = np.bincount(ep, disc**2 * (r - 1.0) ** 2 * adv**2, minlength=n_max)
     a2w = np.bincount(ep, disc * adv**2, minlength=n_max)
     dw = np.bincount(ep, disc, minlength=n_max)
     out: dict[str, float] = {}
@@ -95,8 +99,7 @@ def rules_of(policy, heldout, captured: dict, sizes: list[int], gamma: float) ->
         a2w_mc = np.bincount(ep, disc * adv_mc**2, minlength=n_max)
     captured["raw"] = {"y_mc": y_mc, "za_mc": za_mc, "a2w_mc": a2w_mc, "y": y,
                        "y_exp": y_exp, "zc": zc, "a2w": a2w, "dw": dw, "hits": hits,
-                       "za": np.bincount(ep, disc**2 * (r - 1.0) ** 2 * adv**2,
-                                         minlength=n_max),
+                       "za": za,
                        "visits": visits, "dp2": dp2, "chi2_state": chi2_state}
     for n in sizes:
         yn = y[:n]
@@ -108,6 +111,8 @@ def rules_of(policy, heldout, captured: dict, sizes: list[int], gamma: float) ->
         extra = sigma2 * zc[:n].mean() / n
         out[f"chi2-sum@{n}"] = (mean, np.sqrt(se**2 + extra))
         out[f"chi2-max@{n}"] = (mean, np.sqrt(max(se**2, extra)))
+        realised = za[:n].mean() / n
+        out[f"chi2-state@{n}"] = (mean, np.sqrt(max(se**2 - realised, 0.0) + extra))
         if table is not None:
             ye = y_exp[:n]
             out[f"expected@{n}"] = (ye.mean(), ye.std(ddof=1) / np.sqrt(n))

@@ -18,7 +18,7 @@ updates); Spearman correlations of the held-out and in-sample dL with dJ; the ev
 of the training wall time (``time/eval_s`` summed over ``time/wall_s``).
 
     python benchmarks/bench_truth.py --coverage [--seeds 4] [--exact-seeds 2] [--updates 250]
-        [--jobs 2]
+        [--exact-updates 250] [--jobs 2]
         [--shapes "29x5 b3 g0.95" ...] [--keep DIR]
 
 The per-shape coverage table (:data:`SHAPES`: the project's garnet and eight shapes nothing was
@@ -26,7 +26,11 @@ tuned on, gamma 0.8-0.99, branching 2-40): per shape ``--seeds`` runs (each its 
 sampled TRPO with GAE advantages and of exact-advantage TRPO (``algo.estimator=exact``), every
 evaluation setting at its default; the fraction of updates whose logged 95% interval holds the
 exact dJ (``mc/*`` against ``true/improvement``) and the exact dL (held-out against
-``exact/surrogate_improvement``), over all updates and over those whose step was accepted.
+``exact/surrogate_improvement``), over all updates and over those whose step was accepted,
+with the two-sided binomial test of each moved-update coverage against 95% ("p" columns).
+An exact-advantage run moves its policy only in its first few dozen updates (it converges and
+the line search rejects every step after), so ``--exact-updates`` (default ``--updates``) can
+cut those runs short and ``--exact-seeds`` buy the moved updates with more MDPs instead.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from hydra import compose, initialize_config_dir
-from scipy.stats import spearmanr
+from scipy.stats import binomtest, spearmanr
 
 from trpo_lab.config import register_configs, to_typed, validate
 from trpo_lab.intervals import covered
@@ -159,6 +163,10 @@ def coverage_row(shape: str, runs: dict[str, pd.DataFrame]) -> dict[str, str]:
     the exact solver's rounding), over all updates and over the updates whose step was
     accepted (the others did not move the policy: dJ = 0 exactly, interval {0})."""
     out = {"shape": shape}
+
+    def p_value(hit: pd.Series) -> str:
+        return f"{binomtest(int(hit.sum()), len(hit), 0.95).pvalue:.2f}"
+
     for estimator, df in runs.items():
         moved = df["trpo/accepted"] == 1
         dj = covered(df["mc/improvement"], df["mc/improvement_se"], df["true/improvement"])
@@ -167,21 +175,27 @@ def coverage_row(shape: str, runs: dict[str, pd.DataFrame]) -> dict[str, str]:
         if estimator == "sampled":
             out |= {"updates": str(len(df)), "moved": f"{moved.mean():.2f}",
                     "dJ cov": f"{dj.mean():.3f}", "dJ cov (moved)": f"{dj[moved].mean():.3f}",
+                    "dJ p (moved)": p_value(dj[moved]),
                     "SE 0 (moved)": f"{(df['mc/improvement_se'][moved] == 0).mean():.3f}",
                     "mean pairs": f"{df['eval/pairs'].mean():.0f}",
                     "dL cov GAE": f"{dl.mean():.3f}",
-                    "dL cov GAE (moved)": f"{dl[moved].mean():.3f}"}
+                    "dL cov GAE (moved)": f"{dl[moved].mean():.3f}",
+                    "dL GAE p (moved)": p_value(dl[moved])}
         else:
-            out |= {"updates (exact A)": str(len(df)), "dJ cov (exact A)": f"{dj.mean():.3f}",
+            out |= {"updates (exact A)": str(len(df)), "moved (exact A)": str(int(moved.sum())),
+                    "dJ cov (exact A)": f"{dj.mean():.3f}",
                     "dL cov exact A": f"{dl.mean():.3f}",
-                    "dL cov exact A (moved)": f"{dl[moved].mean():.3f}"}
+                    "dL cov exact A (moved)": f"{dl[moved].mean():.3f}",
+                    "dL exact A p (moved)": p_value(dl[moved])}
     return out
 
 
 def coverage_table(seeds: int, exact_seeds: int, updates: int, shapes: list[str],
-                   workdir: Path, jobs: int) -> list[dict[str, str]]:
+                   workdir: Path, jobs: int, exact_updates: int | None = None
+                   ) -> list[dict[str, str]]:
     # seed by seed over the shapes (GAE runs first): every shape fills up at the same pace
-    tasks = [(shape, estimator, seed, updates, str(workdir)) for estimator in ESTIMATORS
+    lengths = {"sampled": updates, "exact": updates if exact_updates is None else exact_updates}
+    tasks = [(shape, estimator, seed, lengths[estimator], str(workdir)) for estimator in ESTIMATORS
              for seed in range(seeds if estimator == "sampled" else exact_seeds)
              for shape in shapes]
     with ProcessPoolExecutor(jobs) as pool:
@@ -213,6 +227,8 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=250)
     parser.add_argument("--exact-seeds", type=int, default=2,
                         help="runs with exact advantages per shape (--coverage)")
+    parser.add_argument("--exact-updates", type=int, default=None,
+                        help="updates per exact-advantage run (--coverage; default --updates)")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
@@ -221,12 +237,14 @@ def main() -> None:
     if args.coverage:
         try:
             rows = coverage_table(args.seeds, args.exact_seeds, args.updates, args.shapes,
-                                  workdir, args.jobs)
+                                  workdir, args.jobs, args.exact_updates)
         finally:
             if args.keep is None:
                 shutil.rmtree(workdir, ignore_errors=True)
-        print(f"{args.seeds} seeds (GAE advantages) and {args.exact_seeds} (exact advantages) "
-              f"x {args.updates} updates per shape, default evaluation settings; 95% "
+        exact_updates = args.updates if args.exact_updates is None else args.exact_updates
+        print(f"{args.seeds} seeds x {args.updates} updates (GAE advantages) and "
+              f"{args.exact_seeds} x {exact_updates} (exact advantages) "
+              f"per shape, default evaluation settings; 95% "
               f"intervals, coverage of the exact value")
         print(markdown(rows))
         return

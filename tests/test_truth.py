@@ -234,6 +234,38 @@ def test_heldout_interval_covers_the_exact_dl_over_a_training_run(tmp_path):
     assert hit[moved].mean() >= 0.93, hit[moved].mean()
 
 
+def test_heldout_interval_with_exact_advantages_covers_the_moved_updates_of_many_mdps(
+        tmp_path):
+    """Exact-advantage TRPO (``algo.estimator=exact``) moves its policy only in its first
+    updates (then it has converged and every step is rejected), so the moved updates come from
+    many MDPs: 12 garnets of 37 states, 3 actions, branching 4, gamma 0.9 (env.mdp_seed 100-111,
+    shapes nothing was tuned on), 30 updates each at the default 64 held-out episodes. The
+    held-out dL +/- 1.96 SE (the expectation over actions) covers the exact dL in 93-97% of
+    the moved updates; every rejected update has dL = 0 with SE 0 and is covered."""
+    from trpo_lab.intervals import covered
+
+    hits, moved_hits = [], []
+    for seed in range(12):
+        metrics = train_in_process(
+            tmp_path / str(seed), *GARNET, "env.num_states=37", "env.num_actions=3",
+            "env.branching=4", f"env.mdp_seed={100 + seed}", f"seed={seed}", "batch_steps=256",
+            "total_steps=7680", "algo.estimator=exact", "eval.episodes=0", "checkpoint.every=0")
+        hit = covered(metrics["surrogate/improvement_heldout"],
+                      metrics["surrogate/improvement_heldout_se"],
+                      metrics["exact/surrogate_improvement"])
+        moved = metrics["trpo/accepted"] == 1
+        assert len(hit) == 30 and 10 <= moved.sum() <= 29
+        rejected = metrics[~moved]
+        assert (rejected["surrogate/improvement_heldout"] == 0).all()
+        assert (rejected["surrogate/improvement_heldout_se"] == 0).all()
+        hits.append(hit)
+        moved_hits.append(hit[moved.to_numpy()])
+    moved_hits = np.concatenate(moved_hits)
+    assert len(moved_hits) >= 200, len(moved_hits)
+    assert 0.93 <= moved_hits.mean() <= 0.97, (moved_hits.mean(), len(moved_hits))
+    assert np.concatenate(hits).mean() > moved_hits.mean()
+
+
 # ------------------------------------------------------------------ the collecting policy's map
 
 
