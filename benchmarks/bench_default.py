@@ -81,6 +81,9 @@ class Run:
     backtracks: list[float] = field(default_factory=list)
     z: list[float] = field(default_factory=list)  # |dJ| / SE per evaluated update
     resolved: list[bool] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # each evaluated update's row (update index)
+    equal: list[bool] = field(default_factory=list)  # dJ = SE = 0: all paired episodes equal
+    solved_at: int | None = None  # first_solved() of rollout/return_mean
     wall_s: float = math.nan
 
 
@@ -94,15 +97,48 @@ def final_return(returns: Sequence[float]) -> float:
     return statistics.median(tail) if tail else math.nan
 
 
-def truth(dj: Sequence[float], se: Sequence[float]) -> tuple[list[float], list[bool]]:
-    """Per evaluated update: |dJ| / SE (0 where dJ = SE = 0) and whether |dJ| > 1.96 SE."""
-    z, resolved = [], []
-    for d, s in zip(dj, se):
+def first_solved(returns: Sequence[float]) -> int | None:
+    """The first update t whose trailing median of LAST_ROWS rollout/return_mean values (updates
+    t - LAST_ROWS + 1 .. t, all finite) is >= SOLVED, as final_return() of a run stopped after
+    update t; None if no update is."""
+    for t in range(LAST_ROWS - 1, len(returns)):
+        window = returns[t - LAST_ROWS + 1:t + 1]
+        if all(math.isfinite(x) for x in window) and statistics.median(window) >= SOLVED:
+            return t
+    return None
+
+
+def truth(dj: Sequence[float], se: Sequence[float]
+          ) -> tuple[list[float], list[bool], list[int], list[bool]]:
+    """Per evaluated update (row with finite dJ and SE): |dJ| / SE (0 where dJ = SE = 0),
+    whether |dJ| > 1.96 SE, its row, and whether dJ = SE = 0 (every paired episode equal)."""
+    z, resolved, rows, equal = [], [], [], []
+    for row, (d, s) in enumerate(zip(dj, se)):
         if not (math.isfinite(d) and math.isfinite(s)):
             continue
         resolved.append(abs(d) > Z_RESOLVED * s)
         z.append(abs(d) / s if s > 0 else (math.inf if d else 0.0))
-    return z, resolved
+        rows.append(row)
+        equal.append(d == 0.0 and s == 0.0)
+    return z, resolved, rows, equal
+
+
+def resolution(runs: Sequence[Run], before_solved: bool = False, skip_equal: bool = False
+               ) -> tuple[float, float, int]:
+    """Pooled over runs: the fraction of evaluated updates with |dJ| > 1.96 SE, the median of
+    |dJ| / SE and how many updates there are; with before_solved, only the updates before each
+    run's first_solved() update (all of a run that never solves); with skip_equal, without
+    the updates whose paired episodes all coincide (dJ = SE = 0). NaN where there are none."""
+    z, resolved = [], []
+    for run in runs:
+        cut = math.inf if (run.solved_at is None or not before_solved) else run.solved_at
+        keep = [i for i, row in enumerate(run.rows)
+                if row < cut and not (skip_equal and run.equal[i])]
+        z += [run.z[i] for i in keep]
+        resolved += [run.resolved[i] for i in keep]
+    if not resolved:
+        return math.nan, math.nan, 0
+    return sum(resolved) / len(resolved), statistics.median(z), len(resolved)
 
 
 def execute(run: Run) -> Run:
@@ -127,10 +163,12 @@ def read_run(run: Run) -> Run:
     run.status = summary.get("status", "failed")
     run.wall_s = float(summary.get("wall_s") or math.nan)
     run.updates = len(rows)
-    run.final = final_return(floats(rows, "rollout/return_mean"))
+    returns = floats(rows, "rollout/return_mean")
+    run.final = final_return(returns)
+    run.solved_at = first_solved(returns)
     run.backtracks = floats(rows, "trpo/backtracks")
-    run.z, run.resolved = truth(floats(rows, "true/improvement"),
-                                floats(rows, "true/improvement_se"))
+    dj, se = floats(rows, "true/improvement"), floats(rows, "true/improvement_se")
+    run.z, run.resolved, run.rows, run.equal = truth(dj, se)
     return run
 
 
@@ -141,11 +179,20 @@ def fmt(x: float, digits: int = 1) -> str:
 def table(variants: dict[str, tuple[str, ...]], runs: Sequence[Run], reference: str) -> str:
     lines = [f"Default-run benchmark ({os.cpu_count()} CPUs): final return = median "
              f"rollout/return_mean of the last {LAST_ROWS} updates; solved = final >= "
-             f"{SOLVED:g}; resolved = |dJ| > {Z_RESOLVED} SE; p = one-sided Mann-Whitney, "
-             f"final returns greater than those of \"{reference}\".", "",
+             f"{SOLVED:g}; resolved = |dJ| > {Z_RESOLVED} SE; first solved = the first update "
+             f"whose median rollout/return_mean over it and the {LAST_ROWS - 1} before is >= "
+             f"{SOLVED:g} (- = none); before solved = the evaluated updates before it (all of "
+             f"a run that never solves); all pairs equal = evaluated updates with dJ = SE = 0, "
+             f"left out of the column after it; "
+             f"p = one-sided Mann-Whitney, final returns greater than those of "
+             f"\"{reference}\".", "",
              "| variant | overrides | final return per seed | median | solved | "
-             "backtracks / update | resolved | median abs dJ / SE | wall s | p |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "backtracks / update | resolved | median abs dJ / SE | first solved per seed | "
+             "resolved before solved | median abs dJ / SE before solved | all pairs equal | "
+             "resolved, all pairs equal left out | "
+             "wall s | p |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | "
+             "---: | ---: | ---: |"]
     def finals_of(name: str) -> list[float]:
         return [r.final for r in sorted((r for r in runs if r.variant == name),
                                         key=lambda r: r.seed)]
@@ -155,8 +202,9 @@ def table(variants: dict[str, tuple[str, ...]], runs: Sequence[Run], reference: 
         group = sorted((r for r in runs if r.variant == name), key=lambda r: r.seed)
         finals = finals_of(name)
         backtracks = [b for r in group for b in r.backtracks if math.isfinite(b)]
-        z = [x for r in group for x in r.z]
-        resolved = [x for r in group for x in r.resolved]
+        frac, median_z, evaluated = resolution(group)
+        frac_before, median_z_before, _ = resolution(group, before_solved=True)
+        frac_moved, _, _ = resolution(group, skip_equal=True)
         walls = [r.wall_s for r in group if math.isfinite(r.wall_s)]
         solved = sum(1 for x in finals if x >= SOLVED)
         if name == reference:
@@ -170,8 +218,10 @@ def table(variants: dict[str, tuple[str, ...]], runs: Sequence[Run], reference: 
             f"{', '.join(fmt(x, 0) for x in finals)} | {fmt(statistics.median(finals), 0)} | "
             f"{solved}/{len(finals)} | "
             f"{fmt(statistics.fmean(backtracks) if backtracks else math.nan, 2)} | "
-            f"{fmt(sum(resolved) / len(resolved) if resolved else math.nan, 2)} | "
-            f"{fmt(statistics.median(z) if z else math.nan, 2)} | "
+            f"{fmt(frac, 2)} | {fmt(median_z, 2)} | "
+            f"{', '.join('-' if r.solved_at is None else str(r.solved_at) for r in group)} | "
+            f"{fmt(frac_before, 2)} | {fmt(median_z_before, 2)} | "
+            f"{sum(sum(r.equal) for r in group)}/{evaluated} | {fmt(frac_moved, 2)} | "
             f"{fmt(statistics.median(walls) if walls else math.nan)} | {p} |")
     failed = [r for r in runs if r.status != "completed"]
     if failed:
