@@ -132,16 +132,23 @@ def _garnet_policy(seed: int):
     return cfg, envs.envs[0].unwrapped.mdp, policy
 
 
+def _heldout_draw(policy_seed: int, n_episodes: int, sampler_seed: int):
+    """A garnet policy (:func:`_garnet_policy`), its exact evaluation, ``n_episodes`` held-out
+    episodes of it and their held-out batch with the exact advantages."""
+    cfg, mdp, policy = _garnet_policy(policy_seed)
+    pi_old = policy.numpy_actor().probabilities(np.eye(50))
+    old = exact.evaluate(mdp, pi_old, cfg.gamma)
+    sampler = EpisodeSampler(episode_envs(cfg.env, cfg.gamma, n_episodes, 1, mdp), cfg.gamma,
+                             seed=sampler_seed)
+    (episodes,) = sampler.run([policy.numpy_actor()], one_hot(50), (0,), record=True)
+    batch = heldout_batch(policy, episodes, cfg.gamma, cfg.gae_lambda, 1.0, old.A)
+    return cfg.gamma, mdp, policy, pi_old, old, episodes, batch
+
+
 def test_heldout_estimate_with_exact_advantages_is_unbiased_for_the_exact_dl():
     """On 3,000 fresh episodes with the exact A_pi, the held-out dL of a fixed step is within
     4 SE of the exact dL; at the old parameters it is 0 with SE 0 (every ratio is 1)."""
-    cfg, mdp, policy = _garnet_policy(0)
-    gamma = cfg.gamma
-    pi_old = policy.numpy_actor().probabilities(np.eye(50))
-    old = exact.evaluate(mdp, pi_old, gamma)
-    sampler = EpisodeSampler(episode_envs(cfg.env, gamma, 3000, 1, mdp), gamma, seed=0)
-    (episodes,) = sampler.run([policy.numpy_actor()], one_hot(50), (0,), record=True)
-    batch = heldout_batch(policy, episodes, gamma, cfg.gae_lambda, 1.0, old.A)
+    gamma, mdp, policy, pi_old, old, episodes, batch = _heldout_draw(0, 3000, 0)
     assert batch.env_steps == episodes.steps
     assert heldout_improvement(policy, batch) == (0.0, 0.0)
     params = policy.actor_parameters()
@@ -159,13 +166,7 @@ def test_heldout_estimate_with_exact_advantages_averages_over_the_actions():
     Y_j = sum_t gamma^t sum_a (pi'(a|s_jt) - pi(a|s_jt)) A_pi(s_jt, a) (no action is sampled),
     with SE sd(Y) / sqrt(n); the sampled action's term has the same mean, and its SE is the
     larger of sd / sqrt(n) and sqrt(sigma_A^2 mean_j sum_t gamma^2t chi2(s_jt) / n)."""
-    cfg, mdp, policy = _garnet_policy(2)
-    gamma = cfg.gamma
-    pi_old = policy.numpy_actor().probabilities(np.eye(50))
-    old = exact.evaluate(mdp, pi_old, gamma)
-    sampler = EpisodeSampler(episode_envs(cfg.env, gamma, 40, 1, mdp), gamma, seed=3)
-    (episodes,) = sampler.run([policy.numpy_actor()], one_hot(50), (0,), record=True)
-    batch = heldout_batch(policy, episodes, gamma, cfg.gae_lambda, 1.0, old.A)
+    gamma, mdp, policy, pi_old, old, episodes, batch = _heldout_draw(2, 40, 3)
     params = policy.actor_parameters()
     set_flat_params(params, flat_params(params) + 0.2 * torch.randn(
         200, generator=torch.Generator().manual_seed(4)))
