@@ -102,9 +102,9 @@ def compose(overrides: list[str]):
 def group_sps(env: str, runs: int, updates: int, root: Path,
               extra: tuple[str, ...] = ()) -> float:
     """Aggregate env steps/s of a group of ``runs`` runs over ``updates`` updates (after one
-    warm-up update); one run alone trains through the lone Trainer's step. ``extra``: more
+    warm-up update), through the update pipeline (one run alone: a group of one). ``extra``: more
     overrides (bench_networks.py: ``policy.backend=...``)."""
-    from trpo_lab.group import GroupTrainer
+    from trpo_lab.pipeline import Pipeline
     from trpo_lab.train import Trainer
 
     trainers = []
@@ -114,17 +114,13 @@ def group_sps(env: str, runs: int, updates: int, root: Path,
         overrides = group_overrides(env, seed)
         cfg = compose([*overrides, *extra])
         trainers.append(Trainer(cfg, run_dir, in_group=runs > 1))
-    for trainer in trainers:
-        trainer.t_start, trainer.first_update_at, trainer.stop = time.perf_counter(), 0.0, None
-    group = GroupTrainer(trainers)
+    group = Pipeline(trainers)  # a lone run: a group of one, as Trainer.run trains it
+    group.start()
     active, results = list(range(runs)), {}
 
     def update() -> None:
         nonlocal active
-        if runs == 1:
-            trainers[0].step()
-        else:
-            active = group._update(active, results)
+        active = group.update(active, results)
         if len(active) != runs:
             raise RuntimeError(f"a run failed: {results}")
 

@@ -8,8 +8,8 @@ machine's limit for the same shapes (issue 27); prints one markdown table per (e
 Each configuration is ``--runs`` R runs of bench_speed.py's setting for the env (the
 rl-baselines3-zoo hyperparameters, as bench_batched.py's groups; one torch thread) WITH the
 truth on (``eval.episodes=64`` with the default adaptive rounds, ``eval.heldout_episodes=16``
-as when issue 27 was filed): a lone run through
-``Trainer.step``, a group through ``GroupTrainer``, in this process. After ``--warmup``
+as when issue 27 was filed): lone runs and groups through the one update pipeline
+(``trpo_lab.pipeline.Pipeline``; a lone run is a group of one), in this process. After ``--warmup``
 untimed updates, ``--updates`` timed updates, ``--repeats`` times, the configurations
 alternating between repeats; each cell is the median over repeats.
 
@@ -122,10 +122,10 @@ class Clock:
 
 def instrument(clock: Clock) -> None:
     """Wrap the functions of every phase, in the modules that call them."""
-    from trpo_lab import batched, critic, evaluation, group, rollout, train
+    from trpo_lab import batched, critic, evaluation, pipeline, rollout, train
     from trpo_lab.algos import trpo
 
-    for module in (rollout, group):
+    for module in (rollout, pipeline):
         clock.wrap(module, "collect_runs", "rollout")
         clock.wrap(module, "build_batches", "batch (values, GAE)")
     clock.wrap(train.Trainer, "take_batch", "gradient")  # its own part: the gradient of dL
@@ -151,9 +151,9 @@ def instrument(clock: Clock) -> None:
         clock.counts["line search rows"] += obs.shape[0] * obs.shape[1]
 
     clock.wrap(batched.StackedActor, "dist_params", "line search", on_call=forward_rows)
-    for module in (critic, group):
+    for module in (critic, pipeline):
         clock.wrap(module, "critic_update_runs", "critic")
-    for module in (evaluation, group, train):  # train: the adaptive rounds of pairs
+    for module in (evaluation, pipeline, train):  # train: the adaptive rounds of pairs
         clock.wrap(module, "run_samplers", "paired evaluation")
     clock.wrap(train.Trainer, "_evaluate", "held-out batch")
     clock.wrap(train.Trainer, "guard_update", "per-run diagnostics")
@@ -273,7 +273,7 @@ class Measurement:
 def measure(env: str, runs: int, updates: int, warmup: int, extra: list[str],
             root: Path) -> Measurement:
     """Build ``runs`` runs, train ``warmup`` updates, time ``updates`` more."""
-    from trpo_lab.group import GroupTrainer
+    from trpo_lab.pipeline import Pipeline
     from trpo_lab.train import Trainer
 
     trainers = []
@@ -281,18 +281,14 @@ def measure(env: str, runs: int, updates: int, warmup: int, extra: list[str],
         run_dir = Path(tempfile.mkdtemp(dir=root))
         cfg = compose([*group_overrides(env, seed), *TRUTH, *extra])
         trainers.append(Trainer(cfg, run_dir, in_group=runs > 1))
-    for trainer in trainers:
-        trainer.t_start, trainer.first_update_at, trainer.stop = time.perf_counter(), 0.0, None
-    group = GroupTrainer(trainers)
+    group = Pipeline(trainers)  # a lone run: a group of one, as Trainer.run trains it
+    group.start()
     active: list[int] = list(range(runs))
     results: dict = {}
 
     def update() -> None:
         nonlocal active
-        if runs == 1:
-            trainers[0].step()
-        else:
-            active = group._update(active, results)
+        active = group.update(active, results)
         if len(active) != runs:
             raise RuntimeError(f"a run failed: {results}")
 

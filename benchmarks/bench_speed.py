@@ -197,16 +197,18 @@ def _final_return(returns: Sequence[float]) -> float:
 
 def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """One trpo-lab run through its real entry point, with timing wrappers."""
-    from trpo_lab import app, rollout, train
+    from trpo_lab import app, pipeline, train
 
     setting = SETTINGS[spec["env"]]
     run_dir = Path(spec["run_dir"])
-    clock = dict(collect=0.0, build_batch=0.0, step=0.0, checkpoint=0.0)
+    clock = dict(collect=0.0, build_batch=0.0, step=0.0, record=0.0, checkpoint=0.0)
     returns: list[float] = []
-    _timed(rollout.Collector, "collect", clock, "collect",
-           on_result=lambda data: returns.extend(data.stats.returns))
-    _timed(train, "build_batch", clock, "build_batch")
-    _timed(train.Trainer, "step", clock, "step")
+    # the pipeline's phases (a lone run is a group of one): the rollout, the batch, one update
+    _timed(pipeline, "collect_runs", clock, "collect",
+           on_result=lambda datas: returns.extend(datas[0].stats.returns))
+    _timed(pipeline, "build_batches", clock, "build_batch")
+    _timed(pipeline.Pipeline, "update", clock, "step")
+    _timed(train.Trainer, "record", clock, "record")  # inside an update: the row and files
     _timed(train.Trainer, "checkpoint", clock, "checkpoint")
     sys.argv = ["trpo-lab", *ours_overrides(setting, spec["seed"], spec["steps"], run_dir,
                                             spec["wandb"])]
@@ -217,7 +219,8 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
                            f"{summary.get('error')}")
     rollout_s = clock["collect"] + clock["build_batch"]
     return dict(env_steps=summary["env_steps"], learn_s=summary["wall_s"], rollout_s=rollout_s,
-                update_s=clock["step"] - rollout_s, checkpoint_s=clock["checkpoint"],
+                update_s=clock["step"] - rollout_s - clock["record"],
+                checkpoint_s=clock["checkpoint"],
                 final_return=_final_return(returns), episodes=len(returns))
 
 

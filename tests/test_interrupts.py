@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tests.conftest import clean_env, compose_typed, read_metrics, read_summary, run_cli
-from trpo_lab import train
+from trpo_lab import pipeline, train
 from trpo_lab.logging import TIME_COLUMNS
 from trpo_lab.train import CHECKPOINT, StopSignal, Trainer
 
@@ -60,19 +60,20 @@ def assert_resumes_exactly(run_dir: Path, reference: pd.DataFrame) -> None:
 
 
 def test_second_ctrl_c_in_the_middle_of_an_update_drops_it_and_resumes_exactly(tmp_path,
-                                                                                reference):
+                                                                                reference,
+                                                                                monkeypatch):
     """Both Ctrl-C inside update 3 (after its rollout, in the critic's fit): the update is
     dropped, the run ends at its checkpoint of update 2, and metrics.csv is cut back to it."""
     trainer = Trainer(compose_typed(*ARGS), tmp_path)
-    real_update = trainer.critic.update
+    real_update = pipeline.critic_update_runs
 
-    def update(batch):
+    def update(critics, batches):
         if trainer.iteration == 3:
             ctrl_c()
             ctrl_c()  # the KeyboardInterrupt is raised here, half-way through update 3
-        return real_update(batch)
+        return real_update(critics, batches)
 
-    trainer.critic.update = update
+    monkeypatch.setattr(pipeline, "critic_update_runs", update)
     summary = run_with_stop_signal(trainer)
     assert summary["status"] == "interrupted"
     assert summary["iterations"] == 2 and summary["env_steps"] == 256  # the checkpoint's

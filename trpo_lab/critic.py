@@ -12,6 +12,7 @@ from trpo_lab import generic
 from trpo_lab.algos.common import minibatch_indices
 from trpo_lab.batched import StackedNet, stacked_vjp
 from trpo_lab.config import CriticConfig
+from trpo_lab.grouping import require_shared
 from trpo_lab.numerics import explained_variance, set_flat_params
 from trpo_lab.optim import Adam
 from trpo_lab.policies import Policy
@@ -60,6 +61,7 @@ def critic_update_runs(trainers: Sequence, batches: Sequence[Batch]) -> list[dic
     R = len(trainers)  # noqa: N806
     first = trainers[0]
     cfg = first.cfg
+    require_shared([t.cfg for t in trainers], ("epochs", "minibatches", "adam_eps"), "critic")
     evs = [explained_variance(b.values.double().numpy(), b.returns.double().numpy())
            for b in batches]
     fast = first.policy.fast_critic

@@ -69,6 +69,9 @@ class Algorithm:
       dict per run, the batched update of a group (TRPO's); None: each run's ``update`` in turn.
     - ``groupable``: its keys in which the runs of a group may differ (``algo.delta``): the
       batched launcher merges only runs equal in every other key.
+    - ``shared``: its keys (or prefixes) that ``update_runs`` takes from the first run
+      (``algo.cg_iters``): a group whose runs differ in one is refused
+      (:mod:`trpo_lab.grouping`).
     - ``labels`` and ``label``: the labels it gives runs (analysis, W&B, summary.json), in
       canonical order, and ``label(cfg)`` picking one (default: ``name``).
     """
@@ -79,6 +82,7 @@ class Algorithm:
     columns: tuple[str, ...] = ()
     update_runs: str | None = None
     groupable: tuple[str, ...] = ()
+    shared: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     label: Callable[[Any], str] | None = None
 
@@ -152,6 +156,8 @@ register(Algorithm(
     columns=("trpo/backtracks", "trpo/accepted", "trpo/step_norm", "trpo/surrogate_tested"),
     update_runs="trpo_lab.algos.trpo:trpo_update_runs",
     groupable=("algo.delta", "algo.cg_damping", "algo.backtrack_coef"),
+    shared=("algo.cg_iters", "algo.backtrack_iters", "algo.fvp_subsample", "algo.sampler",
+            "algo.vine"),
     labels=("trpo", "npg"), label=lambda cfg: "trpo" if cfg.line_search else "npg"))
 register(Algorithm("vpg", VPGConfig, "trpo_lab.algos.vpg:build", groupable=("algo.lr",)))
 register(Algorithm("kl_penalty", KLPenaltyConfig, "trpo_lab.algos.kl_penalty:build",

@@ -1,20 +1,27 @@
-"""The training loop, written out once for every algorithm.
+"""A run: its models and environments, its state, its recorder, and its part of each phase.
 
 Per update k: collect a batch with the current policy (or build the exact batch on a tabular
 model), estimate J(pi) by paired Monte Carlo, let the algorithm update the actor, measure the
 update (KL, ratios, predicted and true improvement, bounds), probe it when due
 (``probe.every``: rows of probes.csv, :mod:`trpo_lab.probes`), train the critic, log one row,
-and checkpoint when due. The algorithms differ only inside ``algo.update(batch)``.
+and checkpoint when due. The algorithms differ only inside their update.
+
+The trainer's jobs are separate: the order of the phases is :mod:`trpo_lab.pipeline`'s (a lone
+run is a group of one there; :meth:`Trainer.run` trains it so); the run's counters and random
+streams are one record (:class:`trpo_lab.runstate.RunState`) that the checkpoint writes, a
+resume loads and a dropped update rewinds to; its files, W&B run, progress bar and summary are
+its :class:`trpo_lab.recorder.Recorder`'s. What stays here is the run's own part of each phase
+(:meth:`Trainer.begin_update`, :meth:`~Trainer.take_batch`, :meth:`~Trainer.guard_update`,
+:meth:`~Trainer.measure_update`, :meth:`~Trainer.end_update`, :meth:`~Trainer.record`) and its
+start and end (:meth:`~Trainer.start`, :meth:`~Trainer.finish`, :meth:`~Trainer.fail`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import time
@@ -28,13 +35,7 @@ import torch
 
 from trpo_lab.algos import algo_label, make_algorithm
 from trpo_lab.algos.common import heldout_improvement, predicted_improvement, ratio
-from trpo_lab.checkpoint import (
-    atomic_write_bytes,
-    load_checkpoint,
-    misfit,
-    remove_quietly,
-    save_checkpoint,
-)
+from trpo_lab.checkpoint import load_checkpoint, misfit, save_checkpoint
 from trpo_lab.config import Config, ConfigError, TRPOConfig, env_label, planned_updates
 from trpo_lab.critic import CriticTrainer
 from trpo_lab.envs import env_factory, make_vector_env, tabular_model
@@ -51,7 +52,6 @@ from trpo_lab.evaluation import (
 from trpo_lab.guards import ProgressWatch, batch_overflow, critic_nonfinite, nonfinite_hint
 from trpo_lab.intervals import paired_improvement, run_prediction_summary
 from trpo_lab.logging import (
-    MetricsCSV,
     MetricsPosition,
     WandbRun,
     check_present,
@@ -59,10 +59,20 @@ from trpo_lab.logging import (
     resolve_wandb_mode,
 )
 from trpo_lab.numerics import flat_grad, flat_params, set_flat_params
+from trpo_lab.pipeline import Pipeline
 from trpo_lab.policies import Policy
 from trpo_lab.preflight import observation_warnings
-from trpo_lab.probes import COLUMNS as PROBE_COLUMNS
-from trpo_lab.probes import PROBES, Prober, UpdateContext, probe_tables
+from trpo_lab.probes import PROBES, Prober, UpdateContext
+from trpo_lab.recorder import (  # noqa: F401  (SUMMARY, WANDB_ID, write_summary: callers')
+    METRICS,
+    SUMMARY,
+    WANDB_ID,
+    Recorder,
+    RunWriteError,
+    read_summary,
+    write_summary,
+    writing,
+)
 from trpo_lab.resume import ResumeMismatch, config_differences, flat_config
 from trpo_lab.rollout import (
     Batch,
@@ -74,14 +84,10 @@ from trpo_lab.rollout import (
     heldout_batch,
 )
 from trpo_lab.run_summary import column, comparison_figures, read_metrics
+from trpo_lab.runstate import Counters, RandomStreams, RunState
 from trpo_lab.vine import VineSampler, uses_vine
 
 CHECKPOINT = "checkpoint.pt"
-SUMMARY = "summary.json"
-METRICS = "metrics.csv"
-#: The W&B id of a run that has no checkpoint yet (the checkpoint holds it from then on), written
-#: before W&B starts: a restart after a kill before the first checkpoint logs to the same W&B run.
-WANDB_ID = ".trpo-lab-wandb-id"
 
 
 class NumericalFailure(RuntimeError):
@@ -97,29 +103,6 @@ def exit_code(status: str, signum: int | None = None) -> int:
     if status == "interrupted":
         return 128 + (signum if signum is not None else signal.SIGINT)
     return 1
-
-
-class RunWriteError(RuntimeError):
-    """A file of the run directory could not be written (disk full, quota, read-only, ...)."""
-
-    def __init__(self, path: Path, error: OSError, saved_iteration: int | None = None):
-        reason = error.strerror or str(error)
-        if saved_iteration:
-            state = (f"the last checkpoint (update {saved_iteration}) is intact: fix it and "
-                     f"rerun the same command to resume")
-        else:
-            state = "no checkpoint was written yet: fix it and rerun the same command"
-        super().__init__(f"cannot write {path} ({reason}); {state}")
-        self.path, self.os_error = path, error
-
-
-@contextlib.contextmanager
-def writing(path: Path):
-    """Turn an OSError while writing ``path`` into a :class:`RunWriteError` naming it."""
-    try:
-        yield
-    except OSError as error:
-        raise RunWriteError(path, error) from None
 
 
 @dataclass
@@ -152,19 +135,6 @@ class StopSignal:
     def restore(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    text = json.dumps(summary, indent=2, default=float) + "\n"
-    with writing(run_dir / SUMMARY):
-        atomic_write_bytes(run_dir / SUMMARY, lambda f: f.write(text.encode()))
 
 
 def load_resume_state(cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -268,7 +238,7 @@ def exact_diagnostics(compare) -> dict[str, float]:
 
 @dataclass
 class Update:
-    """What one update carries from phase to phase (see :meth:`Trainer.step`)."""
+    """What one update carries from phase to phase (:mod:`trpo_lab.pipeline`)."""
 
     t0: float
     row: dict[str, Any]
@@ -297,7 +267,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _counter(name: str) -> property:
+    """``trainer.<name>``: the run's counter of that name (:class:`~trpo_lab.runstate.
+    Counters`)."""
+    return property(lambda self: getattr(self.counters, name),
+                     lambda self, value: setattr(self.counters, name, value),
+                     doc=f"``counters.{name}``")
+
+
 class Trainer:
+    iteration = _counter("iteration")
+    env_steps = _counter("env_steps")
+    bad_updates = _counter("bad_updates")
+    wall_before = _counter("wall_s")  # training seconds before this process's session
+    heldout_env_steps = _counter("heldout_env_steps")
+    eval_env_steps = _counter("eval_env_steps")
+    probe_env_steps = _counter("probe_env_steps")
+    last_true_J = _counter("last_true_J")  # noqa: N815  (true/J of the last row with one)
+    last_true_J_se = _counter("last_true_J_se")  # noqa: N815
+    last_returns = _counter("last_returns")
+    run_id = _counter("run_id")
+
     def __init__(self, cfg: Config, run_dir: Path, *, wandb_config: dict | None = None,
                  group: str | None = None, tags: list[str] | None = None,
                  clock_origins: dict[str, float] | None = None, in_group: bool = False):
@@ -309,7 +299,10 @@ class Trainer:
         resume_state = load_resume_state(cfg, run_dir) if self.resumed else None
         self.clock_origins = clock_origins or {}
         self.first_update_at: float | None = None
-        self.stop: StopSignal | None = None  # set by run(): which signal stopped the run
+        self.t_start: float | None = None  # start(): this session's clock
+        self.stop: StopSignal | None = None  # set by start(): which signal stopped the run
+        # a W&B sweep agent chooses the run id; otherwise a fresh one, kept across resumes
+        self.counters = Counters(run_id=os.environ.get("WANDB_RUN_ID") or os.urandom(4).hex())
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         seed_everything(cfg.seed)
@@ -333,19 +326,7 @@ class Trainer:
         self.more_pairs: list[EpisodeSampler] = []
         self.prober = Prober(cfg, self.policy, self.mdp, self.exact if self.mdp else None) \
             if cfg.probe.every else None
-        self.heldout_env_steps = 0
-        self.eval_env_steps = 0
-        self.probe_env_steps = 0
         self.updates = planned_updates(cfg)
-        self.iteration = 0  # updates done
-        self.env_steps = 0
-        self.bad_updates = 0
-        self.wall_before = 0.0
-        # a W&B sweep agent chooses the run id; otherwise a fresh one, kept across resumes
-        self.run_id = os.environ.get("WANDB_RUN_ID") or os.urandom(4).hex()
-        self.last_returns: list[float] = []
-        self.last_true_J = math.nan  # true/J (and its SE) of the last row that has one
-        self.last_true_J_se = math.nan
         self.final_eval_returns: list[float] = []
         self.final_eval_s = 0.0  # kept out of wall_s, which times training
         self.final_eval_error: str | None = None
@@ -355,31 +336,15 @@ class Trainer:
             print(f"trpo-lab: warning: {warning}", file=sys.stderr, flush=True)
         self.write_failed = False  # the run ends because a file could not be written
         self.progress_watch = ProgressWatch(cfg)
+        loaded = None
         if resume_state is not None:
             check_total_steps(cfg, run_dir, resume_state)
-            self._load(resume_state)
-        with writing(run_dir / METRICS):
-            self.metrics = MetricsCSV(
-                run_dir / METRICS, resume_rows=self.iteration if self.resumed else None,
-                expected=metrics_position(resume_state) if resume_state is not None else None)
-        self.probes: MetricsCSV | None = None
-        if self.prober is not None:
-            position = None if resume_state is None or "probes" not in resume_state \
-                else MetricsPosition(**resume_state["probes"])
-            with writing(run_dir / PROBES):
-                self.probes = MetricsCSV(
-                    run_dir / PROBES, resume_rows=None if position is None else position.rows,
-                    expected=position, columns=PROBE_COLUMNS)
-        # what a resume would start from: the checkpoint on disk (or the start)
-        self.saved = self._counters()
-        self.checkpoint_on_disk = self.resumed
+            loaded = self._load(resume_state)
         self.group = group or cfg.logger.group
-        self.wandb: WandbRun | None = None
+        wandb = None
         if cfg.logger.name != "none" and resolve_wandb_mode(cfg.logger.mode) != "disabled":
-            if not self.resumed:
-                self._restart_wandb_id()
             label = algo_label(cfg.algo)
-            self.wandb = WandbRun(
+            wandb = dict(
                 mode=resolve_wandb_mode(cfg.logger.mode), project=cfg.logger.project,
                 entity=cfg.logger.entity, group=self.group, job_type=label,
                 tags=[*cfg.logger.tags, *(tags or [])],
@@ -388,21 +353,31 @@ class Trainer:
                 config=wandb_config or {}, run_dir=run_dir, run_id=self.run_id,
                 connect_timeout=cfg.logger.connect_timeout,
                 reinit="create_new" if in_group else "finish_previous")
+        self.recorder = Recorder(
+            run_dir, resume_rows=self.iteration if self.resumed else None,
+            metrics_at=None if loaded is None else loaded.metrics,
+            probes_at=None if loaded is None else loaded.probes,
+            probes=self.prober is not None, wandb=wandb, resumed=self.resumed)
+        if self.recorder.run_id is not None:
+            self.run_id = self.recorder.run_id  # an interrupted first attempt's W&B id
+        # what a resume would start from: the checkpoint on disk (or the start)
+        self.saved = self.run_state()
+        self.checkpoint_on_disk = self.resumed
 
-    def _restart_wandb_id(self) -> None:
-        """A run starting without a checkpoint: if an earlier attempt in this directory was
-        killed before its first checkpoint (its W&B id is in :data:`WANDB_ID`), take its id
-        over and remove its offline W&B data, whose rows are recomputed (as metrics.csv starts
-        again); then record the id, before W&B starts. One W&B run per run directory."""
-        path = self.run_dir / WANDB_ID
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            recorded = path.read_text().strip()
-            if recorded.isalnum() and "WANDB_RUN_ID" not in os.environ:
-                self.run_id = recorded
-                for orphan in (self.run_dir / "wandb").glob(f"offline-run-*-{recorded}"):
-                    shutil.rmtree(orphan, ignore_errors=True)
-        with writing(path):
-            atomic_write_bytes(path, lambda f: f.write(f"{self.run_id}\n".encode()))
+    @property
+    def metrics(self):
+        """metrics.csv (the recorder's)."""
+        return self.recorder.metrics
+
+    @property
+    def probes(self):
+        """probes.csv (the recorder's), None without probes."""
+        return self.recorder.probes
+
+    @property
+    def wandb(self) -> WandbRun | None:
+        """The run's W&B run (the recorder's), None without W&B."""
+        return self.recorder.wandb
 
     def _sampler(self) -> EpisodeSampler | None:
         """Rows [0, eval.episodes) of the sampler are the paired evaluation, the next
@@ -437,33 +412,28 @@ class Trainer:
         return max(1, min(round_index, last - round_index + 1))
 
     # ----------------------------------------------------------------- checkpoints
+    def run_state(self) -> RunState:
+        """The run's counters, random streams and where its files end, now (a copy)."""
+        metrics, probes = self.recorder.positions()
+        return RunState(self.counters, RandomStreams.capture(self.generator), metrics,
+                        probes).copy()
+
     def _state(self) -> dict[str, Any]:
+        """The checkpoint: the run state (:class:`~trpo_lab.runstate.RunState`, its keys as
+        always) and the models, optimisers, collector, configuration and progress watch."""
         return {
-            "iteration": self.iteration, "env_steps": self.env_steps,
-            "bad_updates": self.bad_updates, "wall_s": self.wall_before + self._elapsed(),
-            "run_id": self.run_id, "last_returns": self.last_returns,
-            "last_true_J": self.last_true_J, "last_true_J_se": self.last_true_J_se,
-            "heldout_env_steps": self.heldout_env_steps, "eval_env_steps": self.eval_env_steps,
+            **self.run_state().to_state(self._elapsed()),
             "policy": self.policy.state_dict(), "algo": self.algo.state_dict(),
             "critic": self.critic.state_dict(), "collector": self.collector.state_dict(),
-            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
-            "config": flat_config(self.cfg), "metrics": vars(self.metrics.position()),
+            "config": flat_config(self.cfg),
             "progress_watch": self.progress_watch.state_dict(),
-            "probe_env_steps": self.probe_env_steps,
-            **({"probes": vars(self.probes.position())} if self.probes is not None else {}),
         }
 
-    def _load(self, state: dict[str, Any]) -> None:
-        self.iteration, self.env_steps = state["iteration"], state["env_steps"]
-        self.bad_updates, self.wall_before = state["bad_updates"], state["wall_s"]
-        self.run_id, self.last_returns = state["run_id"], state["last_returns"]
-        self.last_true_J = state["last_true_J"]
-        self.last_true_J_se = state.get("last_true_J_se", math.nan)  # older checkpoints
-        # checkpoints written before the held-out batch existed have neither counter
-        self.heldout_env_steps = state.get("heldout_env_steps", 0)
-        self.eval_env_steps = state.get("eval_env_steps", 0)
-        self.probe_env_steps = state.get("probe_env_steps", 0)
+    def _load(self, state: dict[str, Any]) -> RunState:
+        """Resume from the checkpoint ``state``: the run state it holds (returned: where
+        metrics.csv and probes.csv end), then the models."""
+        loaded = RunState.from_state(state)
+        self.counters = loaded.counters
         for part, load in (("policy", self.policy.load_state_dict),
                            ("algo", self.algo.load_state_dict),
                            ("critic", self.critic.load_state_dict),
@@ -474,67 +444,51 @@ class Trainer:
             except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as error:
                 self.envs.close()
                 raise misfit(self.run_dir / CHECKPOINT, part, error) from None
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
+        loaded.streams.restore(self.generator)
         if "progress_watch" in state:
             self.progress_watch.load_state_dict(state["progress_watch"])
+        return loaded
 
     def checkpoint(self) -> None:
-        if self.checkpoint_on_disk and self.saved["iteration"] == self.iteration:
+        if self.checkpoint_on_disk and self.saved.counters.iteration == self.iteration:
             return  # this update is on disk already
-        with writing(self.run_dir / METRICS):
-            self.metrics.sync()
-        if self.probes is not None:
-            with writing(self.run_dir / PROBES):
-                self.probes.sync()
+        self.recorder.sync()
+        state = self._state()
         with writing(self.run_dir / CHECKPOINT):
-            save_checkpoint(self.run_dir / CHECKPOINT, self._state())
-        self.saved = self._counters()
+            save_checkpoint(self.run_dir / CHECKPOINT, state)
+        self.saved = RunState.from_state(state)
+        self.saved.counters.wall_s = self.wall_before  # the record's seconds: as run_state()
         self.checkpoint_on_disk = True
-        remove_quietly(self.run_dir / WANDB_ID)  # the checkpoint holds the W&B id now
-        if self.wandb is not None and self.cfg.logger.log_checkpoints:
-            self.wandb.log_checkpoint(self.run_dir / CHECKPOINT, self.iteration, self.env_steps)
-
-    def _counters(self) -> dict[str, Any]:
-        """The counters of the run as it is now, and where metrics.csv ends."""
-        return {"iteration": self.iteration, "env_steps": self.env_steps,
-                "heldout_env_steps": self.heldout_env_steps,
-                "eval_env_steps": self.eval_env_steps, "probe_env_steps": self.probe_env_steps,
-                "last_true_J": self.last_true_J, "last_true_J_se": self.last_true_J_se,
-                "metrics": self.metrics.position(),
-                "probes": None if self.probes is None else self.probes.position()}
+        self.recorder.checkpointed(self.run_dir / CHECKPOINT, self.iteration, self.env_steps,
+                                   self.cfg.logger.log_checkpoints)
 
     def _rewind_to_checkpoint(self) -> None:
-        """After an update was dropped midway: the run is what the checkpoint on disk holds."""
-        saved = dict(self.saved)
-        with writing(self.run_dir / METRICS):
-            self.metrics.truncate_to(saved.pop("metrics"))
-        probes = saved.pop("probes")
-        if self.probes is not None:
-            with writing(self.run_dir / PROBES):
-                self.probes.truncate_to(probes)
-        for name, value in saved.items():
-            setattr(self, name, value)
+        """After an update was dropped midway: the run is what the checkpoint on disk holds
+        (the same record a resume would load: counters, random streams, the files' ends)."""
+        saved = self.saved.copy()
+        self.recorder.truncate_to(saved.metrics, saved.probes)
+        self.counters = saved.counters
+        saved.streams.restore(self.generator)
 
     def _elapsed(self) -> float:
-        return time.perf_counter() - self.t_start
+        return time.perf_counter() - self.t_start if self.t_start is not None else 0.0
 
     # ----------------------------------------------------------------- one update
     def _pi_table(self) -> np.ndarray:
         return self.policy.numpy_actor().probabilities(np.eye(self.mdp.num_states))
 
     def step(self) -> dict[str, Any]:
-        """One update, in the phases a group of runs (:mod:`trpo_lab.group`) also goes through:
-        there the rollout, the TRPO update and the critic's steps are batched over the runs."""
-        update = self.begin_update()
-        data = None if self.cfg.algo.estimator == "exact" else \
-            self.collector.collect(update.actor_old)
-        self.take_batch(update, data)
-        self.apply_update(update, self.algo.update(update.batch))
-        if self.trains_critic(update):
-            update.row.update(self.critic.update(update.critic_data()))
-        return self.end_update(update)
+        """One update of this run alone, through the pipeline (a group of one), recorded as in
+        :meth:`run`; returns its row. Raises what failed the run (its summary says failed).
+        Starts the run's clock if :meth:`start` has not."""
+        if self.t_start is None:
+            self.start(self.stop)
+        rows: list[dict[str, Any]] = []
+        results: dict = {}
+        Pipeline([self]).update([0], results, lambda r, row: rows.append(row))
+        if results:
+            raise results[0][1]
+        return rows[0]
 
     def begin_update(self) -> Update:
         """The policy that collects this batch: the actor now, with the observation statistics
@@ -576,12 +530,6 @@ class Trainer:
         params = self.policy.actor_parameters()
         update.theta_old = flat_params(params)
         update.grad_dl = flat_grad(predicted_improvement(self.policy, update.batch), params)
-
-    def apply_update(self, update: Update, info: dict[str, float]) -> None:
-        """After the algorithm moved the actor: guard, measure the update (KL, ratios, dL, the
-        truth, the bounds)."""
-        self.guard_update(update, info)
-        self.measure_update(update)
 
     def guard_update(self, update: Update, info: dict[str, float]) -> None:
         """Non-finite numbers put the old parameters back; the update's size on its batch."""
@@ -654,9 +602,7 @@ class Trainer:
             self.iteration, self.env_steps, update.batch, update.theta_old, update.theta_new,
             update.actor_old, update.encode_old, update.reward_scale, update.heldout,
             update.pi_old, update.old_eval, self._exact_advantages(update)))
-        with writing(self.run_dir / PROBES):
-            for row in rows:
-                self.probes.write(row)
+        self.recorder.write_probes(rows)
         self.probe_env_steps += self.prober.env_steps
         update.row["time/probe_s"] = time.perf_counter() - start
 
@@ -781,63 +727,57 @@ class Trainer:
 
     def run(self, stop: StopSignal | None = None,
             on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Train to ``total_steps``; returns the summary (also written to summary.json).
+        """Train to ``total_steps`` through the pipeline (:class:`trpo_lab.pipeline.Pipeline`,
+        a group of one); returns the summary (also written to summary.json). ``on_row``: called
+        with each update's row once it is written.
 
         A KeyboardInterrupt (a second Ctrl-C) drops the update in progress: the run ends at its
         last checkpoint, with metrics.csv cut back to it, and resumes exactly. A file that
         cannot be written (a full disk) ends the run with :class:`RunWriteError`; the last
-        checkpoint stays intact.
+        checkpoint stays intact. Any other exception is recorded (summary.json: failed) and
+        raised.
         """
+        hook = None if on_row is None else (lambda r, row: on_row(row))
+        summary, error = Pipeline([self]).run(stop, hook)[0]
+        if error is not None:
+            raise error
+        return summary
+
+    def start(self, stop: StopSignal | None = None, position: int | None = None) -> None:
+        """Start this session's clock and the progress bar (``position``: its line, in a
+        group); ``stop``: the signal that ends the run after an update."""
         self.t_start = time.perf_counter()
         self.first_update_at = time.time()
-        progress = self._progress()
-        status, error, dropped = "completed", None, False
         self.stop = stop
-        try:
-            while self.iteration < self.updates:
-                theta_before = flat_params(self.policy.actor_parameters())
-                row = self.step()
-                if self.record(row, theta_before, on_row, progress):
-                    status = "interrupted"
-                    break
-        except KeyboardInterrupt:
-            status, dropped = "interrupted", True
-        except RunWriteError as exc:
-            raise self.fail(exc, progress) from None
-        except Exception as exc:  # noqa: BLE001  (recorded in summary.json, then re-raised)
-            self.fail(exc, progress)
-            raise
-        return self._finish(status, error, progress, stop, dropped=dropped)
+        desc = algo_label(self.cfg.algo)
+        self.recorder.open_progress(
+            self.cfg.progress, self.updates * self.cfg.batch_steps,
+            self.iteration * self.cfg.batch_steps,
+            desc if position is None else f"{desc} {self.run_dir.name}", position)
 
-    def fail(self, exc: Exception, progress=None) -> Exception:
+    def fail(self, exc: Exception) -> Exception:
         """End the run as failed after ``exc`` (summary.json, W&B); returns the exception to
         raise: for a file that cannot be written, one that says what the checkpoint holds."""
         if isinstance(exc, RunWriteError):
             self.write_failed = True  # W&B cannot write either: its complaints stay quiet
-            failure = RunWriteError(exc.path, exc.os_error,
-                                    self.saved["iteration"] if self.checkpoint_on_disk else None)
+            failure = RunWriteError(exc.path, exc.os_error, self.saved.counters.iteration
+                                    if self.checkpoint_on_disk else None)
             with contextlib.suppress(RunWriteError):  # the summary may not fit either
-                self._finish("failed", str(failure), progress, self.stop)
+                self.finish("failed", str(failure))
             return failure
-        self._finish("failed", f"{type(exc).__name__}: {exc}", progress, self.stop)
+        self.finish("failed", f"{type(exc).__name__}: {exc}")
         return exc
 
     def record(self, row: dict[str, Any], theta_before: torch.Tensor,
-               on_row: Callable[[dict[str, Any]], None] | None = None,
-               progress=None) -> bool:
-        """Write an update's row (metrics.csv, W&B), check the run's health, checkpoint when
-        due; True when a stop was requested. Raises :class:`NumericalFailure`."""
-        with writing(self.run_dir / METRICS):
-            self.metrics.write(row)
+               on_row: Callable[[dict[str, Any]], None] | None = None) -> bool:
+        """Write an update's row (metrics.csv, W&B, the progress bar), check the run's health,
+        checkpoint when due; True when a stop was requested. Raises :class:`NumericalFailure`."""
+        self.recorder.write_row(row)
         self._watch_progress(row, theta_before)
-        if self.wandb is not None:
-            self.wandb.log(row)
+        self.recorder.log_row(row)
         if on_row is not None:
             on_row(row)
-        if progress is not None:
-            progress.update(self.cfg.batch_steps)
-            progress.set_postfix(ret=f"{row.get('rollout/return_mean', math.nan):.1f}",
-                                 kl=f"{row['kl/mean']:.4f}", refresh=False)
+        self.recorder.advance(row, self.cfg.batch_steps)
         if self.bad_updates >= self.cfg.max_bad_updates:
             raise NumericalFailure(
                 f"{self.bad_updates} consecutive updates had non-finite numbers "
@@ -855,12 +795,15 @@ class Trainer:
             self.warnings.append(warning)
             print(f"trpo-lab: warning: {warning}", file=sys.stderr, flush=True)
 
-    def _finish(self, status: str, error: str | None, progress, stop: StopSignal | None = None,
-                dropped: bool = False) -> dict[str, Any]:
+    def finish(self, status: str, error: str | None = None, dropped: bool = False
+               ) -> dict[str, Any]:
+        """End the run with ``status``: the last checkpoint (unless it failed or its update
+        was ``dropped``: then back to the checkpoint on disk), the final evaluation of a
+        completed run, summary.json, the files closed, W&B finished; returns the summary."""
+        stop = self.stop
         if stop is not None:
             stop.shielded = True  # from here on a Ctrl-C waits: what is written is written whole
-        if progress is not None:
-            progress.close()
+        self.recorder.close_progress()
         summary: dict[str, Any] | None = None
         try:
             if status != "failed" and not dropped:
@@ -873,13 +816,10 @@ class Trainer:
             if status == "completed" and self.cfg.eval.final_episodes > 0:
                 self._final_evaluation()
             summary = self.summary(status, error)
-            write_summary(self.run_dir, summary)
+            self.recorder.write_summary(summary)
         finally:
             try:
-                with writing(self.run_dir / METRICS):
-                    self.metrics.close()
-                if self.probes is not None:
-                    self.probes.close()
+                self.recorder.close_files()
             finally:
                 self._close(status, summary)
         return summary
@@ -899,12 +839,8 @@ class Trainer:
     def _close(self, status: str, summary: dict[str, Any] | None) -> None:
         if self.wandb is not None:
             signum = self.stop.signum if self.stop is not None else None
-            try:
-                self.wandb.finish(status, summary or self.summary(status),
-                                  exit_code=exit_code(status, signum),
-                                  tables=self._probe_tables(), quiet=self.write_failed)
-            except KeyboardInterrupt:
-                print("trpo-lab: the W&B run was not finished (interrupted)", file=sys.stderr)
+            self.recorder.finish_wandb(status, summary or self.summary(status),
+                                       exit_code(status, signum), self.write_failed)
         self.envs.close()
         if self.sampler is not None:
             self.sampler.close()
@@ -912,19 +848,3 @@ class Trainer:
             sampler.close()
         if self.prober is not None:
             self.prober.close()
-
-    def _probe_tables(self) -> dict[str, tuple[list[str], list[list]]]:
-        """probes.csv as two W&B tables (landscape and gradient rows, each with its columns),
-        read back from the file so that a resumed run's table holds every probed update."""
-        if self.probes is None or not (self.run_dir / PROBES).exists():
-            return {}
-        return probe_tables((self.run_dir / PROBES).read_text())
-
-    def _progress(self):
-        if not (self.cfg.progress and sys.stdout.isatty()):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.updates * self.cfg.batch_steps,
-                    initial=self.iteration * self.cfg.batch_steps, unit="step",
-                    unit_scale=True, dynamic_ncols=True, desc=algo_label(self.cfg.algo))

@@ -44,6 +44,7 @@ from trpo_lab.batched import (
     surrogate_runs,
 )
 from trpo_lab.config import TRPOConfig
+from trpo_lab.grouping import require_shared
 from trpo_lab.numerics import flat_grad, set_flat_params
 from trpo_lab.policies import Policy
 from trpo_lab.rollout import Batch
@@ -125,6 +126,7 @@ def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
     delta and its surrogate improves (a per-run acceptance mask).
     """
     R = len(policies)  # noqa: N806
+    require_shared(cfgs, ("cg_iters", "backtrack_iters", "fvp_subsample"), "algo")
     actor, theta_old = StackedActor.of(policies)
     batch = StackedBatch.of(batches)
     iters = cfgs[0].cg_iters
