@@ -42,6 +42,7 @@ from trpo_lab.heads import (
     multi_categorical_joint,
     multi_categorical_mode,
 )
+from trpo_lab.module_calls import snapshot_call, stacked_call
 from trpo_lab.networks import (
     ACTIVATIONS,
     ConvNet,
@@ -383,17 +384,21 @@ class ActorSampling:
 
 class ModuleActor(ActorSampling):
     """The actor of the generic backend as a sampling snapshot: a copy of the module with the
-    weights of the moment, evaluated in torch under no_grad (on the policy's device). Stacked
-    snapshots (the runs of a group, pi and pi' in the evaluator) are evaluated in one call
-    under ``torch.func.vmap``; observations are then [m, N, d]."""
+    weights of the moment, evaluated in torch without autograd (on the policy's device).
+    Stacked snapshots (the runs of a group, pi and pi' in the evaluator) are evaluated in one
+    call; observations are then [m, N, d]. The call is built once per snapshot
+    (:mod:`trpo_lab.module_calls`: a Linear + activation stack as its layers' own operations,
+    stacked ones as batched products; any other module called as it is)."""
 
     def __init__(self, module: nn.Module, kind: str, log_std: np.ndarray | None,
                  components: tuple[int, ...], out_dim: int,
-                 stacked: tuple[dict, dict] | None = None):
+                 members: list[nn.Module] | None = None):
         self.module, self.kind, self.log_std = module, kind, log_std
-        self.components, self.out_dim, self.stacked = components, out_dim, stacked
+        self.components, self.out_dim, self.members = components, out_dim, members
         first = next(module.parameters())
         self.dtype, self.device = first.dtype, first.device
+        self._call = snapshot_call(module) if members is None else stacked_call(members)
+        self._cpu = self.device.type == "cpu"
 
     @staticmethod
     def of(policy: Policy) -> ModuleActor:
@@ -406,12 +411,11 @@ class ModuleActor(ActorSampling):
 
     @staticmethod
     def stack(actors: list[ModuleActor]) -> ModuleActor:
-        params, buffers = torch.func.stack_module_state([a.module for a in actors])
         first = actors[0]
         log_std = None if first.log_std is None else np.stack(
             [a.log_std for a in actors])[:, None]
         return ModuleActor(first.module, first.kind, log_std, first.components, first.out_dim,
-                           (params, buffers))
+                           [a.module for a in actors])
 
     def as_float32(self) -> ModuleActor:
         return self
@@ -420,18 +424,10 @@ class ModuleActor(ActorSampling):
         return self.out_dim
 
     def forward(self, obs: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(obs), dtype=self.dtype).to(self.device)
-        with torch.no_grad():
-            if self.stacked is None:
-                out = self.module(x)
-            else:
-                module = self.module
-
-                def call(params, buffers, xi):
-                    return torch.func.functional_call(module, (params, buffers), (xi,))
-
-                out = torch.func.vmap(call)(*self.stacked, x)
-        return out.double().cpu().numpy()
+        x = torch.as_tensor(np.asarray(obs), dtype=self.dtype)
+        if not self._cpu:
+            return self._call(x.to(self.device)).double().cpu().numpy()
+        return self._call(x).numpy().astype(np.float64)
 
 
 @dataclass
