@@ -38,7 +38,7 @@ from trpo_lab.algos.common import heldout_improvement, predicted_improvement, ra
 from trpo_lab.checkpoint import load_checkpoint, misfit, save_checkpoint
 from trpo_lab.config import Config, ConfigError, TRPOConfig, env_label, planned_updates
 from trpo_lab.critic import CriticTrainer
-from trpo_lab.envs import env_factory, make_vector_env, tabular_model
+from trpo_lab.envs import env_factory, make_vector_env, tabular_horizon, tabular_model
 from trpo_lab.evaluation import (
     Episodes,
     EpisodeSampler,
@@ -50,7 +50,7 @@ from trpo_lab.evaluation import (
     run_samplers,
 )
 from trpo_lab.guards import ProgressWatch, batch_overflow, critic_nonfinite, nonfinite_hint
-from trpo_lab.intervals import paired_improvement, run_prediction_summary
+from trpo_lab.intervals import paired_improvement, paired_return_bound, run_prediction_summary
 from trpo_lab.logging import (
     MetricsPosition,
     WandbRun,
@@ -321,6 +321,10 @@ class Trainer:
             from trpo_lab import exact  # scipy.linalg: only tabular runs pay for the import
 
             self.exact = exact
+        #: the largest |G' - G| of a pair, for the interval when no pair differs (tabular only)
+        self.return_bound = paired_return_bound(
+            float(self.mdp.R.min()), float(self.mdp.R.max()), cfg.gamma,
+            tabular_horizon(cfg.env, cfg.gamma)) if self.mdp is not None else None
         self.sampler = self._sampler()
         # adaptive rounds of pairs (made on first use; several when rounds step together)
         self.more_pairs: list[EpisodeSampler] = []
@@ -661,7 +665,8 @@ class Trainer:
 
             dj = paired_improvement(new.returns, old.returns,
                                     request is not None and not torch.equal(theta_old, theta_new),
-                                    cfg.eval.min_differing, cfg.eval.max_pairs, draw)
+                                    cfg.eval.min_differing, cfg.eval.max_pairs, draw,
+                                    cfg.eval.max_coinciding_pairs, self.return_bound)
             j = MonteCarloEstimate.of(dj.old_returns)
             prefix = "mc/" if self.mdp is not None else "true/"
             out.update({f"{prefix}J": j.mean, f"{prefix}J_se": j.se,
