@@ -350,3 +350,24 @@ def test_heldout_interval_covers_the_exact_dl_of_random_updates():
         truth = exact.compare(mdp, pi_old, pi_new, gamma, old=old).surrogate_improvement
         hits.append(covered(estimate, se, truth))
     assert 0.93 <= np.mean(hits) <= 0.97, np.mean(hits)
+
+
+def test_the_return_bound_of_cartpole_and_of_envs_without_one(tmp_path):
+    """CartPole (+1 a step, env.reward_bounds [0, 1], max_episode_steps 500): B = sum_{t<500}
+    0.99^t = 99.34; an env without reward bounds (Pendulum) has none; bad bounds and bounds
+    on a tabular env are refused, naming the key."""
+    from tests.conftest import compose_typed
+    from trpo_lab.config import ConfigError, validate
+    from trpo_lab.train import Trainer
+
+    for name in ("cartpole", "pendulum"):
+        (tmp_path / name).mkdir()
+    cartpole = Trainer(compose_typed("logger=none"), tmp_path / "cartpole")
+    assert cartpole.return_bound == pytest.approx((1 - 0.99**500) / (1 - 0.99), rel=1e-12)
+    assert Trainer(compose_typed("logger=none", "env=pendulum"),
+                   tmp_path / "pendulum").return_bound is None
+    for bad in ("[1.0, 0.0]", "[0.0]", "[0.0, inf]"):
+        with pytest.raises(ConfigError, match="env.reward_bounds"):
+            validate(compose_typed(f"env.reward_bounds={bad}"))
+    with pytest.raises(ConfigError, match="env.reward_bounds.*tabular"):
+        validate(compose_typed("env=garnet", "policy=tabular", "env.reward_bounds=[0.0, 1.0]"))

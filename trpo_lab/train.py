@@ -61,7 +61,7 @@ from trpo_lab.logging import (
 from trpo_lab.numerics import flat_grad, flat_params, set_flat_params
 from trpo_lab.pipeline import Pipeline
 from trpo_lab.policies import Policy
-from trpo_lab.preflight import observation_warnings
+from trpo_lab.preflight import episode_step_bound, observation_warnings
 from trpo_lab.probes import PROBES, Prober, UpdateContext
 from trpo_lab.recorder import (  # noqa: F401  (SUMMARY, WANDB_ID, write_summary: callers')
     METRICS,
@@ -321,10 +321,7 @@ class Trainer:
             from trpo_lab import exact  # scipy.linalg: only tabular runs pay for the import
 
             self.exact = exact
-        #: the largest |G' - G| of a pair, for the interval when no pair differs (tabular only)
-        self.return_bound = paired_return_bound(
-            float(self.mdp.R.min()), float(self.mdp.R.max()), cfg.gamma,
-            tabular_horizon(cfg.env, cfg.gamma)) if self.mdp is not None else None
+        self.return_bound = self._return_bound()
         self.sampler = self._sampler()
         # adaptive rounds of pairs (made on first use; several when rounds step together)
         self.more_pairs: list[EpisodeSampler] = []
@@ -402,6 +399,20 @@ class Trainer:
                 episode_envs(self.cfg.env, self.cfg.gamma, self.cfg.eval.episodes, 2, self.mdp),
                 self.cfg.gamma, self.cfg.seed + 10_000))
         return self.more_pairs[:count]
+
+    def _return_bound(self) -> float | None:
+        """The largest |G' - G| of a pair, for dJ's interval when no pair differs: from the
+        MDP's rewards and horizon, or from env.reward_bounds and the env's max_episode_steps;
+        None when either is unknown."""
+        cfg = self.cfg
+        if self.mdp is not None:
+            return paired_return_bound(float(self.mdp.R.min()), float(self.mdp.R.max()),
+                                       cfg.gamma, tabular_horizon(cfg.env, cfg.gamma))
+        steps = episode_step_bound(cfg) if list(cfg.env.reward_bounds) else None
+        if steps is None:
+            return None
+        low, high = cfg.env.reward_bounds
+        return paired_return_bound(float(low), float(high), cfg.gamma, steps)
 
     def _rounds_ahead(self, round_index: int) -> int:
         """How many adaptive rounds to step together from ``round_index`` on: 1, 2, 4, ...
