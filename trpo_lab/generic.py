@@ -28,10 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from trpo_lab.module_calls import sequential_layers
+from trpo_lab.module_calls import run_layers, sequential_layers
 from trpo_lab.numerics import flat_params
 
 
@@ -86,20 +85,12 @@ class StackedModule:
         return torch.func.vmap(call)(self.split(flat), x)
 
     def _planned(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        alone = x.shape[0] == 1
-        h = x[0] if alone else x
-        for step in self.plan:
-            if not isinstance(step, tuple):
-                h = step(h)
-                continue
-            weight, bias = params[step[0]], None if step[1] is None else params[step[1]]
-            if alone:
-                h = F.linear(h, weight[0], None if bias is None else bias[0])
-            elif bias is None:
-                h = torch.bmm(h, weight.transpose(1, 2))
-            else:
-                h = torch.baddbmm(bias[:, None], h, weight.transpose(1, 2))
-        return h[None] if alone else h
+        linears = [step for step in self.plan if not isinstance(step, nn.Module)]
+        if x.shape[0] == 1:
+            weights = [(params[w][0], None if b is None else params[b][0]) for w, b in linears]
+            return run_layers(self.plan, weights, x[0])[None]
+        weights = [(params[w], None if b is None else params[b]) for w, b in linears]
+        return run_layers(self.plan, weights, x)
 
 
 def layer_plan(module: nn.Module) -> list[tuple[str, str | None] | nn.Module] | None:

@@ -11,8 +11,8 @@ the module computes (no autograd: the results are for sampling):
   the same numbers as the module, without ``nn.Module.__call__``'s hooks per layer); any other
   module is called as it is, under no_grad.
 - :func:`stacked_call`: m modules of one architecture on [m, N, ...], row-block i through
-  module i. A Sequential as above: one ``baddbmm`` per Linear over the stacked weights [m, in,
-  out] (the numbers of module i alone up to the rounding of the batched product); any other
+  module i. A Sequential as above: one ``baddbmm`` per Linear over the stacked weights [m, out,
+  in] (the numbers of module i alone up to the rounding of the batched product); any other
   module: the members one by one while m <= :data:`LOOP_MAX` (each its own call, the numbers of
   the module alone), else one ``torch.func.vmap`` of ``functional_call`` over their stacked
   state, whose dispatch costs about as much as :data:`LOOP_MAX` plain calls of a small net.
@@ -60,9 +60,37 @@ def sequential_layers(module: nn.Module) -> list[nn.Module] | None:
     return layers
 
 
-def _plan(layers: list[nn.Module]) -> list[tuple[torch.Tensor, torch.Tensor | None] | nn.Module]:
+def layer_steps(layers: list[nn.Module]) -> list[nn.Module | None]:
+    """The plan of a :func:`sequential_layers` list for :func:`run_layers`: None in each
+    Linear's place (its weights come with the call), the activations as they are."""
+    return [None if isinstance(layer, nn.Linear) else layer for layer in layers]
+
+
+def run_layers(steps: Sequence, weights: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+               x: torch.Tensor) -> torch.Tensor:
+    """x through a Linear+activation plan: each step that is an nn.Module is applied as it is,
+    every other step (a Linear's place: None, or its parameters' names) takes the next (weight,
+    bias or None) of ``weights``. Weights [out, in] (bias [out]): ``F.linear`` on x [N, in];
+    stacked weights [m, out, in] (bias [m, out]): one ``baddbmm`` on x [m, N, in], row-block i
+    through layer i. Differentiable in the weights (the caller detaches them for sampling)."""
+    linears = iter(weights)
+    for step in steps:
+        if isinstance(step, nn.Module):
+            x = step(x)
+            continue
+        weight, bias = next(linears)
+        if weight.dim() == 2:
+            x = F.linear(x, weight, bias)
+        elif bias is None:
+            x = torch.bmm(x, weight.transpose(1, 2))
+        else:
+            x = torch.baddbmm(bias[:, None], x, weight.transpose(1, 2))
+    return x
+
+
+def _weights(layers: list[nn.Module]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     return [(layer.weight.detach(), None if layer.bias is None else layer.bias.detach())
-            if isinstance(layer, nn.Linear) else layer for layer in layers]
+            for layer in layers if isinstance(layer, nn.Linear)]
 
 
 def snapshot_call(module: nn.Module) -> Call:
@@ -75,14 +103,8 @@ def snapshot_call(module: nn.Module) -> Call:
                 return module(x)
 
         return call
-    plan = _plan(layers)
-
-    def plain(x: torch.Tensor) -> torch.Tensor:
-        for step in plan:
-            x = F.linear(x, *step) if isinstance(step, tuple) else step(x)
-        return x
-
-    return plain
+    steps, weights = layer_steps(layers), _weights(layers)
+    return lambda x: run_layers(steps, weights, x)
 
 
 def stacked_call(modules: Sequence[nn.Module]) -> Call:
@@ -93,26 +115,11 @@ def stacked_call(modules: Sequence[nn.Module]) -> Call:
         return lambda x: one(x[0])[None]
     layer_lists = [sequential_layers(m) for m in modules]
     if all(layers is not None for layers in layer_lists):
-        plans = [_plan(layers) for layers in layer_lists]
-        stacked: list = []
-        for k, step in enumerate(plans[0]):
-            if isinstance(step, tuple):
-                weight = torch.stack([p[k][0] for p in plans]).transpose(1, 2)  # [m, in, out]
-                bias = None if step[1] is None else torch.stack([p[k][1] for p in plans])[:, None]
-                stacked.append((weight, bias))
-            else:
-                stacked.append(step)
-
-        def batched(x: torch.Tensor) -> torch.Tensor:
-            for step in stacked:
-                if isinstance(step, tuple):
-                    weight, bias = step
-                    x = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias, x, weight)
-                else:
-                    x = step(x)
-            return x
-
-        return batched
+        steps = layer_steps(layer_lists[0])
+        stacked = [(torch.stack([w for w, _ in per_layer]),
+                    None if per_layer[0][1] is None else torch.stack([b for _, b in per_layer]))
+                   for per_layer in zip(*(_weights(layers) for layers in layer_lists))]
+        return lambda x: run_layers(steps, stacked, x)
     if len(modules) <= LOOP_MAX:
         calls = [snapshot_call(m) for m in modules]
         return lambda x: torch.stack([call(x[i]) for i, call in enumerate(calls)])
