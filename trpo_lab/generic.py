@@ -39,7 +39,8 @@ class StackedModule:
     """R modules of one architecture; ``flat`` [R, P] holds their parameters. ``plan``: for an
     nn.Sequential of Linear and parameter-free elementwise activations
     (:func:`trpo_lab.module_calls.sequential_layers`), its layers as (weight name, bias name or
-    None) per Linear and the activation modules, which :meth:`forward` applies itself; None:
+    None) per Linear and the activation modules, which :meth:`forward` walks with
+    :func:`trpo_lab.module_calls.run_layers` (the sampling calls' walker too); None:
     ``functional_call``."""
 
     module: nn.Module  # the first run's: its structure (and buffers) for functional_call
