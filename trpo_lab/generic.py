@@ -75,7 +75,7 @@ class StackedModule:
         critic step's time on a 64x64 MLP); the same numbers."""
         module = self.module
         if self.plan is not None:
-            return self._planned(self.split(flat), x)
+            return self._planned(flat, x)
         if flat.shape[0] == 1:
             params = {n: p[0] for n, p in self.split(flat).items()}
             return torch.func.functional_call(module, params, (x[0],))[None]
@@ -85,12 +85,16 @@ class StackedModule:
 
         return torch.func.vmap(call)(self.split(flat), x)
 
-    def _planned(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def _planned(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         linears = [step for step in self.plan if not isinstance(step, nn.Module)]
-        if x.shape[0] == 1:
-            weights = [(params[w][0], None if b is None else params[b][0]) for w, b in linears]
+        if x.shape[0] == 1:  # the row as a view: no select (and select_backward) per tensor
+            params = dict(zip(self.names, (c.view(s) for c, s in zip(
+                flat.view(-1).split([s.numel() for s in self.shapes]), self.shapes))))
+            weights = [(params[w].t(), None if b is None else params[b]) for w, b in linears]
             return run_layers(self.plan, weights, x[0])[None]
-        weights = [(params[w], None if b is None else params[b]) for w, b in linears]
+        params = self.split(flat)
+        weights = [(params[w].transpose(1, 2), None if b is None else params[b][:, None])
+                   for w, b in linears]
         return run_layers(self.plan, weights, x)
 
 
