@@ -3,6 +3,8 @@ the modules compute."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -82,3 +84,68 @@ def test_stacked_module_plan_equals_functional_call_with_its_gradient():
         torch.testing.assert_close(grad, grad2, rtol=1e-5, atol=1e-6)
         if rows == 1:
             assert torch.equal(out, out2) and torch.equal(grad, grad2)
+
+
+def odd_stacks() -> list[nn.Sequential]:
+    """Stacks that exercise every branch of sampling_steps: Tanh after a Linear with and
+    without bias, Tanh after Tanh, activations first (on the caller's input), nn's own
+    in-place-able activations, one that is not (GELU), float64."""
+    torch.manual_seed(5)
+    return [nn.Sequential(nn.Linear(5, 4, bias=False), Tanh(), Tanh(), nn.Linear(4, 3)),
+            nn.Sequential(Tanh(), nn.ReLU(), nn.Linear(5, 4), nn.Sigmoid(), nn.Tanh(),
+                          nn.Linear(4, 3)),
+            nn.Sequential(nn.ReLU(), nn.Linear(5, 4), nn.GELU(), nn.ReLU(), nn.Linear(4, 3)),
+            nn.Sequential(nn.Identity(), nn.Tanh(), nn.Linear(5, 4), nn.ReLU(),
+                          nn.Linear(4, 3)),
+            mlp(5, [7, 6], 3, "tanh", 0.5).double()]
+
+
+def test_sampling_plans_are_the_module_to_the_bit_and_leave_the_input_alone():
+    gen = torch.Generator().manual_seed(6)
+    for net in odd_stacks():
+        dtype = next(net.parameters()).dtype
+        x = 3.0 * torch.randn(9, 5, generator=gen, dtype=dtype)
+        before = x.clone()
+        with torch.no_grad():
+            expected = net(x)
+        got = snapshot_call(net)(x)
+        assert torch.equal(got, expected)
+        assert torch.equal(x, before)  # no step wrote into the caller's tensor
+        xs = 3.0 * torch.randn(3, 9, 5, generator=gen, dtype=dtype)
+        before = xs.clone()
+        members = [net, *(copy.deepcopy(net) for _ in range(2))]
+        for other in members[1:]:
+            with torch.no_grad():
+                for p in other.parameters():
+                    p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=dtype))
+        got = stacked_call(members)(xs)
+        assert torch.equal(xs, before)
+        # the same batched products with the layers as the modules compute them: to the bit
+        stacked = [(torch.stack([m.weight.detach() for m in linears]).transpose(1, 2),
+                    None if linears[0].bias is None else
+                    torch.stack([m.bias.detach() for m in linears])[:, None])
+                   for linears in zip(*([m for m in member if isinstance(m, nn.Linear)]
+                                        for member in members))]
+        with torch.no_grad():
+            plain = [None if isinstance(layer, nn.Linear) else layer for layer in net]
+            assert torch.equal(got, module_calls.run_layers(plain, stacked, xs))
+        for i, member in enumerate(members):  # each member alone: up to the batched rounding
+            with torch.no_grad():
+                torch.testing.assert_close(got[i], member(xs[i]), rtol=1e-6, atol=1e-6)
+
+
+def test_sampling_steps_fold_tanhs_factor_two_into_the_linear_before_it():
+    net = nets(1)[0]  # Linear, Tanh, Linear, Tanh, Linear
+    layers = sequential_layers(net)
+    steps, weights = module_calls.sampling_steps(layers, module_calls._weights(layers))
+    assert [s is None for s in steps] == [True, False, True, False, True]
+    linears = [layer for layer in layers if isinstance(layer, nn.Linear)]
+    for k, ((weight_t, bias), linear) in enumerate(zip(weights, linears)):
+        factor = 2.0 if k < 2 else 1.0  # the last Linear has no Tanh after it
+        assert torch.equal(weight_t, factor * linear.weight.detach().t())
+        assert weight_t.stride() == linear.weight.t().stride()  # the layout F.linear uses
+        assert torch.equal(bias, factor * linear.bias.detach())
+    relu = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    layers = sequential_layers(relu)
+    steps, _ = module_calls.sampling_steps(layers, module_calls._weights(layers))
+    assert steps[1] is torch.relu_

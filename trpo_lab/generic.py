@@ -28,10 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from trpo_lab.module_calls import sequential_layers
+from trpo_lab.module_calls import run_layers, sequential_layers
 from trpo_lab.numerics import flat_params
 
 
@@ -40,7 +39,8 @@ class StackedModule:
     """R modules of one architecture; ``flat`` [R, P] holds their parameters. ``plan``: for an
     nn.Sequential of Linear and parameter-free elementwise activations
     (:func:`trpo_lab.module_calls.sequential_layers`), its layers as (weight name, bias name or
-    None) per Linear and the activation modules, which :meth:`forward` applies itself; None:
+    None) per Linear and the activation modules, which :meth:`forward` walks with
+    :func:`trpo_lab.module_calls.run_layers` (the sampling calls' walker too); None:
     ``functional_call``."""
 
     module: nn.Module  # the first run's: its structure (and buffers) for functional_call
@@ -75,7 +75,7 @@ class StackedModule:
         critic step's time on a 64x64 MLP); the same numbers."""
         module = self.module
         if self.plan is not None:
-            return self._planned(self.split(flat), x)
+            return self._planned(flat, x)
         if flat.shape[0] == 1:
             params = {n: p[0] for n, p in self.split(flat).items()}
             return torch.func.functional_call(module, params, (x[0],))[None]
@@ -85,21 +85,17 @@ class StackedModule:
 
         return torch.func.vmap(call)(self.split(flat), x)
 
-    def _planned(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        alone = x.shape[0] == 1
-        h = x[0] if alone else x
-        for step in self.plan:
-            if not isinstance(step, tuple):
-                h = step(h)
-                continue
-            weight, bias = params[step[0]], None if step[1] is None else params[step[1]]
-            if alone:
-                h = F.linear(h, weight[0], None if bias is None else bias[0])
-            elif bias is None:
-                h = torch.bmm(h, weight.transpose(1, 2))
-            else:
-                h = torch.baddbmm(bias[:, None], h, weight.transpose(1, 2))
-        return h[None] if alone else h
+    def _planned(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        linears = [step for step in self.plan if not isinstance(step, nn.Module)]
+        if x.shape[0] == 1:  # the row as a view: no select (and select_backward) per tensor
+            params = dict(zip(self.names, (c.view(s) for c, s in zip(
+                flat.view(-1).split([s.numel() for s in self.shapes]), self.shapes))))
+            weights = [(params[w].t(), None if b is None else params[b]) for w, b in linears]
+            return run_layers(self.plan, weights, x[0])[None]
+        params = self.split(flat)
+        weights = [(params[w].transpose(1, 2), None if b is None else params[b][:, None])
+                   for w, b in linears]
+        return run_layers(self.plan, weights, x)
 
 
 def layer_plan(module: nn.Module) -> list[tuple[str, str | None] | nn.Module] | None:
