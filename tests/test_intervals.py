@@ -18,7 +18,9 @@ from trpo_lab.intervals import (
     covered,
     heldout_se,
     more_rounds,
+    no_difference_half_width,
     paired_improvement,
+    paired_return_bound,
     run_prediction_summary,
     vacuity_rate,
 )
@@ -32,6 +34,66 @@ def test_rounds_continue_until_enough_pairs_differ_or_the_cap():
     assert not more_rounds(10, 1024, 64, 64, 1024)  # at the cap
     assert not more_rounds(10, 1000, 64, 64, 1024)  # one more round would pass it
     assert not more_rounds(0, 64, 64, 0, 1024)  # min_differing 0: fixed pairs
+    # none differ: stop once max_coinciding pairs are drawn, not before, and only if none
+    assert more_rounds(0, 448, 64, 64, 4096, max_coinciding=512)
+    assert not more_rounds(0, 512, 64, 64, 4096, max_coinciding=512)
+    assert more_rounds(1, 512, 64, 64, 4096, max_coinciding=512)
+    assert more_rounds(0, 512, 64, 64, 4096)  # no such stop
+
+
+def test_the_no_difference_bound_in_closed_form():
+    """(1 - 0.05^(1/n)) B: 0.95 B for one pair, about 3 B / n for many (the rule of three);
+    the largest |G' - G| is the reward range (0 included) times sum_{t<H} gamma^t."""
+    assert no_difference_half_width(1, 2.0) == pytest.approx(1.9, rel=1e-15)
+    assert no_difference_half_width(512, 1.0) == pytest.approx(1 - 0.05 ** (1 / 512),
+                                                               rel=1e-12)
+    assert no_difference_half_width(10**6, 1.0) * 10**6 == pytest.approx(-math.log(0.05),
+                                                                          rel=1e-5)
+    assert no_difference_half_width(64, 1.0, level=0.99) == pytest.approx(
+        1 - 0.01 ** (1 / 64), rel=1e-12)
+    with pytest.raises(ValueError, match="pairs >= 1"):
+        no_difference_half_width(0, 1.0)
+    assert paired_return_bound(-1.0, 2.0, 0.5, 3) == pytest.approx(3.0 * 1.75, rel=1e-15)
+    assert paired_return_bound(0.5, 2.0, 0.5, 3) == pytest.approx(2.0 * 1.75, rel=1e-15)
+    assert paired_return_bound(-3.0, -1.0, 1.0, 4) == 12.0  # rewards all negative: 0 counts
+    with pytest.raises(ValueError, match="reward_low <= reward_high"):
+        paired_return_bound(1.0, 0.0, 0.9, 10)
+
+
+def test_when_no_pair_differs_the_bound_covers_at_least_95_percent():
+    """Rare differences at the bound (P(D != 0) from 1e-4 to 1e-2, D = +/- B = 2: the worst
+    case for the bound): with 512 pairs many updates see no differing pair; over 4,000
+    simulated updates the interval (the sample's where some differ, the bound's where none
+    do) covers E[D] in >= 95% of those with none differing, whose interval without the bound
+    ({0}) never covers."""
+    rng = np.random.default_rng(1)
+    bound, hits, none_differ = 2.0, [], []
+    for _ in range(4000):
+        p = 10 ** rng.uniform(-4, -2)
+        sign = rng.choice([-1.0, 1.0])
+
+        def draw(_r: int, p=p, sign=sign) -> tuple[np.ndarray, np.ndarray]:
+            return np.where(rng.random(64) < p, sign * bound, 0.0), np.zeros(64)
+
+        est = paired_improvement(*draw(0), True, 64, 4096, draw, 512, bound)
+        hits.append(covered(est.mean, est.se, p * sign * bound))
+        none_differ.append(est.differing == 0)
+        if est.differing == 0:
+            assert est.pairs == 512 and est.mean == 0.0
+            assert est.se * 1.959963984540054 == pytest.approx(
+                no_difference_half_width(512, bound), rel=1e-12)
+        else:
+            assert est.pairs == 4096 or est.differing >= 64
+    hits, none_differ = np.array(hits), np.array(none_differ)
+    assert none_differ.sum() > 500, none_differ.sum()
+    assert hits[none_differ].mean() >= 0.95, hits[none_differ].mean()
+    print(f"none differ {none_differ.sum()}: covered {hits[none_differ].mean():.3f}")
+    unbounded = paired_improvement(np.zeros(64), np.zeros(64), True, 64, 4096,
+                                   lambda r: (np.zeros(64), np.zeros(64)), 512)
+    assert (unbounded.pairs, unbounded.se) == (512, 0.0)  # no bound: {0}, flagged by 0 differing
+    still = paired_improvement(np.zeros(64), np.zeros(64), False, 64, 4096,
+                               lambda r: (np.zeros(64), np.zeros(64)), 512, bound)
+    assert (still.pairs, still.se) == (64, 0.0)  # a rejected step: dJ = 0 exactly, {0}
 
 
 def test_paired_improvement_pools_every_round_it_draws():
@@ -63,6 +125,39 @@ def test_paired_improvement_pools_every_round_it_draws():
     est = paired_improvement(np.zeros(4), np.zeros(4), True, 100, 12,
                              lambda r: (np.zeros(4), np.zeros(4)))
     assert (est.pairs, est.differing, est.mean, est.se) == (12, 0, 0.0, 0.0)
+
+
+def test_a_tabular_run_logs_the_no_difference_bound_where_every_pair_coincides(tmp_path):
+    """Steps of KL 1e-12 on a garnet move the policy so little that no pair of 256 differs:
+    those updates stop at eval.max_coinciding_pairs=256, log mc/improvement 0 with SE =
+    (1 - 0.05^(1/256)) B / 1.96, B from the MDP's rewards and horizon, and the interval holds
+    the exact dJ; rejected steps draw 64 pairs with SE 0."""
+    from tests.conftest import compose_typed
+    from trpo_lab.envs import tabular_horizon
+    from trpo_lab.envs.tabular import garnet
+
+    overrides = ("env=garnet", "policy=tabular", "gamma=0.9", "env.num_states=20",
+                 "env.num_actions=2", "env.branching=2", "algo.delta=1e-12", "batch_steps=64",
+                 "total_steps=640", "eval.heldout_episodes=0", "eval.max_coinciding_pairs=256",
+                 "checkpoint.every=0")
+    metrics = train_in_process(tmp_path, *overrides)
+    cfg = compose_typed(*overrides)
+    mdp = garnet(20, 2, 2, cfg.env.mdp_seed)
+    bound = paired_return_bound(float(mdp.R.min()), float(mdp.R.max()), 0.9,
+                                tabular_horizon(cfg.env, 0.9))
+    moved = metrics["trpo/accepted"] == 1
+    none = moved & (metrics["eval/pairs_differing"] == 0)
+    assert none.sum() >= 2, metrics[["trpo/accepted", "eval/pairs_differing"]]
+    assert (metrics.loc[none, "eval/pairs"] == 256).all()
+    assert (metrics.loc[none, "mc/improvement"] == 0).all()
+    np.testing.assert_allclose(metrics.loc[none, "mc/improvement_se"],
+                               no_difference_half_width(256, bound) / 1.959963984540054,
+                               rtol=1e-12)
+    assert (metrics.loc[none, "true/improvement"] != 0).all()
+    assert covered(metrics.loc[none, "mc/improvement"], metrics.loc[none, "mc/improvement_se"],
+                   metrics.loc[none, "true/improvement"]).all()
+    assert (metrics.loc[~moved, "eval/pairs"] == 64).all()
+    assert (metrics.loc[~moved, "mc/improvement_se"] == 0).all()
 
 
 def _zero_inflated(rng, n: int, p: float, mu: float, sd: float) -> np.ndarray:
@@ -255,3 +350,24 @@ def test_heldout_interval_covers_the_exact_dl_of_random_updates():
         truth = exact.compare(mdp, pi_old, pi_new, gamma, old=old).surrogate_improvement
         hits.append(covered(estimate, se, truth))
     assert 0.93 <= np.mean(hits) <= 0.97, np.mean(hits)
+
+
+def test_the_return_bound_of_cartpole_and_of_envs_without_one(tmp_path):
+    """CartPole (+1 a step, env.reward_bounds [0, 1], max_episode_steps 500): B = sum_{t<500}
+    0.99^t = 99.34; an env without reward bounds (Pendulum) has none; bad bounds and bounds
+    on a tabular env are refused, naming the key."""
+    from tests.conftest import compose_typed
+    from trpo_lab.config import ConfigError, validate
+    from trpo_lab.train import Trainer
+
+    for name in ("cartpole", "pendulum"):
+        (tmp_path / name).mkdir()
+    cartpole = Trainer(compose_typed("logger=none"), tmp_path / "cartpole")
+    assert cartpole.return_bound == pytest.approx((1 - 0.99**500) / (1 - 0.99), rel=1e-12)
+    assert Trainer(compose_typed("logger=none", "env=pendulum"),
+                   tmp_path / "pendulum").return_bound is None
+    for bad in ("[1.0, 0.0]", "[0.0]", "[0.0, inf]"):
+        with pytest.raises(ConfigError, match="env.reward_bounds"):
+            validate(compose_typed(f"env.reward_bounds={bad}"))
+    with pytest.raises(ConfigError, match="env.reward_bounds.*tabular"):
+        validate(compose_typed("env=garnet", "policy=tabular", "env.reward_bounds=[0.0, 1.0]"))

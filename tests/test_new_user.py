@@ -138,7 +138,7 @@ def test_the_truths_cost_on_long_episodes_is_announced_with_its_numbers():
                                                    "eval.heldout_episodes=0"))
     assert "up to 1254400 env steps (49 evaluated updates x (2 x at least 64 pairs " \
            "(eval.episodes=2 in rounds until eval.min_differing=64 differ, at most " \
-           "eval.max_pairs=1024) + eval.heldout_episodes=0) episodes" in adaptive  # 49*128*200
+           "eval.max_pairs=4096) + eval.heldout_episodes=0) episodes" in adaptive  # 49*128*200
     assert "eval.min_differing or eval.heldout_episodes" in adaptive
 
 

@@ -8,14 +8,23 @@ the paired mean is (1/n) sum_j D_j and its standard error comes from those K val
 when K is small (0, 1, 2, ... of 64), the standard error collapses towards 0 while dJ does not
 and the 95% interval misses. :func:`paired_improvement` therefore adds rounds of fresh pairs,
 each of ``eval.episodes``, until at least ``eval.min_differing`` pairs differ or the pairs
-reach ``eval.max_pairs``; the estimate is the mean over all pairs and the standard error
-sd / sqrt(n) over all of them (still a standard error: the interval is mean +/- 1.96 SE). The
-stopping rule looks only at whether pairs differ, not at their values, so the K differing
-values are independent draws of D given D != 0 whatever n turns out to be; the ratio K / n
-estimates P(D != 0) with a relative bias of about 1 / min_differing (negative-binomial
-stopping; under 2% at 64). An update that
-did not change the policy (theta_new == theta_old: a rejected step) has dJ = 0 exactly and
-every pair coinciding: it gets no extra round.
+reach ``eval.max_pairs``, or ``eval.max_coinciding_pairs`` are drawn and every one of them
+coincides; the estimate is the mean over all pairs and the standard error sd / sqrt(n) over
+all of them (still a standard error: the interval is mean +/- 1.96 SE). The stopping rule
+looks only at whether pairs differ, not at their values, so the K differing values are
+independent draws of D given D != 0 whatever n turns out to be; the ratio K / n estimates
+P(D != 0) with a relative bias of about 1 / min_differing (negative-binomial stopping; under
+2% at 64). An update that did not change the policy (theta_new == theta_old: a rejected step)
+has dJ = 0 exactly and every pair coinciding: it gets no extra round.
+
+**No pair differs.** When the policy moved and all n pairs coincide, sd / sqrt(n) = 0 says
+nothing. Where the returns are bounded, |D| <= B (tabular MDPs: B = (max(r, 0) - min(r, 0))
+sum_{t<H} gamma^t), dJ = P(D != 0) E[D | D != 0], and n coinciding pairs put
+P(D != 0) <= 1 - 0.05^(1/n) (about 3 / n, the "rule of three") except with probability 0.05,
+so [-(1 - 0.05^(1/n)) B, +(1 - 0.05^(1/n)) B] holds dJ with probability at least 95%
+(:func:`no_difference_half_width`); the logged SE is that half-width / 1.96, so that
+mean +/- 1.96 SE is this interval. Without a bound (gymnasium envs) the SE stays 0 and
+``eval/pairs_differing`` = 0 flags the update.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import numpy as np
 
 #: coverage tolerance: the exact solver's own rounding (dJ and dL to about 5e-14)
 EXACT_TOLERANCE = 1e-12
+#: the normal quantile of a two-sided 95% interval
+Z_95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
@@ -42,25 +53,54 @@ class PairedImprovement:
 
 
 def more_rounds(differing: int, pairs: int, per_round: int, min_differing: int,
-                max_pairs: int) -> bool:
+                max_pairs: int, max_coinciding: int | None = None) -> bool:
     """Whether another round of ``per_round`` pairs is drawn: fewer than ``min_differing``
-    pairs differ and one more round keeps the total within ``max_pairs``."""
+    pairs differ, one more round keeps the total within ``max_pairs``, and not all of at
+    least ``max_coinciding`` pairs coincide (None: no such stop)."""
+    if differing == 0 and max_coinciding is not None and pairs >= max_coinciding:
+        return False
     return differing < min_differing and pairs + per_round <= max_pairs
+
+
+def no_difference_half_width(pairs: int, return_bound: float, level: float = 0.95) -> float:
+    """Half-width of the interval for dJ when none of ``pairs`` pairs differ and |D| <=
+    ``return_bound``: (1 - (1 - level)^(1/pairs)) x return_bound (the exact binomial upper
+    bound on P(D != 0) times the largest |D|; see the module docstring)."""
+    if pairs < 1 or return_bound < 0 or not 0 < level < 1:
+        raise ValueError(f"need pairs >= 1, return_bound >= 0, 0 < level < 1; got {pairs}, "
+                         f"{return_bound}, {level}")
+    return float(-np.expm1(np.log1p(-level) / pairs) * return_bound)
+
+
+def paired_return_bound(reward_low: float, reward_high: float, gamma: float,
+                        horizon: int) -> float:
+    """The largest |G' - G| of two discounted returns of at most ``horizon`` steps with every
+    reward in [reward_low, reward_high] (an ended episode's steps count as reward 0):
+    (max(high, 0) - min(low, 0)) sum_{t<H} gamma^t."""
+    if reward_low > reward_high or horizon < 1 or not 0 <= gamma <= 1:
+        raise ValueError(f"need reward_low <= reward_high, horizon >= 1, 0 <= gamma <= 1; got "
+                         f"{reward_low}, {reward_high}, {horizon}, {gamma}")
+    steps = float(horizon) if gamma == 1 else (1 - gamma**horizon) / (1 - gamma)
+    return (max(reward_high, 0.0) - min(reward_low, 0.0)) * steps
 
 
 def paired_improvement(new: np.ndarray, old: np.ndarray, moved: bool, min_differing: int,
                        max_pairs: int,
-                       draw: Callable[[int], tuple[np.ndarray, np.ndarray]]
-                       ) -> PairedImprovement:
+                       draw: Callable[[int], tuple[np.ndarray, np.ndarray]],
+                       max_coinciding: int | None = None,
+                       return_bound: float | None = None) -> PairedImprovement:
     """dJ from the paired returns ``new``, ``old`` of a first round, with rounds r = 1, 2, ...
     of ``draw(r)`` -> (new, old) added while :func:`more_rounds` says so (never when the
-    policy did not move). The standard error is sd(D, ddof=1) / sqrt(n); NaN for one pair."""
+    policy did not move). The standard error is sd(D, ddof=1) / sqrt(n); NaN for one pair;
+    when the policy moved, no pair differs and ``return_bound`` bounds |D|, the
+    :func:`no_difference_half_width` / 1.96."""
     news, olds = [np.asarray(new, np.float64)], [np.asarray(old, np.float64)]
     per_round = news[0].size
     pairs = per_round
     differing = int(np.count_nonzero(news[0] - olds[0]))
     rounds = 0
-    while moved and more_rounds(differing, pairs, per_round, min_differing, max_pairs):
+    while moved and more_rounds(differing, pairs, per_round, min_differing, max_pairs,
+                                max_coinciding):
         rounds += 1
         more_new, more_old = draw(rounds)
         news.append(np.asarray(more_new, np.float64))
@@ -69,6 +109,8 @@ def paired_improvement(new: np.ndarray, old: np.ndarray, moved: bool, min_differ
         pairs += per_round
     d = np.concatenate(news) - np.concatenate(olds)
     se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+    if moved and differing == 0 and return_bound is not None:
+        se = no_difference_half_width(d.size, return_bound) / Z_95
     return PairedImprovement(float(d.mean()), se, int(d.size), differing, np.concatenate(olds))
 
 
@@ -91,7 +133,7 @@ def heldout_se(per_episode: np.ndarray, ratio_variance: np.ndarray | None = None
 
 
 def covered(estimate: np.ndarray, se: np.ndarray, truth: np.ndarray,
-            z: float = 1.959963984540054) -> np.ndarray:
+            z: float = Z_95) -> np.ndarray:
     """Whether estimate +/- z se holds the exact value (within :data:`EXACT_TOLERANCE`, so a
     rejected step's interval {0} holds its dJ of exactly 0 and its dL of 0 up to rounding)."""
     estimate, se, truth = (np.asarray(a, np.float64) for a in (estimate, se, truth))
@@ -203,7 +245,7 @@ def calibration_regression(x, y, clusters) -> Calibration:
                        float(np.sqrt(cov[0, 0])))
 
 
-def agreement_fraction(dl, dl_se, dj, dj_se, z: float = 1.959963984540054) -> float:
+def agreement_fraction(dl, dl_se, dj, dj_se, z: float = Z_95) -> float:
     """Fraction of updates with |dL - dJ| <= z sqrt(se_dL^2 + se_dJ^2) (the two estimates are
     independent: different episodes), over the updates where all four are finite; NaN if
     none. An exact side has SE 0."""

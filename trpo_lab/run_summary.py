@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-#: z of a two-sided 95 % normal interval: an update's dJ is "resolved" when |dJ| > Z95 * SE
-Z95 = 1.959963984540054
+# an update's dJ is "resolved" when |dJ| > Z95 * SE
+from trpo_lab.intervals import Z_95 as Z95
 
 #: The keys comparison_figures adds to a run's summary, with their meaning (README, W&B panels);
 #: the prediction-against-truth statistics beside them are trpo_lab.intervals'

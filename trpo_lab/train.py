@@ -38,7 +38,7 @@ from trpo_lab.algos.common import heldout_improvement, predicted_improvement, ra
 from trpo_lab.checkpoint import load_checkpoint, misfit, save_checkpoint
 from trpo_lab.config import Config, ConfigError, TRPOConfig, env_label, planned_updates
 from trpo_lab.critic import CriticTrainer
-from trpo_lab.envs import env_factory, make_vector_env, tabular_model
+from trpo_lab.envs import env_factory, make_vector_env, tabular_horizon, tabular_model
 from trpo_lab.evaluation import (
     Episodes,
     EpisodeSampler,
@@ -50,7 +50,7 @@ from trpo_lab.evaluation import (
     run_samplers,
 )
 from trpo_lab.guards import ProgressWatch, batch_overflow, critic_nonfinite, nonfinite_hint
-from trpo_lab.intervals import paired_improvement, run_prediction_summary
+from trpo_lab.intervals import paired_improvement, paired_return_bound, run_prediction_summary
 from trpo_lab.logging import (
     MetricsPosition,
     WandbRun,
@@ -61,7 +61,7 @@ from trpo_lab.logging import (
 from trpo_lab.numerics import flat_grad, flat_params, set_flat_params
 from trpo_lab.pipeline import Pipeline
 from trpo_lab.policies import Policy
-from trpo_lab.preflight import observation_warnings
+from trpo_lab.preflight import episode_step_bound, observation_warnings
 from trpo_lab.probes import PROBES, Prober, UpdateContext
 from trpo_lab.recorder import (  # noqa: F401  (SUMMARY, WANDB_ID, write_summary: callers')
     METRICS,
@@ -321,6 +321,7 @@ class Trainer:
             from trpo_lab import exact  # scipy.linalg: only tabular runs pay for the import
 
             self.exact = exact
+        self.return_bound = self._return_bound()
         self.sampler = self._sampler()
         # adaptive rounds of pairs (made on first use; several when rounds step together)
         self.more_pairs: list[EpisodeSampler] = []
@@ -398,6 +399,20 @@ class Trainer:
                 episode_envs(self.cfg.env, self.cfg.gamma, self.cfg.eval.episodes, 2, self.mdp),
                 self.cfg.gamma, self.cfg.seed + 10_000))
         return self.more_pairs[:count]
+
+    def _return_bound(self) -> float | None:
+        """The largest |G' - G| of a pair, for dJ's interval when no pair differs: from the
+        MDP's rewards and horizon, or from env.reward_bounds and the env's max_episode_steps;
+        None when either is unknown."""
+        cfg = self.cfg
+        if self.mdp is not None:
+            return paired_return_bound(float(self.mdp.R.min()), float(self.mdp.R.max()),
+                                       cfg.gamma, tabular_horizon(cfg.env, cfg.gamma))
+        steps = episode_step_bound(cfg) if list(cfg.env.reward_bounds) else None
+        if steps is None:
+            return None
+        low, high = cfg.env.reward_bounds
+        return paired_return_bound(float(low), float(high), cfg.gamma, steps)
 
     def _rounds_ahead(self, round_index: int) -> int:
         """How many adaptive rounds to step together from ``round_index`` on: 1, 2, 4, ...
@@ -661,7 +676,8 @@ class Trainer:
 
             dj = paired_improvement(new.returns, old.returns,
                                     request is not None and not torch.equal(theta_old, theta_new),
-                                    cfg.eval.min_differing, cfg.eval.max_pairs, draw)
+                                    cfg.eval.min_differing, cfg.eval.max_pairs, draw,
+                                    cfg.eval.max_coinciding_pairs, self.return_bound)
             j = MonteCarloEstimate.of(dj.old_returns)
             prefix = "mc/" if self.mdp is not None else "true/"
             out.update({f"{prefix}J": j.mean, f"{prefix}J_se": j.se,
