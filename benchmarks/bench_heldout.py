@@ -41,15 +41,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
 from scipy.stats import t as student_t
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_truth import ROOT, SHAPES, coverage_overrides, markdown  # noqa: E402
+from bench_truth import SHAPES, coverage_config, fresh_coverage_run_dir, markdown  # noqa: E402
 
 from trpo_lab import train as train_module  # noqa: E402
 from trpo_lab.algos.common import ratio  # noqa: E402
-from trpo_lab.config import register_configs, to_typed, validate  # noqa: E402
 from trpo_lab.intervals import covered  # noqa: E402
 
 Z = 1.959963984540054
@@ -129,17 +127,11 @@ def rules_of(policy, heldout, captured: dict, sizes: list[int], gamma: float) ->
 def job(args: tuple[str, str, int, int, int, str]) -> str:
     """One run with the wrapped held-out estimator; writes rules.csv beside metrics.csv."""
     shape, estimator, seed, updates, max_episodes, workdir = args
-    register_configs()
-    run_dir = Path(workdir) / f"{shape.replace(' ', '_')}-{estimator}-{seed}"
-    if (run_dir / "rules.csv").exists():
+    run_dir, done = fresh_coverage_run_dir(workdir, shape, estimator, seed, "rules.csv")
+    if done:
         return str(run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    overrides = coverage_overrides(shape, estimator, seed, updates) + [
-        f"eval.heldout_episodes={max_episodes}"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        typed = to_typed(compose(config_name="config", overrides=overrides))
-    validate(typed)
+    typed = coverage_config(shape, estimator, seed, updates,
+                            (f"eval.heldout_episodes={max_episodes}",))
     sizes = [n for n in (64, 128, 256, 512, 1024) if n <= max_episodes]
     captured: dict = {}
     records: list[dict] = []

@@ -26,7 +26,6 @@ coverage per shape with the mean pairs drawn.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -34,14 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hydra import compose, initialize_config_dir
 from scipy.stats import t as student_t
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_truth import ROOT, SHAPES, coverage_overrides, markdown  # noqa: E402
+from bench_truth import SHAPES, coverage_config, fresh_coverage_run_dir, markdown  # noqa: E402
 
 from trpo_lab import train as train_module  # noqa: E402
-from trpo_lab.config import register_configs, to_typed, validate  # noqa: E402
 from trpo_lab.envs.tabular import garnet, horizon_for  # noqa: E402
 from trpo_lab.intervals import (  # noqa: E402
     EXACT_TOLERANCE,
@@ -58,17 +55,10 @@ ROUND = 64
 def job(args: tuple[str, str, int, int, int, str]) -> str:
     """One run with the paired evaluator wrapped; writes pairs.npz beside metrics.csv."""
     shape, estimator, seed, updates, max_pairs, workdir = args
-    register_configs()
-    run_dir = Path(workdir) / f"{shape.replace(' ', '_')}-{estimator}-{seed}"
-    if (run_dir / "pairs.npz").exists():
+    run_dir, done = fresh_coverage_run_dir(workdir, shape, estimator, seed, "pairs.npz")
+    if done:
         return str(run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    overrides = coverage_overrides(shape, estimator, seed, updates) + [
-        f"eval.max_pairs={max_pairs}"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        typed = to_typed(compose(config_name="config", overrides=overrides))
-    validate(typed)
+    typed = coverage_config(shape, estimator, seed, updates, (f"eval.max_pairs={max_pairs}",))
     rows: list[np.ndarray] = []
     original = train_module.paired_improvement
 

@@ -140,21 +140,45 @@ def coverage_overrides(shape: str, estimator: str, seed: int, updates: int) -> l
             "checkpoint.every=0"]
 
 
+def coverage_run_dir(workdir: str | Path, shape: str, estimator: str, seed: int) -> Path:
+    """Where a coverage run of ``shape`` / ``estimator`` / ``seed`` writes, in ``workdir``."""
+    return Path(workdir) / f"{shape.replace(' ', '_')}-{estimator}-{seed}"
+
+
+def fresh_coverage_run_dir(workdir: str | Path, shape: str, estimator: str, seed: int,
+                           done: str) -> tuple[Path, bool]:
+    """The run's directory and whether an earlier call finished it (its file ``done``
+    exists); otherwise the directory is emptied for a new run."""
+    run_dir = coverage_run_dir(workdir, shape, estimator, seed)
+    if (run_dir / done).exists():
+        return run_dir, True
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    return run_dir, False
+
+
+def coverage_config(shape: str, estimator: str, seed: int, updates: int,
+                    extra: tuple[str, ...] = ()):
+    """The typed, validated configuration of a coverage run (:func:`coverage_overrides`, then
+    ``extra`` overrides)."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        typed = to_typed(compose(config_name="config", overrides=[
+            *coverage_overrides(shape, estimator, seed, updates), *extra]))
+    validate(typed)
+    return typed
+
+
 def coverage_job(args: tuple[str, str, int, int, str]) -> str:
     """One coverage run (in a worker process); returns its metrics.csv path."""
     shape, estimator, seed, updates, workdir = args
-    register_configs()
-    run_dir = Path(workdir) / f"{shape.replace(' ', '_')}-{estimator}-{seed}"
+    run_dir = coverage_run_dir(workdir, shape, estimator, seed)
     if (run_dir / "metrics.csv").exists() and \
             len(pd.read_csv(run_dir / "metrics.csv")) == updates:
         return str(run_dir / "metrics.csv")  # kept from an earlier call
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        typed = to_typed(compose(config_name="config",
-                                 overrides=coverage_overrides(shape, estimator, seed, updates)))
-    validate(typed)
-    Trainer(typed, run_dir).run()
+    Trainer(coverage_config(shape, estimator, seed, updates), run_dir).run()
     return str(run_dir / "metrics.csv")
 
 

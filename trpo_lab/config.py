@@ -433,7 +433,8 @@ class EvalConfig:
         512, interval(1, 10**7, integer=True),
         "Adaptive pairs stop once this many pairs are drawn and every one coincides (a solved "
         "CartPole policy: both reach 500 in every pair). The interval is then the bound of "
-        "trpo_lab/intervals.py where the returns are bounded (tabular MDPs), else {0} with "
+        "trpo_lab/intervals.py where the returns are bounded (tabular MDPs, env.reward_bounds), "
+        "else {0} with "
         "eval/pairs_differing = 0. Raise it to resolve tinier steps, at the evaluation's cost.")
     heldout_episodes: int = param(
         64, interval(0, 100000, integer=True),
