@@ -434,8 +434,8 @@ class EvalConfig:
         "Adaptive pairs stop once this many pairs are drawn and every one coincides (a solved "
         "CartPole policy: both reach 500 in every pair). The interval is then the bound of "
         "trpo_lab/intervals.py where the returns are bounded (tabular MDPs, env.reward_bounds), "
-        "else {0} with "
-        "eval/pairs_differing = 0. Raise it to resolve tinier steps, at the evaluation's cost.")
+        "else {0} with eval/pairs_differing = 0. Raise it to resolve tinier steps, at the "
+        "evaluation's cost.")
     heldout_episodes: int = param(
         64, interval(0, 100000, integer=True),
         "Fresh episodes of the old policy per evaluated update, never trained on, on which "

@@ -18,12 +18,14 @@ P(D != 0) with a relative bias of about 1 / min_differing (negative-binomial sto
 has dJ = 0 exactly and every pair coinciding: it gets no extra round.
 
 **No pair differs.** When the policy moved and all n pairs coincide, sd / sqrt(n) = 0 says
-nothing. Where the returns are bounded, |D| <= B (tabular MDPs: B = (max(r, 0) - min(r, 0))
-sum_{t<H} gamma^t), dJ = P(D != 0) E[D | D != 0], and n coinciding pairs put
-P(D != 0) <= 1 - 0.05^(1/n) (about 3 / n, the "rule of three") except with probability 0.05,
-so [-(1 - 0.05^(1/n)) B, +(1 - 0.05^(1/n)) B] holds dJ with probability at least 95%
-(:func:`no_difference_half_width`); the logged SE is that half-width / 1.96, so that
-mean +/- 1.96 SE is this interval. Without a bound (gymnasium envs) the SE stays 0 and
+nothing. Where the returns are bounded, |D| <= B = (max(r, 0) - min(r, 0)) sum_{t<H} gamma^t
+(:func:`paired_return_bound`: tabular MDPs from their rewards and horizon, gymnasium envs
+from ``env.reward_bounds`` and their max_episode_steps). Then dJ = P(D != 0) E[D | D != 0],
+and n coinciding pairs put P(D != 0) <= 1 - 0.05^(1/n) (about 3 / n, the "rule of three")
+except with probability 0.05, so [-(1 - 0.05^(1/n)) B, +(1 - 0.05^(1/n)) B] holds dJ with
+probability at least 95% (:func:`no_difference_half_width`); the logged SE is that
+half-width / 1.96, so that mean +/- 1.96 SE is this interval. Without a bound (a gymnasium
+env without ``env.reward_bounds`` or without a step limit) the SE stays 0 and
 ``eval/pairs_differing`` = 0 flags the update.
 """
 

@@ -38,7 +38,7 @@ from trpo_lab.algos.common import heldout_improvement, predicted_improvement, ra
 from trpo_lab.checkpoint import load_checkpoint, misfit, save_checkpoint
 from trpo_lab.config import Config, ConfigError, TRPOConfig, env_label, planned_updates
 from trpo_lab.critic import CriticTrainer
-from trpo_lab.envs import env_factory, make_vector_env, tabular_horizon, tabular_model
+from trpo_lab.envs import env_factory, make_vector_env, tabular_model
 from trpo_lab.evaluation import (
     Episodes,
     EpisodeSampler,
@@ -406,13 +406,13 @@ class Trainer:
         None when either is unknown."""
         cfg = self.cfg
         if self.mdp is not None:
-            return paired_return_bound(float(self.mdp.R.min()), float(self.mdp.R.max()),
-                                       cfg.gamma, tabular_horizon(cfg.env, cfg.gamma))
-        steps = episode_step_bound(cfg) if list(cfg.env.reward_bounds) else None
-        if steps is None:
+            low, high = float(self.mdp.R.min()), float(self.mdp.R.max())
+        elif list(cfg.env.reward_bounds):
+            low, high = (float(b) for b in cfg.env.reward_bounds)
+        else:
             return None
-        low, high = cfg.env.reward_bounds
-        return paired_return_bound(float(low), float(high), cfg.gamma, steps)
+        steps = episode_step_bound(cfg)  # the tabular horizon H on tabular envs
+        return None if steps is None else paired_return_bound(low, high, cfg.gamma, steps)
 
     def _rounds_ahead(self, round_index: int) -> int:
         """How many adaptive rounds to step together from ``round_index`` on: 1, 2, 4, ...
