@@ -354,7 +354,8 @@ def test_heldout_interval_covers_the_exact_dl_of_random_updates():
 
 def test_the_return_bound_of_cartpole_and_of_envs_without_one(tmp_path):
     """CartPole (+1 a step, env.reward_bounds [0, 1], max_episode_steps 500): B = sum_{t<500}
-    0.99^t = 99.34; an env without reward bounds (Pendulum) has none; bad bounds and bounds
+    0.99^t = 99.34 (sum_{t<100} with env.kwargs.max_episode_steps=100); an env without
+    reward bounds (Pendulum) has none; bad bounds and bounds
     on a tabular env are refused, naming the key."""
     from tests.conftest import compose_typed
     from trpo_lab.config import ConfigError, validate
@@ -364,6 +365,10 @@ def test_the_return_bound_of_cartpole_and_of_envs_without_one(tmp_path):
         (tmp_path / name).mkdir()
     cartpole = Trainer(compose_typed("logger=none"), tmp_path / "cartpole")
     assert cartpole.return_bound == pytest.approx((1 - 0.99**500) / (1 - 0.99), rel=1e-12)
+    (tmp_path / "short").mkdir()
+    short = Trainer(compose_typed("logger=none", "+env.kwargs.max_episode_steps=100"),
+                    tmp_path / "short")  # gymnasium.make's step limit, not the spec's
+    assert short.return_bound == pytest.approx((1 - 0.99**100) / (1 - 0.99), rel=1e-12)
     assert Trainer(compose_typed("logger=none", "env=pendulum"),
                    tmp_path / "pendulum").return_bound is None
     for bad in ("[1.0, 0.0]", "[0.0]", "[0.0, inf]"):

@@ -92,6 +92,8 @@ def episode_step_bound(cfg: Config) -> int | None:
 
     if cfg.env.tabular:
         return tabular_horizon(cfg.env, cfg.gamma)
+    if cfg.env.kwargs.get("max_episode_steps") is not None:  # gymnasium.make's own override
+        return int(cfg.env.kwargs["max_episode_steps"])
     try:
         return gym.spec(registered_id(cfg.env.id)).max_episode_steps
     except (gym.error.Error, EnvError):
