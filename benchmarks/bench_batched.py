@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -133,12 +132,16 @@ def group_sps(env: str, runs: int, updates: int, root: Path,
 
 
 def peak_rss_mb(runs: int, updates: int) -> float:
+    # the child reports its own high-water mark: RUSAGE_CHILDREN would be the largest of every
+    # child this benchmark waited for, the sweeps' processes included
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
-            f"import bench_batched as b, tempfile, pathlib; "
+            f"import bench_batched as b, tempfile, pathlib, resource; "
             f"d = pathlib.Path(tempfile.mkdtemp()); "
-            f"print(b.group_sps('cartpole', {runs}, {updates}, d))")
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=ROOT)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            f"b.group_sps('cartpole', {runs}, {updates}, d); "
+            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         cwd=ROOT, text=True)
+    return int(out.stdout.split()[-1]) / 1024
 
 
 def main() -> None:

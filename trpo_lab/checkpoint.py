@@ -64,7 +64,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         if path.stat().st_size == 0:
             raise RunFileError(path, "the checkpoint is empty", _restart_advice(path))
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location="cpu")
     except RunFileError:
         raise
     except (OSError, EOFError, RuntimeError, ValueError, TypeError, AttributeError, KeyError,

@@ -11,6 +11,7 @@ in the spirit of Spinning Up's docstrings.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
@@ -69,6 +70,12 @@ def int_list(lo: int, hi: int) -> Check:
         return None if ok else allowed
 
     return check
+
+
+def torch_device(value: Any) -> str | None:
+    ok = isinstance(value, str) and (value in ("cpu", "cuda") or re.fullmatch(
+        r"cuda:\d{1,3}", value) is not None)
+    return None if ok else "must be cpu, cuda or cuda:N (N the GPU's index)"
 
 
 def finite_list(value: Any) -> str | None:
@@ -537,8 +544,12 @@ class Config:
     resume: bool = param(False, no_check,
                          "Resume from checkpoint.pt in the run directory (also automatic when "
                          "the run directory holds an unfinished run).")
-    device: str = param("cpu", one_of("cpu"),
-                        "Torch device. Only cpu: 64x64 policies update fastest on the CPU.")
+    device: str = param("cpu", torch_device,
+                        "Torch device of the networks and the update: cpu (default: 64x64 "
+                        "policies update fastest there), cuda or cuda:N (a GPU torch sees; "
+                        "refused where torch sees none). Off the CPU every network takes the "
+                        "generic backend (policy.backend=fast is refused); rollouts and the "
+                        "evaluator step the envs on the CPU and call the actor on the device.")
     torch_threads: int = param(1, interval(0, 256, integer=True),
                                "torch.set_num_threads; 1 is fastest for small nets, 0 = default.")
     progress: bool = param(True, no_check,
@@ -645,6 +656,11 @@ def validate(cfg: Config) -> None:
                           f"the hand-written derivatives serve Linear + tanh/ReLU stacks "
                           f"(policy=mlp, linear, tabular), not policy={policy.name}: use "
                           "policy.backend=auto or generic")
+    if policy.backend == "fast" and cfg.device != "cpu":
+        raise ConfigError("policy.backend", "fast",
+                          f"the hand-written derivatives run in numpy on the CPU, not on "
+                          f"device={cfg.device}: use policy.backend=auto or generic (auto "
+                          "takes the generic backend off the CPU)")
     if policy.backend == "fast" and module_target(policy.critic) is not None:
         raise ConfigError("policy.backend", "fast",
                           "the hand-written derivatives serve the MLP critic, not "

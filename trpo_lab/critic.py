@@ -62,7 +62,8 @@ def critic_update_runs(trainers: Sequence, batches: Sequence[Batch]) -> list[dic
     first = trainers[0]
     cfg = first.cfg
     require_shared([t.cfg for t in trainers], ("epochs", "minibatches", "adam_eps"), "critic")
-    evs = [explained_variance(b.values.double().numpy(), b.returns.double().numpy())
+    evs = [explained_variance(b.values.double().cpu().numpy(),
+                              b.returns.double().cpu().numpy())
            for b in batches]
     fast = first.policy.fast_critic
     critics = [t.policy.critic for t in trainers]
@@ -78,14 +79,15 @@ def critic_update_runs(trainers: Sequence, batches: Sequence[Batch]) -> list[dic
     obs = torch.stack([b.obs for b in batches])
     returns = torch.stack([b.returns for b in batches])
     size = batches[0].size
-    rows = torch.arange(R)[:, None]
+    device = obs.device
+    rows = torch.arange(R, device=device)[:, None]
     for _ in range(cfg.epochs):
         parts = [minibatch_indices(size, cfg.minibatches, t.generator) for t in trainers]
         for j in range(len(parts[0])):
             if isinstance(parts[0][j], slice):
                 x, target = obs, returns
             else:
-                index = torch.stack([p[j] for p in parts])
+                index = torch.stack([p[j] for p in parts]).to(device)
                 x, target = obs[rows, index], returns[rows, index]
             output, pullback = _outputs_and_pullback(net, fast, flat, x)
             error = output[..., 0] - target
@@ -95,7 +97,7 @@ def critic_update_runs(trainers: Sequence, batches: Sequence[Batch]) -> list[dic
             cot = (2.0 / error.shape[1]) * torch.where(live[:, None], error,
                                                        torch.zeros_like(error))
             g = pullback(cot.unsqueeze(-1))
-            live_np = live.numpy()
+            live_np = live.cpu().numpy()
             steps = steps + live_np
             # Adam with Python-float step sizes, as trpo_lab.optim.Adam computes it (a tensor of
             # per-run step sizes rounds differently: torch divides by a scalar as a product
@@ -105,7 +107,7 @@ def critic_update_runs(trainers: Sequence, batches: Sequence[Batch]) -> list[dic
                 blocks.setdefault((float(lr[r]), int(steps[r])), []).append(int(r))
             for (rate, t), members in blocks.items():
                 whole = len(members) == R
-                index = None if whole else torch.tensor(members)
+                index = None if whole else torch.tensor(members, device=device)
                 m_b, v_b = (m, v) if whole else (m[index], v[index])
                 g_b, p_b = (g, flat) if whole else (g[index], flat[index])
                 m_b = m_b.mul(b1).add_(g_b, alpha=1 - b1)

@@ -105,8 +105,9 @@ def self_normalised(ratio: torch.Tensor, weights: torch.Tensor,
     index = groups.expand_as(ratio)
     count = int(groups.max()) + 1
     shape = (*ratio.shape[:-1], count)
-    weighted = torch.zeros(shape, dtype=ratio.dtype).scatter_add(-1, index, weights * ratio)
-    total = torch.zeros(shape, dtype=ratio.dtype).scatter_add(
+    weighted = torch.zeros(shape, dtype=ratio.dtype, device=ratio.device).scatter_add(
+        -1, index, weights * ratio)
+    total = torch.zeros(shape, dtype=ratio.dtype, device=ratio.device).scatter_add(
         -1, index, weights.to(ratio.dtype).expand_as(ratio))
     return ratio / (weighted / total).gather(-1, index)
 

@@ -51,7 +51,8 @@ class Adam:
         self.params, self.lr, self.betas, self.eps = list(params), lr, betas, eps
         self.steps = [0] * len(self.params)  # per parameter, as torch.optim.Adam counts them
         sizes = [p.numel() for p in self.params]
-        flat = torch.zeros(sum(sizes), dtype=self.params[0].dtype) if self.params else None
+        flat = torch.zeros(sum(sizes), dtype=self.params[0].dtype,
+                           device=self.params[0].device) if self.params else None
 
         def views(buffer: torch.Tensor | None) -> list[torch.Tensor]:
             if buffer is None:

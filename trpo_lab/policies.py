@@ -203,8 +203,11 @@ class Policy(nn.Module):
     """Actor and critic with disjoint parameters; see the module docstring."""
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, policy: PolicyConfig,
-                 critic_hidden: list[int]):
+                 critic_hidden: list[int], device: str | torch.device = "cpu"):
+        """``device``: where the networks live (the run's ``device``); off the CPU both take
+        the generic backend, whatever ``policy.backend=auto`` would pick on the CPU."""
         super().__init__()
+        device = torch.device(device)
         obs_dim = observation_dim(obs_space)
         self.head: Head = action_head(action_space)
         out_dim = self.head.dim if isinstance(self.head, GaussianHead) else self.head.param_dim
@@ -236,8 +239,16 @@ class Policy(nn.Module):
                 instantiate(dict(policy.critic), "policy.critic", obs_space, 1), obs_space)
         else:
             self.critic = _mlp(obs_dim, list(critic_hidden), 1, "tanh", 1.0)
-        self.fast_actor = self._fast(policy.backend, "policy", self.actor)
-        self.fast_critic = self._fast(policy.backend, "policy.critic", self.critic)
+        on_cpu = device.type == "cpu"
+        self.fast_actor = self._fast(policy.backend, "policy", self.actor) and on_cpu
+        self.fast_critic = self._fast(policy.backend, "policy.critic", self.critic) and on_cpu
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the networks, where batches live (:func:`trpo_lab.rollout.
+        finish_batch` moves them there)."""
+        return next(self.parameters()).device
 
     @staticmethod
     def _fast(backend: str, key: str, net: nn.Module) -> bool:

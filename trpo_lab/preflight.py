@@ -1,7 +1,7 @@
 """Checks at start that need more than a field's range: memory, and the cost of evaluation.
 
 - :func:`check` refuses (``ConfigError``, exit 2) a tabular model that cannot fit in memory,
-  estimated from its keys before anything is built.
+  estimated from its keys before anything is built, and a ``device`` torch does not see.
 - :func:`warnings` names settings that make every update absurdly slow, or a run's evaluation
   far more costly than its training, without refusing them.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+
+import torch
 
 from trpo_lab.config import Config, ConfigError, planned_updates
 
@@ -72,6 +74,7 @@ def human_bytes(n: float) -> str:
 
 def check(cfg: Config, available: int | None = None) -> None:
     """Refuse what cannot run at all; ``available`` defaults to :func:`available_memory`."""
+    check_device(cfg.device)
     if cfg.env.tabular and cfg.env.name == "garnet":
         needed = tabular_model_bytes(cfg.env.num_states, cfg.env.num_actions)
         available = available_memory() if available is None else available
@@ -82,6 +85,23 @@ def check(cfg: Config, available: int | None = None) -> None:
                 f"{human_bytes(needed)} (S*A*S float64 transitions, twice, and S*S matrices), "
                 f"more than the {human_bytes(available)} of memory available; lower "
                 f"env.num_states or env.num_actions")
+
+
+def check_device(device: str, gpus: int | None = None) -> None:
+    """``device`` must be one torch can use: cpu, or a CUDA GPU among the ``gpus`` torch sees
+    (default ``torch.cuda.device_count()``, 0 where torch has no CUDA or no GPU)."""
+    if device == "cpu":
+        return
+    gpus = (torch.cuda.device_count() if torch.cuda.is_available() else 0) \
+        if gpus is None else gpus
+    index = 0 if device == "cuda" else int(device.split(":")[1])
+    if gpus == 0:
+        raise ConfigError("device", device,
+                          f"torch sees no CUDA GPU here (torch {torch.__version__}, "
+                          "torch.cuda.is_available() is False): use device=cpu")
+    if index >= gpus:
+        raise ConfigError("device", device,
+                          f"torch sees {gpus} CUDA GPU(s), cuda:0 to cuda:{gpus - 1}")
 
 
 def episode_step_bound(cfg: Config) -> int | None:

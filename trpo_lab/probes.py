@@ -129,7 +129,7 @@ def random_direction(like: torch.Tensor, norm: float, seed: list[int]) -> torch.
     ``np.random.default_rng(seed)``."""
     draw = np.random.default_rng(seed).standard_normal(like.numel())
     length = float(np.linalg.norm(draw))
-    return torch.as_tensor(draw * (norm / length), dtype=like.dtype)
+    return torch.as_tensor(draw * (norm / length), dtype=like.dtype, device=like.device)
 
 
 def first_steps(episodes: Episodes, start: int, steps: int) -> tuple[Episodes, int] | None:
@@ -337,7 +337,8 @@ class Prober:
 
     def _gradient(self, batch: Batch) -> np.ndarray:
         params = self.policy.actor_parameters()
-        return flat_grad(predicted_improvement(self.policy, batch), params).double().numpy()
+        return flat_grad(predicted_improvement(self.policy, batch),
+                         params).double().cpu().numpy()
 
     def _heldout(self, update: UpdateContext, episodes: Episodes) -> HeldoutBatch:
         return heldout_batch(self.policy, episodes, self.cfg.gamma, self.cfg.gae_lambda,

@@ -68,6 +68,13 @@ def _as_tensor(array: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.T
     return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype)
 
 
+def critic_values(policy: Policy, obs: np.ndarray) -> np.ndarray:
+    """V(s) of the policy's critic for every row of ``obs`` (encoded observations), as float64
+    numpy, computed on the policy's device without autograd."""
+    with torch.no_grad():
+        return policy.value(_as_tensor(obs).to(policy.device)).double().cpu().numpy()
+
+
 def weighted_standardize(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     mean = (weights * x).sum()
     std = torch.sqrt((weights * (x - mean) ** 2).sum())
@@ -78,7 +85,11 @@ def finish_batch(policy: Policy, obs: torch.Tensor, actions: torch.Tensor,
                  advantages: torch.Tensor, returns: torch.Tensor, values: torch.Tensor,
                  weights: torch.Tensor, dl_weights: torch.Tensor, normalize: bool,
                  exact: bool) -> Batch:
-    """Record the collecting policy's distribution on the batch and the policy advantages."""
+    """Record the collecting policy's distribution on the batch and the policy advantages; the
+    batch's tensors move to the policy's device (``device``; no copy on the CPU)."""
+    device = policy.device
+    obs, actions, advantages, returns, values, weights, dl_weights = (
+        t.to(device) for t in (obs, actions, advantages, returns, values, weights, dl_weights))
     with torch.no_grad():
         old_params = policy.dist_params(obs)
         old_log_prob = policy.head.log_prob(old_params, actions)
@@ -536,9 +547,8 @@ def build_batches(policies: list[Policy], datas: list[RolloutData], gammas: list
     values, next_values = np.empty((T, R * N)), np.empty((T, R * N))
     for r, (policy, data) in enumerate(zip(policies, datas)):
         flat_obs = data.obs.reshape(T * N, obs_dim)
-        with torch.no_grad():
-            all_values = policy.value(_as_tensor(
-                np.concatenate([flat_obs, data.last_obs, data.final_obs]))).double().numpy()
+        all_values = critic_values(
+            policy, np.concatenate([flat_obs, data.last_obs, data.final_obs]))
         v = values[:, r * N:(r + 1) * N]
         v[:] = all_values[: T * N].reshape(T, N)
         nv = next_values[:, r * N:(r + 1) * N]
@@ -638,9 +648,8 @@ def heldout_batch(policy: Policy, episodes: Episodes, gamma: float, lam: float,
         following = np.zeros_like(alive)
         following[:-1] = alive[1:]
         last = alive & (episodes.done | ~following)
-        with torch.no_grad():
-            both = policy.value(_as_tensor(np.concatenate(
-                [episodes.obs[alive], episodes.next_obs[last]]))).double().numpy()
+        both = critic_values(policy, np.concatenate([episodes.obs[alive],
+                                                     episodes.next_obs[last]]))
         values, next_values = np.zeros((T, N)), np.zeros((T, N))
         values[alive] = both[:size]
         next_values[:-1] = values[1:]
@@ -659,5 +668,7 @@ def heldout_batch(policy: Policy, episodes: Episodes, gamma: float, lam: float,
         _as_tensor(gamma ** t_index[alive].astype(np.float64) / N), normalize=False,
         exact=False)
     every_action = None if exact_advantages is None else torch.as_tensor(
-        np.ascontiguousarray(exact_advantages[episodes.raw_obs[alive]]), dtype=torch.float64)
-    return HeldoutBatch(batch, torch.as_tensor(episode_index[alive]), N, size, every_action)
+        np.ascontiguousarray(exact_advantages[episodes.raw_obs[alive]]), dtype=torch.float64,
+        device=policy.device)
+    return HeldoutBatch(batch, torch.as_tensor(episode_index[alive], device=policy.device), N,
+                        size, every_action)

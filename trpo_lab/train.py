@@ -308,7 +308,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.envs = make_vector_env(cfg.env, cfg.num_envs, cfg.gamma)
         self.policy = Policy(self.envs.single_observation_space, self.envs.single_action_space,
-                             cfg.policy, list(cfg.critic.hidden_sizes))
+                             cfg.policy, list(cfg.critic.hidden_sizes), cfg.device)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.algo = make_algorithm(self.policy, cfg.algo, cfg.gamma, self.generator)
         self.critic = CriticTrainer(self.policy, cfg.critic, self.generator)

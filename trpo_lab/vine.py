@@ -55,7 +55,7 @@ import torch
 from trpo_lab.config import Config, ConfigError, TRPOConfig, env_label
 from trpo_lab.envs.snapshot import Snapshot, reseed, restore, snapshot, unsupported
 from trpo_lab.policies import NumpyActor, Policy
-from trpo_lab.rollout import Batch, Collector, RolloutData, finish_batch
+from trpo_lab.rollout import Batch, Collector, RolloutData, critic_values, finish_batch
 from trpo_lab.spaces import to_env_actions
 
 VINE_STREAM = 0x56494E45  # "VINE": the rollout-set generator's stream, apart from the run's
@@ -134,7 +134,8 @@ class VineSampler:
         """The vine batch of this update's trunk (``trunk``: its single-path batch, ``data``
         its rollout, ``encode`` and ``actor`` the update's frozen encoder and old policy) and
         the env steps its branches took."""
-        positions = torch.as_tensor(self.positions)
+        device = trunk.obs.device
+        positions = torch.as_tensor(self.positions, device=device)
         n = len(self.positions)
         obs = trunk.obs[positions]
         actions, c = self._actions(policy, actor, obs)
@@ -145,7 +146,7 @@ class VineSampler:
         snaps = [self.snapshots[int(row)] for row in self.positions]
         q_hat, steps = self.branch_returns(policy, actor, encode, data.reward_scale, snaps, k,
                                       actions, branch_seeds)
-        q = torch.as_tensor(q_hat).view(n, k)
+        q = torch.as_tensor(q_hat, device=device).view(n, k)
         baseline = (c * q).sum(1, keepdim=True)
         horvitz = trunk.dl_weights[positions].double() * trunk.size / n
         batch = finish_batch(
@@ -154,21 +155,21 @@ class VineSampler:
             baseline.expand(n, k).reshape(-1).float(), (c / n).reshape(-1).float(),
             (horvitz[:, None] * c).reshape(-1).float(), self.normalize, exact=False)
         if self.vine.proposal != "all":
-            batch = replace(batch, groups=torch.arange(n).repeat_interleave(k))
+            batch = replace(batch, groups=torch.arange(n, device=device).repeat_interleave(k))
         return batch, steps
 
     def _actions(self, policy: Policy, actor: NumpyActor, obs: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """The branched actions [N * K] (state-major) and their weights c [N, K]."""
         n, proposal = obs.shape[0], self.vine.proposal
-        dtype = policy.head.action_dtype
+        dtype, device = policy.head.action_dtype, obs.device
         if proposal == "all":
             k = int(self.space.n)
-            actions = torch.arange(k).repeat(n)
+            actions = torch.arange(k, device=device).repeat(n)
         else:
             k = self.vine.actions
             if proposal == "policy":
-                drawn = actor.sample(np.repeat(obs.numpy(), k, axis=0), self.rng)
+                drawn = actor.sample(np.repeat(obs.cpu().numpy(), k, axis=0), self.rng)
             elif self.discrete:
                 drawn = self.rng.integers(int(self.space.n), size=n * k)
             elif isinstance(self.space, gym.spaces.Box):
@@ -179,14 +180,14 @@ class VineSampler:
                     self.space, gym.spaces.MultiDiscrete) else np.full(int(np.prod(
                         self.space.shape)), 2)
                 drawn = self.rng.integers(nvec, size=(n * k, len(nvec)))
-            actions = torch.as_tensor(np.asarray(drawn), dtype=dtype)
+            actions = torch.as_tensor(np.asarray(drawn), dtype=dtype, device=device)
         with torch.no_grad():
             log_pi = policy.head.log_prob(policy.dist_params(obs.repeat_interleave(k, 0)),
                                           actions).double().view(n, k)
         if proposal == "all":
             c = log_pi.exp()
         elif proposal == "policy":
-            c = torch.full((n, k), 1.0 / k, dtype=torch.float64)  # u = pi_old / q = 1
+            c = torch.full((n, k), 1.0 / k, dtype=torch.float64, device=device)  # u = 1
         else:  # q uniform: constant per state, so u / sum u = pi_old / sum pi_old
             c = torch.softmax(log_pi, dim=1)
         return actions, c
@@ -208,7 +209,7 @@ class VineSampler:
         """Qhat of every branch (branch b = state b // k, action b % k) and the env steps."""
         total = len(seeds)
         q_hat = np.zeros(total)
-        first = actions.numpy()
+        first = actions.cpu().numpy()
         horizon = self.vine.horizon
         steps = 0
         for start in range(0, total, BRANCHES_AT_ONCE):
@@ -240,9 +241,8 @@ class VineSampler:
                     break
                 x = encode(np.asarray([raw[j] for j in alive]))
                 if horizon and tau == horizon:  # cut: bootstrap gamma^H V(s_H)
-                    with torch.no_grad():
-                        v = policy.value(torch.as_tensor(x, dtype=torch.float32)).double()
-                    for j, value in zip(alive, reward_scale * v.numpy()):
+                    v = critic_values(policy, x)
+                    for j, value in zip(alive, reward_scale * v):
                         q_hat[block[j]] += discount * float(value)
                     break
                 noise = np.stack([actor.noise(noise_rngs[j], 1)[0] for j in alive])

@@ -50,7 +50,7 @@ def predicted_improvement(policy: Policy, batch: Batch,
 def action_probabilities(policy: Policy, params: torch.Tensor) -> torch.Tensor:
     """pi(a|s) of every joint action a (``head.joint_actions()`` order) for each row of
     distribution parameters ``params`` [N, P]: [N, joint actions], in float64."""
-    actions = torch.as_tensor(policy.head.joint_actions())
+    actions = torch.as_tensor(policy.head.joint_actions(), device=params.device)
     rows, count = params.shape[0], actions.shape[0]
     every = actions.unsqueeze(0).expand(rows, *actions.shape)
     log_p = policy.head.log_prob(params.double().unsqueeze(1).expand(rows, count, -1), every)
@@ -86,17 +86,17 @@ def heldout_improvement(policy: Policy, heldout: HeldoutBatch,
         else:
             terms = batch.dl_weights * (ratio(policy, batch, new_params) - 1.0) \
                 * batch.advantages
-        per_episode = torch.zeros(n, dtype=terms.dtype).index_add_(
+        per_episode = torch.zeros(n, dtype=terms.dtype, device=terms.device).index_add_(
             0, heldout.episode, terms) * n
         if heldout.action_advantages is not None:
-            return float(per_episode.mean()), heldout_se(per_episode.double().numpy())
+            return float(per_episode.mean()), heldout_se(per_episode.double().cpu().numpy())
         spread = discount**2 * chi_square(policy.head, batch.old_params, new_params)
-        ratio_variance = torch.zeros(n, dtype=torch.float64).index_add_(
+        ratio_variance = torch.zeros(n, dtype=torch.float64, device=spread.device).index_add_(
             0, heldout.episode, spread)
         advantages = batch.advantages.double()
         scale = float((discount * advantages**2).sum() / discount.sum())
-    return float(per_episode.mean()), heldout_se(per_episode.double().numpy(),
-                                                 ratio_variance.numpy(), scale)
+    return float(per_episode.mean()), heldout_se(per_episode.double().cpu().numpy(),
+                                                 ratio_variance.cpu().numpy(), scale)
 
 
 def guarded_step(optimizer: Adam | SGD, loss: torch.Tensor,
@@ -126,7 +126,10 @@ def minibatch_indices(size: int, minibatches: int, generator: torch.Generator):
 
 
 def subset(batch: Batch, index) -> Batch:
-    """A minibatch; weights are renormalised so means stay means."""
+    """A minibatch; weights are renormalised so means stay means. ``index``: a slice or row
+    indices (drawn on the CPU, :func:`minibatch_indices`; moved to the batch's device)."""
+    if isinstance(index, torch.Tensor):
+        index = index.to(batch.obs.device)
     weights = batch.weights[index]
     return Batch(batch.obs[index], batch.actions[index], batch.advantages[index],
                  batch.returns[index], batch.values[index], weights / weights.sum(),

@@ -90,8 +90,9 @@ class KLPenalty:
         num_actions = self.policy.head.n
         num_states = batch.size // num_actions
         pi = self.policy.numpy_actor().probabilities(np.eye(num_states))
-        advantages = batch.advantages.double().numpy().reshape(num_states, num_actions)
-        rho = batch.dl_weights.double().numpy().reshape(num_states, num_actions).sum(axis=1)
+        advantages = batch.advantages.double().cpu().numpy().reshape(num_states, num_actions)
+        rho = batch.dl_weights.double().cpu().numpy().reshape(num_states, num_actions).sum(
+            axis=1)
         optimum = maximize_penalized_surrogate(pi, advantages, rho, self.beta)
         self.policy.set_tabular_probabilities(optimum.pi_new)
         return {}

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 
@@ -65,7 +66,8 @@ def fisher_vector_product(policy: Policy, batch: Batch, damping: float):
     if not policy.fast_actor:  # the generic backend: its group-of-one product
         actor, _ = StackedActor.of([policy])
         product = fisher_vector_product_runs(actor, StackedBatch.of([batch]),
-                                             torch.tensor([float(damping)], dtype=torch.float64))
+                                             torch.tensor([float(damping)], dtype=torch.float64,
+                                                          device=batch.obs.device))
         return lambda v: product(v[None])[0]
     params = policy.actor_parameters()
     sizes = [p.numel() for p in params]
@@ -107,7 +109,8 @@ def fvp_rows(batch: StackedBatch, fraction: float) -> StackedBatch:
     F estimates the batch's."""
     size = batch.obs.shape[1]
     k = max(1, math.ceil(fraction * size))
-    sub = StackedBatch(*(getattr(batch, f)[:, torch.arange(k) * size // k] for f in (
+    rows = torch.arange(k, device=batch.obs.device) * size // k
+    sub = StackedBatch(*(getattr(batch, f)[:, rows] for f in (
         "obs", "actions", "weights", "old_params", "old_log_prob", "policy_advantages")))
     sub.weights = sub.weights * (batch.weights.sum(1, keepdim=True)
                                  / sub.weights.sum(1, keepdim=True))
@@ -131,11 +134,13 @@ def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
     batch = StackedBatch.of(batches)
     iters = cfgs[0].cg_iters
     backtrack_iters = cfgs[0].backtrack_iters
-    delta = torch.tensor([c.delta for c in cfgs], dtype=torch.float64)
-    damping = torch.tensor([c.cg_damping for c in cfgs], dtype=torch.float64)
-    coef = torch.tensor([c.backtrack_coef for c in cfgs], dtype=torch.float64)
-    line_search = torch.tensor([bool(c.line_search) for c in cfgs])
-    on_dl = torch.tensor([c.line_search_on == "dL" for c in cfgs])
+    device = theta_old.device
+    as_run_tensor = partial(torch.tensor, dtype=torch.float64, device=device)
+    delta = as_run_tensor([c.delta for c in cfgs])
+    damping = as_run_tensor([c.cg_damping for c in cfgs])
+    coef = as_run_tensor([c.backtrack_coef for c in cfgs])
+    line_search = torch.tensor([bool(c.line_search) for c in cfgs], device=device)
+    on_dl = torch.tensor([c.line_search_on == "dL" for c in cfgs], device=device)
     if bool(on_dl.any()):  # the dL estimator's weights and raw advantages, for those runs
         dl_batch = StackedBatch(batch.obs, batch.actions,
                                 torch.stack([b.dl_weights for b in batches]), batch.old_params,
@@ -153,7 +158,7 @@ def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
     damped = row_dots(direction, g - residual)  # s^T (F + damping I) s
     norms = row_dots(direction, direction)
     dir_finite = torch.isfinite(direction).all(1)
-    zero, valid = torch.zeros(R, dtype=torch.bool), torch.zeros(R, dtype=torch.bool)
+    zero, valid = (torch.zeros(R, dtype=torch.bool, device=device) for _ in range(2))
     full_step = torch.zeros_like(direction)
     for r, cfg in enumerate(cfgs):  # per run in Python floats (the module docstring's rules)
         damped_shs = float(damped[r])
@@ -179,7 +184,7 @@ def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
     with torch.no_grad():
         npg = [r for r in range(R) if infos[r] is None and not bool(line_search[r])]
         if npg:
-            index = torch.tensor(npg)
+            index = torch.tensor(npg, device=device)
             trial = theta_old[index] + full_step[index]
             sub = batch.rows(index)
             params = actor.dist_params(trial, sub.obs)
@@ -198,7 +203,7 @@ def trpo_update_runs(policies: Sequence[Policy], batches: Sequence[Batch],
         for k in range(backtrack_iters + 1):
             if not searching:
                 break
-            index = torch.tensor(searching)
+            index = torch.tensor(searching, device=device)
             trial_step = full_step[index] * (coef[index] ** k).to(full_step.dtype)[:, None]
             trial = theta_old[index] + trial_step
             sub = batch.rows(index)
