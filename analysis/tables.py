@@ -155,12 +155,22 @@ def prediction_table(long: pd.DataFrame, index: pd.DataFrame | None = None, *,
     return _sort(table, index) if len(table) else table
 
 
+def with_interval(estimate: float, low: float, high: float, fmt: str) -> str:
+    """``estimate [low, high]`` in ``fmt``; "" without an estimate, and the estimate with "(one
+    run: no interval)" when a bootstrap over runs has none (a single run)."""
+    if math.isnan(estimate):
+        return ""
+    if math.isnan(low) or math.isnan(high):
+        return f"{estimate:{fmt}} (one run: no interval)"
+    return f"{estimate:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
 def prediction_markdown(table: pd.DataFrame, level: float = 0.95) -> str:
     """:func:`prediction_table` as markdown: each statistic with its interval or SE."""
     pct = f"{100 * level:g}%"
 
     def ci(e: float, lo: float, hi: float) -> str:
-        return "" if math.isnan(e) else f"{e:.2f} [{lo:.2f}, {hi:.2f}]"
+        return with_interval(e, lo, hi, ".2f")
 
     def pm(e: float, se: float) -> str:
         return "" if math.isnan(e) else f"{e:.3g} ± {se:.2g}"
@@ -220,7 +230,7 @@ def summary_markdown(table: pd.DataFrame, level: float = 0.95) -> str:
         shown.columns.get_loc("final_return_iqm"),
         interval_label("final return", "IQM", level),
         [
-            "" if math.isnan(e) else f"{e:.3g} [{lo:.3g}, {hi:.3g}], n={n}"
+            "" if math.isnan(e) else f"{with_interval(e, lo, hi, '.3g')}, n={n}"
             for e, lo, hi, n in zip(
                 shown["final_return_iqm"],
                 shown["final_return_ci_low"],

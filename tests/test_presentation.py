@@ -82,3 +82,15 @@ def test_summary_markdown_has_one_header_style_and_n_beside_every_interval(tmp_p
         cell = [c.strip() for c in row.strip("|").split("|")][col]
         assert re.fullmatch(r"\S+ \[\S+, \S+\], n=\d+", cell), cell
     assert list(table["final_return_n"]) == list(table["n_runs"])  # every run has a final value
+
+
+def test_one_run_prints_its_estimate_without_a_nan_interval():
+    assert tables.with_interval(499.5, float("nan"), float("nan"), ".3g") == \
+        "500 (one run: no interval)"
+    assert tables.with_interval(0.42, 0.25, 0.55, ".2f") == "0.42 [0.25, 0.55]"
+    assert tables.with_interval(float("nan"), 0.1, 0.2, ".2f") == ""
+    table = pd.DataFrame({"algo": ["trpo"], "final_return_iqm": [499.5],
+                          "final_return_ci_low": [float("nan")],
+                          "final_return_ci_high": [float("nan")], "final_return_n": [1]})
+    md = tables.summary_markdown(table)
+    assert "500 (one run: no interval), n=1" in md and "nan" not in md
