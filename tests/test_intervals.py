@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import train_in_process
+from trpo_lab.evaluation import MonteCarloEstimate
 from trpo_lab.intervals import (
     EXACT_TOLERANCE,
     agreement_fraction,
@@ -58,6 +59,20 @@ def test_the_no_difference_bound_in_closed_form():
     assert paired_return_bound(-3.0, -1.0, 1.0, 4) == 12.0  # rewards all negative: 0 counts
     with pytest.raises(ValueError, match="reward_low <= reward_high"):
         paired_return_bound(1.0, 0.0, 0.9, 10)
+
+
+def test_equal_returns_give_j_the_no_difference_bound_not_a_zero_se():
+    bound = (1 - 0.99**500) / (1 - 0.99)  # CartPole's returns lie in [0, 99.34]
+    solved = np.full(512, bound)
+    j = MonteCarloEstimate.of(solved, bound)
+    assert j.mean == pytest.approx(bound, rel=1e-15)
+    assert j.se == pytest.approx(bound * (1 - 0.05 ** (1 / 512)) / 1.959963984540054,
+                                 rel=1e-12)
+    assert 0.29 < j.se < 0.30
+    assert MonteCarloEstimate.of(solved).se < 1e-12  # no bound: sd / sqrt(n) = 0, rounded
+    mixed = np.array([1.0, 2.0, 4.0])
+    assert MonteCarloEstimate.of(mixed, bound).se == pytest.approx(
+        np.std(mixed, ddof=1) / math.sqrt(3), rel=1e-15)
 
 
 def test_when_no_pair_differs_the_bound_covers_at_least_95_percent():

@@ -26,7 +26,10 @@ except with probability 0.05, so [-(1 - 0.05^(1/n)) B, +(1 - 0.05^(1/n)) B] hold
 probability at least 95% (:func:`no_difference_half_width`); the logged SE is that
 half-width / 1.96, so that mean +/- 1.96 SE is this interval. Without a bound (a gymnasium
 env without ``env.reward_bounds`` or without a step limit) the SE stays 0 and
-``eval/pairs_differing`` = 0 flags the update.
+``eval/pairs_differing`` = 0 flags the update. J's own estimate is bounded the same way: when
+all n returns of pi are equal (a solved CartPole: every episode 500 steps), the returns' range
+is B wide and J's SE is the same half-width / 1.96 instead of 0
+(:meth:`trpo_lab.evaluation.MonteCarloEstimate.of`).
 """
 
 from __future__ import annotations

@@ -678,7 +678,7 @@ class Trainer:
                                     request is not None and not torch.equal(theta_old, theta_new),
                                     cfg.eval.min_differing, cfg.eval.max_pairs, draw,
                                     cfg.eval.max_coinciding_pairs, self.return_bound)
-            j = MonteCarloEstimate.of(dj.old_returns)
+            j = MonteCarloEstimate.of(dj.old_returns, self.return_bound)
             prefix = "mc/" if self.mdp is not None else "true/"
             out.update({f"{prefix}J": j.mean, f"{prefix}J_se": j.se,
                         f"{prefix}improvement": dj.mean, f"{prefix}improvement_se": dj.se,
