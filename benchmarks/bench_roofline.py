@@ -438,7 +438,7 @@ def evaluator_rate(checkpoint: Path, runs: int, repeats: int, root: Path) -> str
     from trpo_lab.evaluation import SamplerRequest, run_samplers
     from trpo_lab.train import Trainer
 
-    state = torch.load(checkpoint, weights_only=False)
+    state = torch.load(checkpoint, weights_only=False, map_location="cpu")
     trainers = []
     for seed in range(runs):
         trainer = Trainer(compose(["logger=none", "progress=false", f"seed={seed}"]),

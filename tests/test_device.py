@@ -30,7 +30,7 @@ from trpo_lab.logging import TIME_COLUMNS
 from trpo_lab.policies import Policy
 from trpo_lab.preflight import check_device
 from trpo_lab.rollout import Batch
-from trpo_lab.train import Trainer
+from trpo_lab.train import Trainer, full_float32_on_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 META = torch.device("meta")
@@ -86,13 +86,31 @@ def test_off_the_cpu_every_network_takes_the_generic_backend():
     off = Policy(space, action, PolicyConfig(), [8], device=META)
     assert not off.fast_actor and not off.fast_critic
     assert {p.device for p in off.parameters()} == {META} and off.device == META
+    on_cpu.to(META)  # moved after it was built: the numpy path is not taken off the CPU
+    assert not on_cpu.fast_actor and not on_cpu.fast_critic
+    on_cpu.to_empty(device="cpu")  # back (meta tensors hold no values to copy)
+    assert on_cpu.fast_actor and on_cpu.fast_critic
+
+
+def test_gpu_runs_compute_in_full_float32():
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        full_float32_on_gpus()
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = saved
 
 
 # ------------------------------------------------- the update's numerics stay on the device
 
 def _on_meta(kind: str, action: str) -> tuple[Policy, Batch]:
     """A policy moved to the meta device and a batch built on the CPU by finish_batch."""
-    policy, space = make_policy(kind, action, 0, backend="generic")
+    policy, space = make_policy(kind, action, 0)  # auto: generic once off the CPU
     policy.to(META)
     return policy, make_batch(policy, space, action, 12, 0)
 

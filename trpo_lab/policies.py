@@ -239,10 +239,21 @@ class Policy(nn.Module):
                 instantiate(dict(policy.critic), "policy.critic", obs_space, 1), obs_space)
         else:
             self.critic = _mlp(obs_dim, list(critic_hidden), 1, "tanh", 1.0)
-        on_cpu = device.type == "cpu"
-        self.fast_actor = self._fast(policy.backend, "policy", self.actor) and on_cpu
-        self.fast_critic = self._fast(policy.backend, "policy.critic", self.critic) and on_cpu
+        self._fast_actor = self._fast(policy.backend, "policy", self.actor)
+        self._fast_critic = self._fast(policy.backend, "policy.critic", self.critic)
         self.to(device)
+
+    @property
+    def fast_actor(self) -> bool:
+        """Whether the actor's derivatives take the hand-written (numpy, CPU) path: its
+        network is one that path knows, ``policy.backend`` allows it, and it is on the CPU now
+        (a policy moved to a GPU after construction takes the generic path there)."""
+        return self._fast_actor and self.device.type == "cpu"
+
+    @property
+    def fast_critic(self) -> bool:
+        """:attr:`fast_actor` for the critic."""
+        return self._fast_critic and self.device.type == "cpu"
 
     @property
     def device(self) -> torch.device:

@@ -12,7 +12,9 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-# dotted keys (or prefixes ending in ".") that do not change what the updates compute
+# dotted keys (or prefixes ending in ".") that do not change what the updates compute (``device``
+# changes only their rounding: a GPU run continued on the CPU, or the reverse, goes on from its
+# checkpoint with the other device's kernels and, on the CPU, possibly the hand-written backend)
 MAY_CHANGE_ON_RESUME = (
     "total_steps", "logger.", "progress", "torch_threads", "resume", "device",
     "checkpoint.every", "max_bad_updates", "eval.final_episodes",
@@ -30,8 +32,9 @@ class ResumeMismatch(ValueError):
         more = f" (and {len(differences) - 6} more)" if len(differences) > 6 else ""
         super().__init__(
             f"cannot resume {run_dir} with another configuration: {shown}{more}. Use the run's "
-            f"values (only total_steps, logger.*, progress, torch_threads, checkpoint.every, "
-            f"max_bad_updates and eval.final_episodes may change) or another hydra.run.dir")
+            f"values (only total_steps, logger.*, progress, torch_threads, device, "
+            f"checkpoint.every, max_bad_updates and eval.final_episodes may change) or another "
+            f"hydra.run.dir")
         self.run_dir, self.differences = run_dir, differences
 
 

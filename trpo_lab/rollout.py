@@ -670,5 +670,4 @@ def heldout_batch(policy: Policy, episodes: Episodes, gamma: float, lam: float,
     every_action = None if exact_advantages is None else torch.as_tensor(
         np.ascontiguousarray(exact_advantages[episodes.raw_obs[alive]]), dtype=torch.float64,
         device=policy.device)
-    return HeldoutBatch(batch, torch.as_tensor(episode_index[alive], device=policy.device), N,
-                        size, every_action)
+    return HeldoutBatch(batch, torch.as_tensor(episode_index[alive]), N, size, every_action)

@@ -261,6 +261,16 @@ class Update:
         return self.batch if self.critic_batch is None else self.critic_batch
 
 
+def full_float32_on_gpus() -> None:
+    """No TF32 (a 10-bit mantissa) in float32 matrix products and convolutions, and cuDNN's
+    deterministic kernels: a ``device=cuda`` run computes in float32 as its CPU run does, and
+    a rerun repeats it (torch's defaults allow TF32 convolutions on Ampere and later GPUs)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -305,6 +315,8 @@ class Trainer:
         self.counters = Counters(run_id=os.environ.get("WANDB_RUN_ID") or os.urandom(4).hex())
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
+        if cfg.device != "cpu":
+            full_float32_on_gpus()
         seed_everything(cfg.seed)
         self.envs = make_vector_env(cfg.env, cfg.num_envs, cfg.gamma)
         self.policy = Policy(self.envs.single_observation_space, self.envs.single_action_space,

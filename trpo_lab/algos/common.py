@@ -86,17 +86,18 @@ def heldout_improvement(policy: Policy, heldout: HeldoutBatch,
         else:
             terms = batch.dl_weights * (ratio(policy, batch, new_params) - 1.0) \
                 * batch.advantages
-        per_episode = torch.zeros(n, dtype=terms.dtype, device=terms.device).index_add_(
-            0, heldout.episode, terms) * n
+        # each episode's sum on the CPU (a no-op there): CUDA's index_add_ adds in no fixed
+        # order, and these are the logged metrics, which a rerun must reproduce
+        episode = heldout.episode.cpu()
+        per_episode = torch.zeros(n, dtype=terms.dtype).index_add_(0, episode, terms.cpu()) * n
         if heldout.action_advantages is not None:
-            return float(per_episode.mean()), heldout_se(per_episode.double().cpu().numpy())
+            return float(per_episode.mean()), heldout_se(per_episode.double().numpy())
         spread = discount**2 * chi_square(policy.head, batch.old_params, new_params)
-        ratio_variance = torch.zeros(n, dtype=torch.float64, device=spread.device).index_add_(
-            0, heldout.episode, spread)
+        ratio_variance = torch.zeros(n, dtype=torch.float64).index_add_(0, episode, spread.cpu())
         advantages = batch.advantages.double()
         scale = float((discount * advantages**2).sum() / discount.sum())
-    return float(per_episode.mean()), heldout_se(per_episode.double().cpu().numpy(),
-                                                 ratio_variance.cpu().numpy(), scale)
+    return float(per_episode.mean()), heldout_se(per_episode.double().numpy(),
+                                                 ratio_variance.numpy(), scale)
 
 
 def guarded_step(optimizer: Adam | SGD, loss: torch.Tensor,
