@@ -173,7 +173,9 @@ def prediction_markdown(table: pd.DataFrame, level: float = 0.95) -> str:
         return with_interval(e, lo, hi, ".2f")
 
     def pm(e: float, se: float) -> str:
-        return "" if math.isnan(e) else f"{e:.3g} ± {se:.2g}"
+        if math.isnan(e):
+            return ""
+        return f"{e:.3g} (one run: no SE)" if math.isnan(se) else f"{e:.3g} ± {se:.2g}"
 
     shown = table[list(SUMMARY_KEYS)].copy()
     shown["updates (runs)"] = [f"{n} ({r})" for n, r in zip(table["n_updates"], table["n_runs"])]

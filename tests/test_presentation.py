@@ -94,3 +94,12 @@ def test_one_run_prints_its_estimate_without_a_nan_interval():
                           "final_return_ci_high": [float("nan")], "final_return_n": [1]})
     md = tables.summary_markdown(table)
     assert "500 (one run: no interval), n=1" in md and "nan" not in md
+    one_run = pd.DataFrame({key: ["x"] for key in tables.SUMMARY_KEYS} | {
+        "n_updates": [49], "n_runs": [1], "pearson": [0.95], "pearson_low": [float("nan")],
+        "pearson_high": [float("nan")], "spearman": [0.67], "spearman_low": [float("nan")],
+        "spearman_high": [float("nan")], "slope": [1.5], "slope_se": [float("nan")],
+        "intercept": [-0.159], "intercept_se": [float("nan")], "agreement": [0.71],
+        "bound_vacuity_rate": [float("nan")]})
+    md = tables.prediction_markdown(one_run)
+    assert "0.95 (one run: no interval)" in md and "1.5 (one run: no SE)" in md
+    assert "-0.159 (one run: no SE)" in md and "nan" not in md
