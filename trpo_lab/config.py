@@ -545,8 +545,8 @@ class Config:
                          "Resume from checkpoint.pt in the run directory (also automatic when "
                          "the run directory holds an unfinished run).")
     device: str = param("cpu", torch_device,
-                        "Torch device of the networks and the update: cpu (default: 64x64 "
-                        "policies update fastest there), cuda or cuda:N (a GPU torch sees; "
+                        "Torch device of the networks and the update: cpu (the default), "
+                        "cuda or cuda:N (a GPU torch sees; "
                         "refused where torch sees none). Off the CPU every network takes the "
                         "generic backend (policy.backend=fast is refused); rollouts and the "
                         "evaluator step the envs on the CPU and call the actor on the device.")
