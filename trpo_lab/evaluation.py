@@ -38,7 +38,7 @@ from trpo_lab.envs import (
     tabular_horizon,
 )
 from trpo_lab.envs.cartpole_physics import fast_steppable, vector_step
-from trpo_lab.intervals import Z_95, no_difference_half_width
+from trpo_lab.intervals import no_difference_se
 from trpo_lab.policies import NumpyActor
 from trpo_lab.spaces import to_env_actions
 
@@ -55,12 +55,12 @@ class MonteCarloEstimate:
     def of(samples: np.ndarray, bound: float | None = None) -> MonteCarloEstimate:
         """The mean and sd / sqrt(n); when every sample is the same and ``bound`` bounds
         the range they can take (the width of the returns' range), the SE is
-        :func:`trpo_lab.intervals.no_difference_half_width` / 1.96 instead of 0: n equal
-        draws say only that other values have probability at most 1 - 0.05^(1/n)."""
+        :func:`trpo_lab.intervals.no_difference_se` instead of 0: n equal draws say only
+        that other values have probability at most 1 - 0.05^(1/n)."""
         n = samples.shape[0]
         se = float(samples.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
         if bound is not None and n >= 1 and np.all(samples == samples[0]):
-            se = no_difference_half_width(n, bound) / Z_95
+            se = no_difference_se(n, bound)
         return MonteCarloEstimate(float(samples.mean()), se)
 
 

@@ -77,6 +77,13 @@ def no_difference_half_width(pairs: int, return_bound: float, level: float = 0.9
     return float(-np.expm1(np.log1p(-level) / pairs) * return_bound)
 
 
+def no_difference_se(draws: int, return_bound: float) -> float:
+    """The logged SE of an estimate whose ``draws`` draws all coincide (no pair differs, or
+    every return is equal): :func:`no_difference_half_width` / 1.96, so that estimate +/- 1.96
+    SE is the 95% bound."""
+    return no_difference_half_width(draws, return_bound) / Z_95
+
+
 def paired_return_bound(reward_low: float, reward_high: float, gamma: float,
                         horizon: int) -> float:
     """The largest |G' - G| of two discounted returns of at most ``horizon`` steps with every
@@ -115,7 +122,7 @@ def paired_improvement(new: np.ndarray, old: np.ndarray, moved: bool, min_differ
     d = np.concatenate(news) - np.concatenate(olds)
     se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
     if moved and differing == 0 and return_bound is not None:
-        se = no_difference_half_width(d.size, return_bound) / Z_95
+        se = no_difference_se(d.size, return_bound)
     return PairedImprovement(float(d.mean()), se, int(d.size), differing, np.concatenate(olds))
 
 
